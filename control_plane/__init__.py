@@ -1,0 +1,1 @@
+"""Control plane for database-per-tenant PostgreSQL: catalog, API, jobs and CLI."""

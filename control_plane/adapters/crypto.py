@@ -1,0 +1,93 @@
+"""The KEYRING: AES-256-GCM keys by id; the first encrypts, all decrypt (rotation)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from control_plane.errors import ConfigurationError, DecryptionError
+
+_FORMAT = "v1"
+
+
+class Keyring:
+    """Encrypts small secrets (role passwords, admin URLs) as `v1.<key id>.<base64url(nonce|ciphertext)>`.
+
+    `context` is bound as associated data, so a ciphertext moved to another row or purpose fails to decrypt.
+    """
+
+    def __init__(self, keys: dict[str, bytes], current: str) -> None:
+        self._keys = keys
+        self.current_key_id = current
+
+    @classmethod
+    def parse(cls, spec: str) -> "Keyring":
+        keys: dict[str, bytes] = {}
+        order: list[str] = []
+        for position, entry in enumerate(filter(None, (part.strip() for part in spec.split(","))), start=1):
+            key_id, sep, encoded = entry.partition(":")
+            if not sep or not key_id or "." in key_id:
+                raise ConfigurationError(f"KEYRING entry {position} must look like id:base64key")
+            try:
+                key = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ConfigurationError(f"KEYRING key {key_id!r} is not valid base64") from exc
+            if len(key) != 32:
+                raise ConfigurationError(f"KEYRING key {key_id!r} must be 32 bytes (AES-256), got {len(key)}")
+            if key_id in keys:
+                raise ConfigurationError(f"KEYRING key id {key_id!r} appears twice")
+            keys[key_id] = key
+            order.append(key_id)
+        if not order:
+            raise ConfigurationError("KEYRING holds no key")
+        return cls(keys, order[0])
+
+    @staticmethod
+    def generate_spec(key_id: str = "k1") -> str:
+        return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
+
+    def key(self, key_id: str) -> bytes:
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise DecryptionError(f"key {key_id!r} is not in the KEYRING") from None
+
+    @property
+    def current_key(self) -> bytes:
+        return self._keys[self.current_key_id]
+
+    def encrypt(self, plaintext: str, context: str) -> str:
+        nonce = os.urandom(12)
+        sealed = AESGCM(self.current_key).encrypt(nonce, plaintext.encode(), context.encode())
+        return f"{_FORMAT}.{self.current_key_id}.{base64.urlsafe_b64encode(nonce + sealed).decode()}"
+
+    def decrypt(self, token: str, context: str) -> str:
+        try:
+            fmt, key_id, encoded = token.split(".", 2)
+            raw = base64.urlsafe_b64decode(encoded)
+        except (ValueError, binascii.Error) as exc:
+            raise DecryptionError("malformed encrypted value") from exc
+        if fmt != _FORMAT:
+            raise DecryptionError(f"unknown encryption format {fmt!r}")
+        try:
+            return AESGCM(self.key(key_id)).decrypt(raw[:12], raw[12:], context.encode()).decode()
+        except InvalidTag as exc:
+            raise DecryptionError(f"encrypted value failed authentication under key {key_id!r}") from exc
+
+    @staticmethod
+    def key_id_of(token: str) -> str:
+        return token.split(".", 2)[1]
+
+    def rewrap(self, token: str, context: str) -> str:
+        """The same secret encrypted under the current key (no-op when it already is)."""
+        if self.key_id_of(token) == self.current_key_id:
+            return token
+        return self.encrypt(self.decrypt(token, context), context)
+
+
+def random_password(nbytes: int = 24) -> str:
+    return secrets.token_urlsafe(nbytes)

@@ -1,0 +1,99 @@
+"""PostgresAdmin: role and database administration on one tenant database server (psycopg, autocommit)."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psycopg
+from psycopg import sql
+
+from control_plane.errors import DatabaseServerError
+
+log = logging.getLogger(__name__)
+
+
+class PostgresAdmin:
+    """Every identifier goes through `sql.Identifier`; every value through a bound parameter."""
+
+    def __init__(self, admin_url: str, connect_timeout: int = 10) -> None:
+        self._url = admin_url
+        self._connect_timeout = connect_timeout
+
+    @contextmanager
+    def _connect(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+        # CREATE/DROP DATABASE refuse a transaction block: autocommit throughout.
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": self._connect_timeout,
+                                  "application_name": "tenant-control-plane"}
+        if dbname:
+            kwargs["dbname"] = dbname
+        try:
+            with psycopg.connect(self._url, **kwargs) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            # The message is PostgreSQL's; it never contains the DSN or its password.
+            raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
+
+    def _fetch_one(self, query: sql.Composable | str, params: tuple = ()) -> Any:
+        with self._connect() as conn:
+            row = conn.execute(query, params).fetchone()
+            return row[0] if row else None
+
+    def server_version(self) -> int:
+        return int(self._fetch_one("SHOW server_version_num"))
+
+    def ping(self) -> None:
+        self._fetch_one("SELECT 1")
+
+    def role_exists(self, role: str) -> bool:
+        return bool(self._fetch_one("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
+
+    def database_exists(self, database: str) -> bool:
+        return bool(self._fetch_one("SELECT 1 FROM pg_database WHERE datname = %s", (database,)))
+
+    def ensure_role(self, role: str, password: str) -> None:
+        """Create the login role, or reset its password if it exists (a resumed provisioning converges)."""
+        ident = sql.Identifier(role)
+        with self._connect() as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
+            conn.execute(sql.SQL("{} {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                                 "NOBYPASSRLS PASSWORD {}").format(verb, ident, sql.Literal(password)))
+            # A non-superuser admin must be a member of the role to create a database owned by it
+            # and to drop it later; a superuser needs nothing.
+            is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+            if not is_super:
+                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
+
+    def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool:
+        """Create the database owned by `owner` unless it exists; True when it was created now."""
+        with self._connect() as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                return False
+            query = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner))
+            if template:
+                query = query + sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            conn.execute(query)
+            return True
+
+    def restrict_connect(self, database: str, role: str) -> None:
+        """Only the tenant's role (and superusers) may connect; PUBLIC may not."""
+        with self._connect() as conn:
+            db = sql.Identifier(database)
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+            conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, sql.Identifier(role)))
+
+    def drop_database(self, database: str) -> None:
+        with self._connect() as conn:
+            # WITH (FORCE) ends the sessions still open on it (tenant apps, a crashed job's connection).
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+    def drop_role(self, role: str) -> None:
+        with self._connect() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+    def databases_owned_by(self, role: str) -> list[str]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                                "WHERE r.rolname = %s ORDER BY 1", (role,)).fetchall()
+            return [row[0] for row in rows]

@@ -1,0 +1,1 @@
+"""HTTP API: flask-smorest blueprints that parse, call one service, and return."""

@@ -1,0 +1,27 @@
+"""Small helpers shared by the blueprints: the service context, 202 answers, request headers."""
+from __future__ import annotations
+
+from flask import current_app, request
+
+from control_plane.catalog.models import Operation
+from control_plane.services.context import ServiceContext
+
+
+def services() -> ServiceContext:
+    return current_app.extensions["control_plane"]
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    return key.strip()[:200] if key and key.strip() else None
+
+
+def accepted(operation: Operation) -> tuple[Operation, int, dict[str, str]]:
+    """The answer to a request that started work: 202, the operation, and where to watch it."""
+    return operation, 202, {"Location": f"/v1/operations/{operation.id}"}
+
+
+ERRORS = {
+    401: "No or invalid bearer token",
+    403: "Token not allowed for this tenant or action",
+}

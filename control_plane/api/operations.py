@@ -1,0 +1,44 @@
+"""/v1/operations: what asynchronous work is doing, and retrying what failed."""
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from control_plane.api.auth import principal
+from control_plane.api.common import accepted, services
+from control_plane.api.schemas import OperationQuerySchema, OperationSchema
+from control_plane.services import operations
+
+blp = Blueprint("operations", __name__, url_prefix="/v1/operations", description="Asynchronous operations")
+
+
+@blp.route("")
+class Operations(MethodView):
+    @blp.arguments(OperationQuerySchema, location="query")
+    @blp.response(200, OperationSchema(many=True))
+    @blp.paginate()
+    def get(self, query, pagination_parameters):
+        """List operations, newest first."""
+        items, total = operations.list_operations(services(), principal(), offset=pagination_parameters.first_item,
+                                                  limit=pagination_parameters.page_size, tenant_id=query.get("tenant_id"),
+                                                  status=query.get("status"), kind=query.get("kind"))
+        pagination_parameters.item_count = total
+        return items
+
+
+@blp.route("/<operation_id>")
+class OperationItem(MethodView):
+    @blp.response(200, OperationSchema)
+    @blp.alt_response(404, description="No such operation")
+    def get(self, operation_id):
+        """One operation. A generated admin password appears in `result` on the first read after success only."""
+        return operations.get_operation(services(), principal(), operation_id)
+
+
+@blp.route("/<operation_id>/retry")
+class RetryOperation(MethodView):
+    @blp.response(202, OperationSchema)
+    @blp.alt_response(409, description="The operation has not failed")
+    def post(self, operation_id):
+        """Run a failed operation again; its steps resume where they stopped."""
+        return accepted(operations.retry_operation(services(), principal(), operation_id))

@@ -1,0 +1,116 @@
+"""Request and response schemas (marshmallow): the edge where input is validated, field by field."""
+from __future__ import annotations
+
+import re
+
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from control_plane.catalog.models import OperationKind, OperationStatus, ServerStatus, TenantStatus
+from control_plane.naming import tenant_id_problem
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _validate_tenant_id(value: str) -> None:
+    problem = tenant_id_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+def _validate_domain(value: str) -> None:
+    if not _HOSTNAME.fullmatch(value):
+        raise ValidationError(f"{value[:80]!r} is not a lowercase fully qualified domain name")
+
+
+Domains = lambda: fields.List(fields.String(validate=_validate_domain), validate=validate.Length(max=20))  # noqa: E731
+
+
+class TenantCreateSchema(Schema):
+    id = fields.String(required=True, validate=[validate.Length(max=40), _validate_tenant_id])
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    domains = Domains()
+    plan = fields.String(load_default="standard", validate=validate.Length(min=1, max=50))
+    admin_email = fields.Email(required=True, validate=validate.Length(max=254))
+    admin_name = fields.String(validate=validate.Length(min=1, max=200))
+    admin_password = fields.String(load_only=True, validate=validate.Length(min=12, max=200))
+
+    @validates("domains")
+    def _unique_domains(self, value: list[str], **kwargs) -> None:
+        if len(set(value)) != len(value):
+            raise ValidationError("domains must not repeat")
+
+
+class TenantUpdateSchema(Schema):
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    domains = Domains()
+    plan = fields.String(validate=validate.Length(min=1, max=50))
+
+
+class TenantSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    domains = fields.List(fields.String())
+    status = fields.Enum(TenantStatus, by_value=True)
+    plan = fields.String()
+    server = fields.String(attribute="server_name", allow_none=True)
+    database = fields.String(attribute="database_name")
+    schema_revision = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    last_backup_at = fields.DateTime(allow_none=True)
+
+
+class TenantQuerySchema(Schema):
+    status = fields.Enum(TenantStatus, by_value=True)
+    server = fields.String(validate=validate.Length(max=63))
+    q = fields.String(validate=validate.Length(min=1, max=100))
+
+
+class DeleteQuerySchema(Schema):
+    final_backup = fields.Boolean(load_default=True)
+
+
+class MigrateSchema(Schema):
+    target = fields.String(load_default="head", validate=validate.Length(min=1, max=64))
+
+
+class OperationSchema(Schema):
+    id = fields.String()
+    kind = fields.Enum(OperationKind, by_value=True)
+    tenant_id = fields.String(allow_none=True)
+    status = fields.Enum(OperationStatus, by_value=True)
+    progress = fields.Integer()
+    step = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    result = fields.Dict(allow_none=True)
+
+
+class OperationQuerySchema(Schema):
+    tenant_id = fields.String(validate=validate.Length(max=40))
+    status = fields.Enum(OperationStatus, by_value=True)
+    kind = fields.Enum(OperationKind, by_value=True)
+
+
+class ServerCreateSchema(Schema):
+    name = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9-]{0,62}$"))
+    admin_url = fields.String(required=True, load_only=True, validate=validate.Length(max=1000))
+    max_tenants = fields.Integer(validate=validate.Range(min=1), allow_none=True)
+
+
+class ServerSchema(Schema):
+    name = fields.String()
+    host = fields.String()
+    port = fields.Integer()
+    status = fields.Enum(ServerStatus, by_value=True)
+    max_tenants = fields.Integer(allow_none=True)
+    tenants = fields.Integer()
+    created_at = fields.DateTime()
+
+
+class DrainSchema(Schema):
+    draining = fields.Boolean(load_default=True)
+

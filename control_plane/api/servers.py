@@ -1,0 +1,48 @@
+"""/v1/servers: the database servers tenants are placed on."""
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from control_plane.api.auth import principal
+from control_plane.api.common import services
+from control_plane.api.schemas import DrainSchema, ServerCreateSchema, ServerSchema
+from control_plane.services import servers
+
+blp = Blueprint("servers", __name__, url_prefix="/v1/servers", description="Tenant database servers")
+
+
+def _view(server, tenants: int) -> dict:
+    return {**{key: getattr(server, key) for key in ("name", "host", "port", "status", "max_tenants", "created_at")},
+            "tenants": tenants}
+
+
+@blp.route("")
+class Servers(MethodView):
+    @blp.response(200, ServerSchema(many=True))
+    def get(self):
+        """Servers with their tenant counts (admin credentials are never shown)."""
+        principal().require_super_admin()
+        return [_view(server, count) for server, count in servers.list_servers(services())]
+
+    @blp.arguments(ServerCreateSchema)
+    @blp.response(201, ServerSchema)
+    @blp.alt_response(409, description="A server with this name exists")
+    @blp.alt_response(502, description="The server could not be reached with the given admin URL")
+    def post(self, body):
+        """Register a server; its admin URL is checked, then stored encrypted."""
+        principal().require_super_admin()
+        server = servers.register_server(services(), principal().actor, body["name"], body["admin_url"],
+                                         body.get("max_tenants"))
+        return _view(server, 0)
+
+
+@blp.route("/<name>/drain")
+class DrainServer(MethodView):
+    @blp.arguments(DrainSchema)
+    @blp.response(200, ServerSchema)
+    def post(self, body, name):
+        """Stop placing new tenants on a server (`{"draining": false}` undoes it)."""
+        principal().require_super_admin()
+        server = servers.set_draining(services(), principal().actor, name, body["draining"])
+        return _view(server, 0)

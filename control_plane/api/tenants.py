@@ -1,0 +1,92 @@
+"""/v1/tenants: the tenant collection, one tenant, and the actions that start work on it."""
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from control_plane.api.auth import principal
+from control_plane.api.common import accepted, idempotency_key, services
+from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, OperationSchema, TenantCreateSchema,
+                                       TenantQuerySchema, TenantSchema, TenantUpdateSchema)
+from control_plane.services import tenants
+
+blp = Blueprint("tenants", __name__, url_prefix="/v1/tenants", description="Tenants and their lifecycle")
+
+_202 = {"Location": {"description": "/v1/operations/<id>", "schema": {"type": "string"}}}
+
+
+@blp.route("")
+class Tenants(MethodView):
+    @blp.arguments(TenantQuerySchema, location="query")
+    @blp.response(200, TenantSchema(many=True))
+    @blp.paginate()
+    def get(self, query, pagination_parameters):
+        """List tenants (filter by status, server, or a search `q` over id, name and domains)."""
+        items, total = tenants.list_tenants(services(), principal(), offset=pagination_parameters.first_item,
+                                            limit=pagination_parameters.page_size, **query)
+        pagination_parameters.item_count = total
+        return items
+
+    @blp.arguments(TenantCreateSchema)
+    @blp.response(202, OperationSchema, headers=_202)
+    @blp.alt_response(409, description="The id or a domain is taken")
+    @blp.alt_response(422, description="Invalid input; `errors` names the fields")
+    def post(self, body):
+        """Create a tenant: records it and starts its provisioning."""
+        op = tenants.request_tenant(services(), principal(), tenant_id=body.pop("id"),
+                                    idempotency_key=idempotency_key(), **body)
+        return accepted(op)
+
+
+@blp.route("/<tenant_id>")
+class TenantItem(MethodView):
+    @blp.response(200, TenantSchema)
+    @blp.alt_response(404, description="No such tenant")
+    def get(self, tenant_id):
+        """One tenant."""
+        return tenants.get_tenant(services(), principal(), tenant_id)
+
+    @blp.arguments(TenantUpdateSchema)
+    @blp.response(200, TenantSchema)
+    @blp.alt_response(409, description="A domain is taken")
+    def patch(self, body, tenant_id):
+        """Change a tenant's name, domains or plan."""
+        return tenants.update_tenant(services(), principal(), tenant_id, **body)
+
+    @blp.arguments(DeleteQuerySchema, location="query")
+    @blp.response(202, OperationSchema, headers=_202)
+    @blp.alt_response(409, description="The tenant is busy or already deleted")
+    def delete(self, query, tenant_id):
+        """Delete a tenant: final backup (unless `final_backup=false`), then drop its database and role."""
+        return accepted(tenants.request_deletion(services(), principal(), tenant_id,
+                                                 final_backup=query["final_backup"],
+                                                 idempotency_key=idempotency_key()))
+
+
+@blp.route("/<tenant_id>/suspend")
+class SuspendTenant(MethodView):
+    @blp.response(200, TenantSchema)
+    @blp.alt_response(409, description="The tenant cannot be suspended in its current status")
+    def post(self, tenant_id):
+        """Suspend: tenant runtimes refuse its requests."""
+        return tenants.suspend_tenant(services(), principal(), tenant_id)
+
+
+@blp.route("/<tenant_id>/resume")
+class ResumeTenant(MethodView):
+    @blp.response(200, TenantSchema)
+    @blp.alt_response(409, description="The tenant is not suspended")
+    def post(self, tenant_id):
+        """Resume a suspended tenant."""
+        return tenants.resume_tenant(services(), principal(), tenant_id)
+
+
+@blp.route("/<tenant_id>/migrate")
+class MigrateTenant(MethodView):
+    @blp.arguments(MigrateSchema)
+    @blp.response(202, OperationSchema, headers=_202)
+    @blp.alt_response(409, description="The tenant is busy")
+    def post(self, body, tenant_id):
+        """Bring the tenant's schema to `head` or to a given revision (upgrade or downgrade)."""
+        return accepted(tenants.request_migration(services(), principal(), tenant_id, body["target"],
+                                                  idempotency_key=idempotency_key()))

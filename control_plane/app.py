@@ -1,0 +1,49 @@
+"""The Flask application factory: API, OpenAPI spec at /openapi.json, Swagger UI at /docs."""
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_smorest import Api
+
+from control_plane.api import errors
+from control_plane.api.auth import authenticate_request
+from control_plane.api.health import blp as health_blp
+from control_plane.api.operations import blp as operations_blp
+from control_plane.api.servers import blp as servers_blp
+from control_plane.api.tenants import blp as tenants_blp
+from control_plane.bootstrap import build_context
+from control_plane.services.context import ServiceContext
+from control_plane.services.servers import ensure_default_server
+from control_plane.settings import Settings
+
+
+def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> Flask:
+    settings = settings or (ctx.settings if ctx else Settings.from_env())
+    ctx = ctx or build_context(settings)
+    ensure_default_server(ctx)
+
+    app = Flask("control_plane")
+    app.config.update(
+        API_TITLE="Tenant control plane",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        API_SPEC_OPTIONS={"components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+                          "security": [{"bearer": []}]},
+    )
+    app.extensions["control_plane"] = ctx
+    api = Api(app)
+    errors.register(app)  # after Api(): ours replace flask-smorest's JSON error handler with problem+json
+    for blueprint in (tenants_blp, operations_blp, servers_blp):
+        api.register_blueprint(blueprint)
+    app.register_blueprint(health_blp)
+
+    @app.before_request
+    def _authenticate() -> None:
+        if request.path.startswith("/v1/"):
+            authenticate_request()
+
+    return app

@@ -1,0 +1,39 @@
+"""Composition root: builds engines, clients and adapters from Settings (in the app factory or a job)."""
+from __future__ import annotations
+
+import redis
+
+from control_plane.adapters.crypto import Keyring
+from control_plane.adapters.events import RedisTenantEvents
+from control_plane.adapters.job_queue import RqJobQueue
+from control_plane.adapters.locks import PostgresTenantLocks
+from control_plane.adapters.postgres_admin import PostgresAdmin
+from control_plane.adapters.tenant_database import TenantDatabase
+from control_plane.catalog.db import create_catalog_engine, session_factory
+from control_plane.services.context import ServiceContext
+from control_plane.settings import Settings
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
+                                health_check_interval=30)
+
+
+def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
+    engine = create_catalog_engine(settings.catalog_database_url, pool_size=pool_size, max_overflow=pool_size)
+    client = redis_client(settings)
+    return ServiceContext(
+        settings=settings,
+        sessions=session_factory(engine),
+        keyring=Keyring.parse(settings.keyring),
+        queue=RqJobQueue(client, settings.queue_name, settings.job_timeout),
+        events=RedisTenantEvents(client),
+        locks=PostgresTenantLocks(engine),
+        server_admin=PostgresAdmin,
+        tenant_database=TenantDatabase,
+    )
+
+
+def dispose(ctx: ServiceContext) -> None:
+    """Close the catalog pool (the engine behind the session factory)."""
+    ctx.sessions.kw["bind"].dispose()

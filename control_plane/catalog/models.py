@@ -1,0 +1,272 @@
+"""Catalog tables, their state enums, and the state transitions that guard them."""
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from control_plane.errors import IllegalTransitionError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored by value in a VARCHAR with a CHECK constraint: adding a state needs no ALTER TYPE.
+    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=32,
+                values_callable=lambda members: [m.value for m in members], validate_strings=True)
+
+
+_json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TenantStatus(str, enum.Enum):
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    MIGRATING = "migrating"
+    RESTORING = "restoring"
+    MOVING = "moving"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class OperationKind(str, enum.Enum):
+    PROVISION = "provision"
+    MIGRATE = "migrate"
+    DELETE = "delete"
+    BACKUP = "backup"
+    RESTORE = "restore"
+    MOVE = "move"
+
+
+class OperationStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.CANCELLED)
+
+
+class ServerStatus(str, enum.Enum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+
+
+class TokenRole(str, enum.Enum):
+    SUPER_ADMIN = "super_admin"
+    TENANT_ADMIN = "tenant_admin"
+
+
+class DatabaseServer(Base):
+    __tablename__ = "database_servers"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    # The admin DSN (with its password) encrypted with the KEYRING; never stored or shown in clear.
+    admin_url_encrypted: Mapped[str] = mapped_column(Text)
+    status: Mapped[ServerStatus] = mapped_column(_enum(ServerStatus, "server_status"), default=ServerStatus.ACTIVE)
+    max_tenants: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def drain(self) -> None:
+        self.status = ServerStatus.DRAINING
+
+    def undrain(self) -> None:
+        self.status = ServerStatus.ACTIVE
+
+
+# What each action may start from. The tenant's status doubles as its work mutex: an action that
+# starts a job moves the tenant into a busy status, so a second job cannot start beside it.
+_TENANT_TRANSITIONS: dict[str, tuple[frozenset[TenantStatus], TenantStatus]] = {
+    "activate": (frozenset({TenantStatus.PROVISIONING, TenantStatus.MIGRATING, TenantStatus.RESTORING,
+                            TenantStatus.MOVING, TenantStatus.ACTIVE}), TenantStatus.ACTIVE),
+    "suspend": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.SUSPENDED),
+    "resume": (frozenset({TenantStatus.SUSPENDED, TenantStatus.ACTIVE}), TenantStatus.ACTIVE),
+    "migrate": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.MIGRATING),
+    "delete": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.FAILED,
+                          TenantStatus.DELETING}), TenantStatus.DELETING),
+    "mark_deleted": (frozenset({TenantStatus.DELETING, TenantStatus.DELETED}), TenantStatus.DELETED),
+    "fail": (frozenset({TenantStatus.PROVISIONING, TenantStatus.DELETING, TenantStatus.RESTORING,
+                        TenantStatus.MOVING, TenantStatus.MIGRATING, TenantStatus.FAILED}), TenantStatus.FAILED),
+    "retry_provisioning": (frozenset({TenantStatus.FAILED, TenantStatus.PROVISIONING}), TenantStatus.PROVISIONING),
+}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[str] = mapped_column(String(50), default="standard")
+    status: Mapped[TenantStatus] = mapped_column(_enum(TenantStatus, "tenant_status"), index=True)
+    server_name: Mapped[str | None] = mapped_column(ForeignKey("database_servers.name"), index=True)
+    database_name: Mapped[str] = mapped_column(String(63))
+    role_name: Mapped[str] = mapped_column(String(63))
+    # Random per-tenant login password, encrypted with the KEYRING (format carries the key id).
+    role_password_encrypted: Mapped[str] = mapped_column(Text)
+    schema_revision: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    last_backup_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    domain_rows: Mapped[list["TenantDomain"]] = relationship(
+        back_populates="tenant", cascade="all, delete-orphan", order_by="TenantDomain.domain", lazy="selectin")
+    server: Mapped[DatabaseServer | None] = relationship(lazy="joined")
+
+    @property
+    def domains(self) -> list[str]:
+        return [row.domain for row in self.domain_rows]
+
+    def set_domains(self, domains: list[str]) -> None:
+        wanted = list(dict.fromkeys(domains))
+        kept = [row for row in self.domain_rows if row.domain in wanted]
+        have = {row.domain for row in kept}
+        self.domain_rows = kept + [TenantDomain(domain=d) for d in wanted if d not in have]
+
+    def _transition(self, action: str) -> None:
+        allowed, target = _TENANT_TRANSITIONS[action]
+        if self.status not in allowed:
+            raise IllegalTransitionError("tenant", self.id, self.status.value, action.replace("_", " "))
+        self.status = target
+
+    def activate(self) -> None:
+        self._transition("activate")
+
+    def suspend(self) -> None:
+        self._transition("suspend")
+
+    def resume(self) -> None:
+        self._transition("resume")
+
+    def begin_migration(self) -> None:
+        self._transition("migrate")
+
+    def begin_deletion(self) -> None:
+        self._transition("delete")
+
+    def mark_deleted(self) -> None:
+        self._transition("mark_deleted")
+        self.deleted_at = utcnow()
+        self.domain_rows = []
+
+    def fail(self) -> None:
+        self._transition("fail")
+
+    def retry_provisioning(self) -> None:
+        self._transition("retry_provisioning")
+
+
+class TenantDomain(Base):
+    """One row per domain: the primary key makes a domain unique across all tenants."""
+
+    __tablename__ = "tenant_domains"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    tenant: Mapped[Tenant] = relationship(back_populates="domain_rows")
+
+
+class Operation(Base):
+    __tablename__ = "operations"
+    __table_args__ = (UniqueConstraint("requested_by", "idempotency_key", name="uq_operations_idempotency"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kind: Mapped[OperationKind] = mapped_column(_enum(OperationKind, "operation_kind"))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    status: Mapped[OperationStatus] = mapped_column(_enum(OperationStatus, "operation_status"), index=True,
+                                                    default=OperationStatus.QUEUED)
+    step: Mapped[str | None] = mapped_column(String(64))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(_json, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(_json)
+    # A secret shown to the caller exactly once (a generated admin password), encrypted until then.
+    one_time_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    requested_by: Mapped[str | None] = mapped_column(String(100))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def start(self) -> None:
+        if self.status.finished:
+            raise IllegalTransitionError("operation", self.id, self.status.value, "start")
+        self.status = OperationStatus.RUNNING
+        self.attempts += 1
+        self.started_at = self.started_at or utcnow()
+        self.heartbeat_at = utcnow()
+        self.error = None
+
+    def report(self, step: str, progress: int) -> None:
+        self.step = step
+        self.progress = progress
+        self.heartbeat_at = utcnow()
+
+    def succeed(self, result: dict[str, Any] | None = None) -> None:
+        self.status = OperationStatus.SUCCEEDED
+        self.progress = 100
+        self.result = result or {}
+        self.finished_at = utcnow()
+
+    def fail(self, error: str) -> None:
+        self.status = OperationStatus.FAILED
+        self.error = error
+        self.finished_at = utcnow()
+
+    def requeue(self) -> None:
+        if self.status != OperationStatus.FAILED:
+            raise IllegalTransitionError("operation", self.id, self.status.value, "retry")
+        self.status = OperationStatus.QUEUED
+        self.error = None
+        self.finished_at = None
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[TokenRole] = mapped_column(_enum(TokenRole, "token_role"))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
+    # SHA-256 of the token: tokens are 256-bit random, so a fast hash cannot be brute-forced.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    operation_id: Mapped[str | None] = mapped_column(String(36))
+    details: Mapped[dict[str, Any]] = mapped_column(_json, default=dict)

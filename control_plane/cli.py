@@ -1,0 +1,272 @@
+"""`tenantctl`: the processes (serve, worker) and everything the API does, from a terminal."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+from marshmallow import ValidationError as MarshmallowValidationError
+
+from control_plane.bootstrap import build_context
+from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
+from control_plane.catalog.models import OperationStatus, TenantStatus, TokenRole
+from control_plane.errors import ControlPlaneError
+from control_plane.services import operations, servers, tenants
+from control_plane.services.auth import SYSTEM, create_token
+from control_plane.services.context import ServiceContext
+from control_plane.settings import Settings
+
+
+def _context() -> ServiceContext:
+    return build_context(Settings.from_env(), pool_size=1)
+
+
+def _follow(ctx: ServiceContext, operation_id: str) -> None:
+    """Print the operation's progress until it finishes; exit 1 if it failed."""
+    last = None
+    while True:
+        op = operations.get_operation(ctx, SYSTEM, operation_id)
+        line = f"{op.status.value:<9} {op.progress:>3}%  {op.step or ''}"
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+        if op.status.finished:
+            break
+        time.sleep(0.5)  # a human-facing poll, not synchronisation
+    if op.result:
+        click.echo(json.dumps(op.result, indent=2))
+    if op.status is not OperationStatus.SUCCEEDED:
+        raise click.ClickException(op.error or f"operation {op.status.value}")
+
+
+def _started(ctx: ServiceContext, op, wait: bool) -> None:
+    click.echo(f"operation {op.id} ({op.kind.value}) {op.status.value}", err=True)
+    if wait:
+        _follow(ctx, op.id)
+    else:
+        click.echo(op.id)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """Operate the database-per-tenant control plane."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.group()
+def catalog() -> None:
+    """The catalog database."""
+
+
+@catalog.command("upgrade")
+def catalog_upgrade() -> None:
+    """Bring the catalog schema to head and register the default database server."""
+    settings = Settings.from_env()
+    engine = create_catalog_engine(settings.catalog_database_url)
+    try:
+        upgrade_catalog(engine)
+    finally:
+        engine.dispose()
+    servers.ensure_default_server(_context())
+    click.echo("catalog is at head", err=True)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the API with gunicorn (each gunicorn worker builds its own app after the fork)."""
+    from gunicorn.app.base import BaseApplication
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("accesslog", "-")
+
+        def load(self):
+            from control_plane.app import create_app
+
+            return create_app()
+
+    _Gunicorn().run()
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+def worker(burst: bool) -> None:
+    """Run an RQ worker on the project's queue."""
+    from control_plane.jobs.worker import run_worker
+
+    logging.getLogger().setLevel(logging.INFO)
+    run_worker(Settings.from_env(), burst=burst)
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens."""
+
+
+@tokens.command("create")
+@click.option("--role", type=click.Choice([r.value for r in TokenRole]), required=True)
+@click.option("--tenant", "tenant_id", help="The tenant a tenant_admin token is scoped to.")
+@click.option("--name", default="cli", show_default=True)
+def tokens_create(role: str, tenant_id: str | None, name: str) -> None:
+    """Create a token; it is printed once, alone on the last line."""
+    token, plaintext = create_token(_context(), TokenRole(role), name, tenant_id)
+    click.echo(f"created {role} token {token.id} ({name})", err=True)
+    click.echo(plaintext)
+
+
+@cli.group("tenants")
+def tenants_group() -> None:
+    """Tenants."""
+
+
+@tenants_group.command("create")
+@click.argument("tenant_id")
+@click.option("--name", required=True)
+@click.option("--admin-email", required=True)
+@click.option("--domain", "domains", multiple=True)
+@click.option("--plan", default="standard", show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the provisioning.")
+def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[str, ...], plan: str, wait: bool) -> None:
+    from control_plane.api.schemas import TenantCreateSchema
+
+    body = TenantCreateSchema().load({"id": tenant_id, "name": name, "admin_email": admin_email,
+                                      "domains": list(domains), "plan": plan})
+    ctx = _context()
+    _started(ctx, tenants.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait)
+
+
+@tenants_group.command("list")
+@click.option("--status", type=click.Choice([s.value for s in TenantStatus]))
+@click.option("--server")
+@click.option("-q", "query")
+def tenants_list(status: str | None, server: str | None, query: str | None) -> None:
+    items, total = tenants.list_tenants(_context(), SYSTEM, status=TenantStatus(status) if status else None,
+                                        server=server, q=query, limit=10_000)
+    click.echo(f"{'ID':<40} {'STATUS':<13} {'SERVER':<12} REVISION")
+    for t in items:
+        click.echo(f"{t.id:<40} {t.status.value:<13} {t.server_name or '-':<12} {t.schema_revision or '-'}")
+    click.echo(f"{total} tenants", err=True)
+
+
+@tenants_group.command("show")
+@click.argument("tenant_id")
+def tenants_show(tenant_id: str) -> None:
+    from control_plane.api.schemas import TenantSchema
+
+    click.echo(json.dumps(TenantSchema().dump(tenants.get_tenant(_context(), SYSTEM, tenant_id)), indent=2))
+
+
+@tenants_group.command("suspend")
+@click.argument("tenant_id")
+def tenants_suspend(tenant_id: str) -> None:
+    click.echo(tenants.suspend_tenant(_context(), SYSTEM, tenant_id).status.value)
+
+
+@tenants_group.command("resume")
+@click.argument("tenant_id")
+def tenants_resume(tenant_id: str) -> None:
+    click.echo(tenants.resume_tenant(_context(), SYSTEM, tenant_id).status.value)
+
+
+@tenants_group.command("migrate")
+@click.argument("tenant_id")
+@click.option("--target", default="head", show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
+    ctx = _context()
+    _started(ctx, tenants.request_migration(ctx, SYSTEM, tenant_id, target), wait)
+
+
+@tenants_group.command("delete")
+@click.argument("tenant_id")
+@click.option("--final-backup/--no-final-backup", default=True, show_default=True)
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.confirmation_option(prompt="Drop the tenant's database and role?")
+def tenants_delete(tenant_id: str, final_backup: bool, wait: bool) -> None:
+    ctx = _context()
+    _started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup), wait)
+
+
+@cli.group("operations")
+def operations_group() -> None:
+    """Asynchronous operations."""
+
+
+@operations_group.command("show")
+@click.argument("operation_id")
+@click.option("--follow", is_flag=True)
+def operations_show(operation_id: str, follow: bool) -> None:
+    from control_plane.api.schemas import OperationSchema
+
+    ctx = _context()
+    if follow:
+        _follow(ctx, operation_id)
+    else:
+        click.echo(json.dumps(OperationSchema().dump(operations.get_operation(ctx, SYSTEM, operation_id)), indent=2))
+
+
+@operations_group.command("retry")
+@click.argument("operation_id")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+def operations_retry(operation_id: str, wait: bool) -> None:
+    ctx = _context()
+    _started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait)
+
+
+@operations_group.command("redispatch")
+def operations_redispatch() -> None:
+    """Enqueue again the operations the catalog says must run but no job will run."""
+    for op_id in operations.redispatch_stalled(_context()):
+        click.echo(op_id)
+
+
+@cli.group("servers")
+def servers_group() -> None:
+    """Tenant database servers."""
+
+
+@servers_group.command("list")
+def servers_list() -> None:
+    for server, count in servers.list_servers(_context()):
+        click.echo(f"{server.name:<20} {server.host}:{server.port:<6} {server.status.value:<9} {count} tenants")
+
+
+@servers_group.command("add")
+@click.argument("name")
+@click.option("--admin-url-file", type=click.File(), required=True,
+              help="A file holding the admin URL (keeps the password out of shell history).")
+@click.option("--max-tenants", type=int)
+def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
+    server = servers.register_server(_context(), SYSTEM.actor, name, admin_url_file.read().strip(), max_tenants)
+    click.echo(f"registered {server.name} at {server.host}:{server.port}")
+
+
+@servers_group.command("drain")
+@click.argument("name")
+@click.option("--undo", is_flag=True)
+def servers_drain(name: str, undo: bool) -> None:
+    click.echo(servers.set_draining(_context(), SYSTEM.actor, name, not undo).status.value)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ControlPlaneError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+    except MarshmallowValidationError as exc:
+        click.echo(f"error: {exc.messages}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

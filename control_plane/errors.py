@@ -1,0 +1,115 @@
+"""The project's error hierarchy: each error carries its HTTP status, a title and its data."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ControlPlaneError(Exception):
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ConfigurationError(ControlPlaneError):
+    title = "Configuration error"
+
+
+class ValidationError(ControlPlaneError):
+    status = 422
+    title = "Unprocessable entity"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", errors={"json": {field: [message]}})
+        self.field = field
+
+
+class NotFoundError(ControlPlaneError):
+    status = 404
+    title = "Not found"
+
+
+class TenantNotFoundError(NotFoundError):
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} does not exist")
+        self.tenant_id = tenant_id
+
+
+class OperationNotFoundError(NotFoundError):
+    def __init__(self, operation_id: str) -> None:
+        super().__init__(f"operation {operation_id!r} does not exist")
+        self.operation_id = operation_id
+
+
+class ServerNotFoundError(NotFoundError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"database server {name!r} does not exist")
+        self.name = name
+
+
+class ConflictError(ControlPlaneError):
+    status = 409
+    title = "Conflict"
+
+
+class TenantExistsError(ConflictError):
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} already exists")
+        self.tenant_id = tenant_id
+
+
+class DomainTakenError(ConflictError):
+    def __init__(self, domain: str) -> None:
+        super().__init__(f"domain {domain!r} is already used by another tenant")
+        self.domain = domain
+
+
+class IllegalTransitionError(ConflictError):
+    def __init__(self, entity: str, entity_id: str, current: str, action: str) -> None:
+        super().__init__(f"{entity} {entity_id!r} is {current}: cannot {action}")
+        self.current = current
+        self.action = action
+
+
+class TenantBusyError(ConflictError):
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} is locked by another job")
+        self.tenant_id = tenant_id
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used for a different request")
+
+
+class NoServerAvailableError(ConflictError):
+    title = "No database server available"
+
+
+class AuthenticationError(ControlPlaneError):
+    status = 401
+    title = "Unauthorized"
+
+
+class PermissionDeniedError(ControlPlaneError):
+    status = 403
+    title = "Forbidden"
+
+
+class DependencyUnavailableError(ControlPlaneError):
+    status = 503
+    title = "Service unavailable"
+
+
+class DatabaseServerError(ControlPlaneError):
+    """A tenant database server refused or failed an administrative command."""
+
+    status = 502
+    title = "Database server error"
+
+
+class DecryptionError(ControlPlaneError):
+    title = "Decryption failed"

@@ -1,0 +1,57 @@
+"""The project's RQ worker: queues, the worker class, and what happens when a work horse dies."""
+from __future__ import annotations
+
+import logging
+
+from rq import Worker
+
+from control_plane.bootstrap import build_context, dispose, redis_client
+from control_plane.catalog.db import transaction
+from control_plane.catalog.models import Operation, Tenant
+from control_plane.services.operations import redispatch_stalled
+from control_plane.services.runner import HANDLERS
+from control_plane.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _mark_horse_killed(settings: Settings):
+    def handler(job, pid: int, status: int, rusage) -> None:
+        operation_id = job.args[0] if job.args else None
+        if not operation_id:
+            return
+        ctx = build_context(settings, pool_size=1)
+        try:
+            with transaction(ctx.sessions) as session:
+                op = session.get(Operation, operation_id, with_for_update=True)
+                if op is None or op.status.finished:
+                    return
+                op.fail(f"{op.step or op.kind.value}: the worker process died (exit status {status})")
+                tenant = session.get(Tenant, op.tenant_id, with_for_update=True)
+                HANDLERS[op.kind].on_failure(ctx, session, op, tenant)
+            log.error("tenant %s operation %s: work horse %d died", op.tenant_id, operation_id, pid)
+        finally:
+            dispose(ctx)
+    return handler
+
+
+def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = False) -> bool:
+    """Run a worker until stopped (or, with burst, until the queue is empty).
+
+    The worker class is RQ's default forking `Worker`, chosen deliberately: each job runs in a fresh
+    work horse process that builds its own engine and connections after the fork (none cross it), a
+    job that leaks memory or crashes in libpq takes only its horse down, and RQ can kill a horse that
+    overruns its timeout. The parent process opens no database connection at all except in
+    `_mark_horse_killed`, which builds and disposes its own.
+    """
+    ctx = build_context(settings, pool_size=1)
+    try:
+        redispatched = redispatch_stalled(ctx)
+        if redispatched:
+            log.info("re-dispatched %d stalled operations at start-up", len(redispatched))
+    finally:
+        dispose(ctx)
+    connection = redis_client(settings)
+    worker = Worker([settings.queue_name], connection=connection,
+                    work_horse_killed_handler=_mark_horse_killed(settings))
+    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")

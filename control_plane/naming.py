@@ -1,0 +1,52 @@
+"""Every name derived from a tenant id: databases, roles, lock keys, Redis keys and channels."""
+from __future__ import annotations
+
+import re
+import zlib
+
+TENANT_ID_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+
+# Redis pub/sub channel on which every catalog change to a tenant is announced (JSON payload).
+TENANT_EVENTS_CHANNEL = "control-plane:tenant-events"
+APPLICATION_NAME = "tenant-control-plane"
+
+
+def tenant_id_problem(tenant_id: str) -> str | None:
+    """Why `tenant_id` is not a valid tenant id, or None when it is."""
+    if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
+        return (
+            "must be 3-40 characters of lowercase letters, digits and '-', "
+            "start with a letter and end with a letter or digit"
+        )
+    if "--" in tenant_id:
+        return "must not contain '--'"
+    return None
+
+
+def is_valid_tenant_id(tenant_id: str) -> bool:
+    return tenant_id_problem(tenant_id) is None
+
+
+def _slug(tenant_id: str) -> str:
+    if not is_valid_tenant_id(tenant_id):
+        raise ValueError(f"invalid tenant id {tenant_id!r}")
+    return tenant_id.replace("-", "_")
+
+
+def database_name(tenant_id: str) -> str:
+    return f"tenant_{_slug(tenant_id)}_db"
+
+
+def role_name(tenant_id: str) -> str:
+    return f"tenant_{_slug(tenant_id)}"
+
+
+def tenant_lock_key(tenant_id: str) -> int:
+    """The PostgreSQL advisory lock key (signed 64-bit) that serialises all work on one tenant."""
+    return (1 << 40) | zlib.crc32(f"tenant:{tenant_id}".encode())
+
+
+def job_id(operation_id: str) -> str:
+    """RQ job id of an operation: one job per operation, so re-dispatching replaces instead of duplicating."""
+    return f"operation-{operation_id}"

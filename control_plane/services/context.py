@@ -1,0 +1,75 @@
+"""What services need from the outside world, as small protocols, bundled in one context object."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.adapters.crypto import Keyring
+from control_plane.catalog.models import DatabaseServer, Tenant
+from control_plane.settings import Settings
+
+
+class JobQueue(Protocol):
+    def enqueue_operation(self, operation_id: str) -> None: ...
+    def is_pending(self, operation_id: str) -> bool: ...
+
+
+class TenantEvents(Protocol):
+    def publish(self, tenant_id: str, change: str, **data: Any) -> None: ...
+
+
+class TenantLocks(Protocol):
+    def hold(self, tenant_id: str, wait_seconds: float = 30) -> AbstractContextManager[None]: ...
+
+
+class ServerAdmin(Protocol):
+    def ping(self) -> None: ...
+    def ensure_role(self, role: str, password: str) -> None: ...
+    def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool: ...
+    def restrict_connect(self, database: str, role: str) -> None: ...
+    def drop_database(self, database: str) -> None: ...
+    def drop_role(self, role: str) -> None: ...
+
+
+class TenantDatabasePort(Protocol):
+    def migrate(self, target: str) -> str | None: ...
+    def current_revision(self) -> str | None: ...
+    def seed(self, admin_email: str, admin_name: str, admin_password_hash: str) -> None: ...
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    keyring: Keyring
+    queue: JobQueue
+    events: TenantEvents
+    locks: TenantLocks
+    server_admin: Callable[[str], ServerAdmin]  # admin URL → admin adapter
+    tenant_database: Callable[[str, int, str, str, str], TenantDatabasePort]  # host, port, db, role, password
+    # Hook point for the backups feature: called before a tenant's database is dropped.
+    final_backup: Callable[[Tenant, Any], None] = lambda tenant, operation: None
+
+    def admin_for(self, server: DatabaseServer) -> ServerAdmin:
+        return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
+
+    def database_of(self, tenant: Tenant) -> TenantDatabasePort:
+        assert tenant.server is not None, "tenant has not been placed on a server"
+        password = self.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+        return self.tenant_database(tenant.server.host, tenant.server.port, tenant.database_name,
+                                    tenant.role_name, password)
+
+
+def role_secret_context(tenant_id: str) -> str:
+    return f"tenant-role-password:{tenant_id}"
+
+
+def server_secret_context(server_name: str) -> str:
+    return f"server-admin-url:{server_name}"
+
+
+def operation_secret_context(operation_id: str) -> str:
+    return f"operation-secret:{operation_id}"

@@ -1,0 +1,60 @@
+"""The one place that reads the environment: every setting, each also as <NAME>_FILE."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from control_plane.errors import ConfigurationError
+
+REQUIRED = ("CATALOG_DATABASE_URL", "REDIS_URL", "TENANT_DB_ADMIN_URL", "BACKUP_STORE_URL", "KEYRING")
+
+
+def read_setting(name: str, environ: Mapping[str, str] | None = None, default: str | None = None) -> str | None:
+    """`NAME` from the environment, else the content of the file named by `NAME_FILE` (Docker secrets)."""
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"{name}_FILE points to an unreadable file: {path} ({exc.strerror})") from exc
+    return default
+
+
+@dataclass(frozen=True)
+class Settings:
+    catalog_database_url: str
+    redis_url: str
+    tenant_db_admin_url: str
+    backup_store_url: str
+    keyring: str = field(repr=False)
+    s3_endpoint_url: str | None = None
+    queue_name: str = "operations"
+    # Seconds a job may run before RQ considers it dead; long because backups and moves stream data.
+    job_timeout: int = 3600
+    # A job that stopped reporting progress for this long is considered abandoned and re-dispatched.
+    abandoned_after_seconds: int = 300
+    max_request_bytes: int = 64 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        values = {name: read_setting(name, environ) for name in REQUIRED}
+        missing = [name for name, value in values.items() if not value]
+        if missing:
+            raise ConfigurationError(
+                "missing required settings: " + ", ".join(missing) + " (set them, or <NAME>_FILE pointing to a file)"
+            )
+        return cls(
+            catalog_database_url=values["CATALOG_DATABASE_URL"],
+            redis_url=values["REDIS_URL"],
+            tenant_db_admin_url=values["TENANT_DB_ADMIN_URL"],
+            backup_store_url=values["BACKUP_STORE_URL"],
+            keyring=values["KEYRING"],
+            s3_endpoint_url=read_setting("S3_ENDPOINT_URL", environ),
+            queue_name=read_setting("QUEUE_NAME", environ, "operations"),
+        )
