@@ -83,6 +83,25 @@ class PostgresAdmin:
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, sql.Identifier(role)))
 
+    def close_other_databases(self) -> None:
+        """Revoke PUBLIC's CONNECT on every other connectable database of the server (postgres, template1...).
+
+        PostgreSQL grants CONNECT to PUBLIC by default, so without this a tenant role could log in to
+        `postgres` or to a catalog on the same server. The admin keeps access through an explicit grant
+        made first; owners and superusers keep theirs anyway.
+        """
+        with self._connect() as conn:
+            open_databases = [row[0] for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn "
+                "AND has_database_privilege('public', datname, 'CONNECT')").fetchall()]
+            for database in open_databases:
+                db = sql.Identifier(database)
+                try:
+                    conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO CURRENT_USER").format(db))
+                    conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
+                except psycopg.errors.InsufficientPrivilege:
+                    log.warning("cannot revoke PUBLIC's CONNECT on database %s: not its owner", database)
+
     def drop_database(self, database: str) -> None:
         with self._connect() as conn:
             # WITH (FORCE) ends the sessions still open on it (tenant apps, a crashed job's connection).

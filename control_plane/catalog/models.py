@@ -133,7 +133,7 @@ class Tenant(Base):
 
     domain_rows: Mapped[list["TenantDomain"]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", order_by="TenantDomain.domain", lazy="selectin")
-    server: Mapped[DatabaseServer | None] = relationship(lazy="joined")
+    server: Mapped[DatabaseServer | None] = relationship(lazy="selectin")
 
     @property
     def domains(self) -> list[str]:

@@ -36,14 +36,7 @@ def _mark_horse_killed(settings: Settings):
 
 
 def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = False) -> bool:
-    """Run a worker until stopped (or, with burst, until the queue is empty).
-
-    The worker class is RQ's default forking `Worker`, chosen deliberately: each job runs in a fresh
-    work horse process that builds its own engine and connections after the fork (none cross it), a
-    job that leaks memory or crashes in libpq takes only its horse down, and RQ can kill a horse that
-    overruns its timeout. The parent process opens no database connection at all except in
-    `_mark_horse_killed`, which builds and disposes its own.
-    """
+    """Re-dispatch stalled operations, then work until stopped (or, with burst, until the queue is empty)."""
     ctx = build_context(settings, pool_size=1)
     try:
         redispatched = redispatch_stalled(ctx)
@@ -51,7 +44,16 @@ def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = F
             log.info("re-dispatched %d stalled operations at start-up", len(redispatched))
     finally:
         dispose(ctx)
-    connection = redis_client(settings)
-    worker = Worker([settings.queue_name], connection=connection,
-                    work_horse_killed_handler=_mark_horse_killed(settings))
-    return worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
+    return build_worker(settings).work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
+
+
+def build_worker(settings: Settings) -> Worker:
+    """RQ's default forking `Worker`, chosen deliberately.
+
+    Each job runs in a fresh work horse process that builds its own engine and connections after the
+    fork, so none crosses it; a job that leaks memory or crashes in libpq takes only its horse down;
+    RQ can kill a horse that overruns its timeout. The parent holds no database connection while it
+    works (start-up and `_mark_horse_killed` build and dispose their own).
+    """
+    return Worker([settings.queue_name], connection=redis_client(settings),
+                  work_horse_killed_handler=_mark_horse_killed(settings))

@@ -37,6 +37,7 @@ def provision(ctx: ServiceContext, session: Session, op: Operation, tenant: Tena
 
     report("restrict_access", 40)
     admin.restrict_connect(tenant.database_name, tenant.role_name)
+    admin.close_other_databases()
 
     report("migrate_schema", 55)
     database = ctx.database_of(tenant)

@@ -1,0 +1,57 @@
+"""Test helpers that act like a client of the API and look at the world directly."""
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+
+def create_tenant(client, auth, tenant_id: str, **extra) -> dict:
+    body = {"id": tenant_id, "name": f"Clinic {tenant_id}", "admin_email": f"owner@{tenant_id}.example", **extra}
+    response = client.post("/v1/tenants", json=body, headers=auth)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def operation(client, auth, operation_id: str) -> dict:
+    response = client.get(f"/v1/operations/{operation_id}", headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def tenant(client, auth, tenant_id: str) -> dict:
+    response = client.get(f"/v1/tenants/{tenant_id}", headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def one(admin_url: str, query: str, *params, dbname: str | None = None):
+    kwargs = {"autocommit": True, **({"dbname": dbname} if dbname else {})}
+    with psycopg.connect(admin_url, **kwargs) as conn:
+        row = conn.execute(query, params).fetchone()
+        return row[0] if row else None
+
+
+def databases(admin_url: str, like: str = "tenant_%") -> set[str]:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (like,))}
+
+
+def roles(admin_url: str, like: str = "tenant_%") -> set[str]:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s", (like,))}
+
+
+def tenant_login(ctx, tenant_id: str, dbname: str | None = None) -> psycopg.Connection:
+    """Connect as the tenant's own role (password decrypted from the catalog), optionally to another database."""
+    from control_plane.catalog.models import Tenant
+    from control_plane.services.context import role_secret_context
+
+    with ctx.sessions() as session:
+        row = session.get(Tenant, tenant_id)
+        password = ctx.keyring.decrypt(row.role_password_encrypted, role_secret_context(tenant_id))
+        return psycopg.connect(host=row.server.host, port=row.server.port, user=row.role_name, password=password,
+                               dbname=dbname or row.database_name, autocommit=True, connect_timeout=5)
+
+
+def quote(identifier: str) -> sql.Identifier:
+    return sql.Identifier(identifier)
