@@ -9,6 +9,7 @@ from control_plane.adapters.job_queue import RqJobQueue
 from control_plane.adapters.locks import PostgresTenantLocks
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
+from control_plane.adapters.tenant_template import TenantTemplate
 from control_plane.catalog.db import create_catalog_engine, session_factory
 from control_plane.services.context import ServiceContext
 from control_plane.settings import Settings
@@ -31,6 +32,7 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         locks=PostgresTenantLocks(engine),
         server_admin=PostgresAdmin,
         tenant_database=TenantDatabase,
+        tenant_template=TenantTemplate,
     )
 
 

@@ -50,3 +50,17 @@ def tenant_lock_key(tenant_id: str) -> int:
 def job_id(operation_id: str) -> str:
     """RQ job id of an operation: one job per operation, so re-dispatching replaces instead of duplicating."""
     return f"operation-{operation_id}"
+
+
+# Provisioning clones a template database kept at the tenant schema's head, one per revision.
+TEMPLATE_PREFIX = "cp_template_"
+TEMPLATE_OWNER_ROLE = "cp_template_owner"
+
+
+def template_database_name(revision: str) -> str:
+    slug = re.sub(r"[^a-z0-9_]", "_", revision.lower())
+    return (TEMPLATE_PREFIX + slug)[:63]
+
+
+def template_lock_key() -> int:
+    return (2 << 40) | zlib.crc32(b"tenant-template")

@@ -40,6 +40,8 @@ class Settings:
     # A job that stopped reporting progress for this long is considered abandoned and re-dispatched.
     abandoned_after_seconds: int = 300
     max_request_bytes: int = 64 * 1024
+    # Clone a template database kept at head (fast) instead of running every migration per tenant.
+    provision_from_template: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -57,4 +59,6 @@ class Settings:
             keyring=values["KEYRING"],
             s3_endpoint_url=read_setting("S3_ENDPOINT_URL", environ),
             queue_name=read_setting("QUEUE_NAME", environ, "operations"),
+            provision_from_template=read_setting("PROVISION_FROM_TEMPLATE", environ, "true").lower()
+            not in ("0", "false", "no", "off"),
         )

@@ -22,6 +22,7 @@ from control_plane.bootstrap import build_context, dispose
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TokenRole
 from control_plane.jobs.worker import build_worker
+from control_plane.naming import TEMPLATE_OWNER_ROLE, TEMPLATE_PREFIX
 from control_plane.services.auth import create_token
 from control_plane.settings import Settings
 
@@ -75,6 +76,17 @@ def settings(admin_url: str, tmp_path_factory) -> Iterator[Settings]:
             os.environ[name] = value
     with admin_connect(admin_url) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(catalog_db)))
+    drop_templates(admin_url)
+
+
+def drop_templates(admin_url: str) -> None:
+    """Provisioning builds template databases on first use; remove them with the session."""
+    with admin_connect(admin_url) as conn:
+        for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                    (TEMPLATE_PREFIX.replace("_", r"\_") + "%",)).fetchall():
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(TEMPLATE_OWNER_ROLE)))
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from argon2 import PasswordHasher
 
-_hasher = PasswordHasher()
+# OWASP's argon2id configuration (19 MiB, 2 passes, 1 lane): strong, and ~25 ms instead of the
+# library default's ~140 ms, which would dominate a tenant's provisioning time.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
 
 
 def hash_password(password: str) -> str:

@@ -21,7 +21,7 @@ class PostgresAdmin:
         self._connect_timeout = connect_timeout
 
     @contextmanager
-    def _connect(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    def connect(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
         # CREATE/DROP DATABASE refuse a transaction block: autocommit throughout.
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": self._connect_timeout,
                                   "application_name": "tenant-control-plane"}
@@ -34,27 +34,27 @@ class PostgresAdmin:
             # The message is PostgreSQL's; it never contains the DSN or its password.
             raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
 
-    def _fetch_one(self, query: sql.Composable | str, params: tuple = ()) -> Any:
-        with self._connect() as conn:
+    def fetch_one(self, query: sql.Composable | str, params: tuple = ()) -> Any:
+        with self.connect() as conn:
             row = conn.execute(query, params).fetchone()
             return row[0] if row else None
 
     def server_version(self) -> int:
-        return int(self._fetch_one("SHOW server_version_num"))
+        return int(self.fetch_one("SHOW server_version_num"))
 
     def ping(self) -> None:
-        self._fetch_one("SELECT 1")
+        self.fetch_one("SELECT 1")
 
     def role_exists(self, role: str) -> bool:
-        return bool(self._fetch_one("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
+        return bool(self.fetch_one("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
 
     def database_exists(self, database: str) -> bool:
-        return bool(self._fetch_one("SELECT 1 FROM pg_database WHERE datname = %s", (database,)))
+        return bool(self.fetch_one("SELECT 1 FROM pg_database WHERE datname = %s", (database,)))
 
     def ensure_role(self, role: str, password: str) -> None:
         """Create the login role, or reset its password if it exists (a resumed provisioning converges)."""
         ident = sql.Identifier(role)
-        with self._connect() as conn:
+        with self.connect() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             conn.execute(sql.SQL("{} {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
@@ -67,7 +67,7 @@ class PostgresAdmin:
 
     def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool:
         """Create the database owned by `owner` unless it exists; True when it was created now."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 return False
             query = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner))
@@ -78,7 +78,7 @@ class PostgresAdmin:
 
     def restrict_connect(self, database: str, role: str) -> None:
         """Only the tenant's role (and superusers) may connect; PUBLIC may not."""
-        with self._connect() as conn:
+        with self.connect() as conn:
             db = sql.Identifier(database)
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, sql.Identifier(role)))
@@ -90,7 +90,7 @@ class PostgresAdmin:
         `postgres` or to a catalog on the same server. The admin keeps access through an explicit grant
         made first; owners and superusers keep theirs anyway.
         """
-        with self._connect() as conn:
+        with self.connect() as conn:
             open_databases = [row[0] for row in conn.execute(
                 "SELECT datname FROM pg_database WHERE datallowconn "
                 "AND has_database_privilege('public', datname, 'CONNECT')").fetchall()]
@@ -103,16 +103,16 @@ class PostgresAdmin:
                     log.warning("cannot revoke PUBLIC's CONNECT on database %s: not its owner", database)
 
     def drop_database(self, database: str) -> None:
-        with self._connect() as conn:
+        with self.connect() as conn:
             # WITH (FORCE) ends the sessions still open on it (tenant apps, a crashed job's connection).
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
     def drop_role(self, role: str) -> None:
-        with self._connect() as conn:
+        with self.connect() as conn:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     def databases_owned_by(self, role: str) -> list[str]:
-        with self._connect() as conn:
+        with self.connect() as conn:
             rows = conn.execute("SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
                                 "WHERE r.rolname = %s ORDER BY 1", (role,)).fetchall()
             return [row[0] for row in rows]

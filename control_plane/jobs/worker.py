@@ -5,6 +5,8 @@ import logging
 
 from rq import Worker
 
+import tenant_migrations
+
 from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.catalog.db import transaction
 from control_plane.catalog.models import Operation, Tenant
@@ -47,6 +49,15 @@ def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = F
     return build_worker(settings).work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
 
 
+def _preload() -> None:
+    """Import and parse once in the parent, so every forked work horse starts warm (copy-on-write)."""
+    import control_plane.jobs  # noqa: F401  the job entry point and everything it imports
+    import psycopg  # noqa: F401
+    from sqlalchemy.dialects.postgresql import psycopg as _dialect  # noqa: F401
+
+    tenant_migrations.script_directory()
+
+
 def build_worker(settings: Settings) -> Worker:
     """RQ's default forking `Worker`, chosen deliberately.
 
@@ -55,5 +66,6 @@ def build_worker(settings: Settings) -> Worker:
     RQ can kill a horse that overruns its timeout. The parent holds no database connection while it
     works (start-up and `_mark_horse_killed` build and dispose their own).
     """
+    _preload()
     return Worker([settings.queue_name], connection=redis_client(settings),
                   work_horse_killed_handler=_mark_horse_killed(settings))

@@ -35,6 +35,11 @@ class ServerAdmin(Protocol):
     def drop_role(self, role: str) -> None: ...
 
 
+class TemplatePort(Protocol):
+    def ensure(self, revision: str) -> str: ...
+    def hand_over(self, database: str, role: str) -> None: ...
+
+
 class TenantDatabasePort(Protocol):
     def migrate(self, target: str) -> str | None: ...
     def current_revision(self) -> str | None: ...
@@ -51,11 +56,15 @@ class ServiceContext:
     locks: TenantLocks
     server_admin: Callable[[str], ServerAdmin]  # admin URL → admin adapter
     tenant_database: Callable[[str, int, str, str, str], TenantDatabasePort]  # host, port, db, role, password
+    tenant_template: Callable[[str], TemplatePort]  # admin URL → template of that server
     # Hook point for the backups feature: called before a tenant's database is dropped.
     final_backup: Callable[[Tenant, Any], None] = lambda tenant, operation: None
 
     def admin_for(self, server: DatabaseServer) -> ServerAdmin:
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
+
+    def template_for(self, server: DatabaseServer) -> TemplatePort:
+        return self.tenant_template(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
 
     def database_of(self, tenant: Tenant) -> TenantDatabasePort:
         assert tenant.server is not None, "tenant has not been placed on a server"

@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from sqlalchemy.orm import Session
 
+import tenant_migrations
+
 from control_plane.catalog.models import Operation, Tenant, TenantStatus
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, role_secret_context
@@ -33,13 +35,19 @@ def provision(ctx: ServiceContext, session: Session, op: Operation, tenant: Tena
     admin.ensure_role(tenant.role_name, ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id)))
 
     report("create_database", 30)
-    admin.ensure_database(tenant.database_name, owner=tenant.role_name)
+    if ctx.settings.provision_from_template:
+        template = ctx.template_for(tenant.server)
+        admin.ensure_database(tenant.database_name, owner=tenant.role_name,
+                              template=template.ensure(tenant_migrations.head_revision()))
+        template.hand_over(tenant.database_name, tenant.role_name)
+    else:
+        admin.ensure_database(tenant.database_name, owner=tenant.role_name)
 
     report("restrict_access", 40)
     admin.restrict_connect(tenant.database_name, tenant.role_name)
     admin.close_other_databases()
 
-    report("migrate_schema", 55)
+    report("migrate_schema", 55)  # a no-op after a clone of the template at head, unless head moved since
     database = ctx.database_of(tenant)
     tenant.schema_revision = database.migrate("head")
     session.commit()
