@@ -130,11 +130,12 @@ def run_jobs(settings: Settings, redis_conn: redis.Redis):
 
 
 @pytest.fixture(autouse=True)
-def clean_world(request, admin_url: str):
+def clean_world(request):
     """After each test: drop every tenant database and role the catalog knows, then empty the catalog."""
     uses_catalog = "settings" in request.fixturenames
     if uses_catalog:
         settings, redis_conn = request.getfixturevalue("settings"), request.getfixturevalue("redis_conn")
+        admin_url = settings.tenant_db_admin_url
     yield
     if not uses_catalog:
         return
