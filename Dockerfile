@@ -1,7 +1,8 @@
 # The control plane image: API (gunicorn), RQ workers and the scheduler all run from it.
 FROM python:3.11-slim-bookworm
 
-# pg_dump/pg_restore must be at least the tenant servers' major version: PGDG's client 16 covers 15 and 16.
+# pg_dump/pg_restore must be at least the tenant servers' major version: bookworm's client is 15,
+# matching the stack's PostgreSQL 15 servers (use PGDG's newer client for newer servers).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql-client curl ca-certificates \
  && rm -rf /var/lib/apt/lists/*
