@@ -20,7 +20,9 @@ from control_plane.settings import Settings
 
 
 def _context() -> ServiceContext:
-    return build_context(Settings.from_env(), pool_size=1)
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    servers.ensure_default_server(ctx)
+    return ctx
 
 
 def _follow(ctx: ServiceContext, operation_id: str) -> None:
@@ -71,7 +73,7 @@ def catalog_upgrade() -> None:
         upgrade_catalog(engine)
     finally:
         engine.dispose()
-    servers.ensure_default_server(_context())
+    _context()  # registers the default server
     click.echo("catalog is at head", err=True)
 
 

@@ -12,6 +12,7 @@ from control_plane.catalog.db import transaction
 from control_plane.catalog.models import Operation, Tenant
 from control_plane.services.operations import redispatch_stalled
 from control_plane.services.runner import HANDLERS
+from control_plane.services.servers import ensure_default_server
 from control_plane.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = F
     """Re-dispatch stalled operations, then work until stopped (or, with burst, until the queue is empty)."""
     ctx = build_context(settings, pool_size=1)
     try:
+        ensure_default_server(ctx)
         redispatched = redispatch_stalled(ctx)
         if redispatched:
             log.info("re-dispatched %d stalled operations at start-up", len(redispatched))
