@@ -83,6 +83,7 @@ def test_delete_drops_database_and_role_and_keeps_the_record(client, auth, run_j
     assert client.post("/v1/tenants", headers=auth, json={
         "id": "life", "name": "x", "admin_email": "a@b.example"}).status_code == 409
     assert client.delete("/v1/tenants/life", headers=auth).status_code == 409
+    assert client.patch("/v1/tenants/life", json={"name": "Zombie"}, headers=auth).status_code == 409
 
 
 def test_patch_changes_name_plan_and_domains(client, auth):

@@ -15,7 +15,8 @@ from control_plane.adapters.crypto import random_password
 from control_plane.adapters.passwords import hash_password
 from control_plane.catalog.db import transaction
 from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantDomain, TenantStatus
-from control_plane.errors import DomainTakenError, TenantExistsError, TenantNotFoundError, ValidationError
+from control_plane.errors import (DomainTakenError, IllegalTransitionError, TenantExistsError, TenantNotFoundError,
+                                  ValidationError)
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, operation_secret_context, role_secret_context
@@ -128,7 +129,7 @@ def update_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str, *, 
         with transaction(ctx.sessions) as session:
             tenant = _load(session, tenant_id, lock=True)
             if tenant.status is TenantStatus.DELETED:
-                raise ValidationError("id", "a deleted tenant cannot be changed")
+                raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "update")
             changes: dict[str, Any] = {}
             if name is not None and name != tenant.name:
                 tenant.name = changes["name"] = name
