@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -975,6 +976,9 @@ def _print_banner(base_url: str, token: str, base: Path) -> None:
             "Follow the operation it answers with (its id is in the body and the Location header):",
             f"  curl {base_url}/v1/operations/<operation-id> {auth}",
             "",
+            "Use tenantctl from another shell:",
+            f"  set -a; . {base / 'env'}; set +a; .venv/bin/tenantctl tenants list",
+            "",
             f"Press Ctrl-C to stop. Data stays under {base} for the next run.",
             "",
         ]),
@@ -1007,6 +1011,9 @@ def cmd_run(host: str = LOOPBACK, port: int | None = None) -> int:
                 if created.returncode or not lines:
                     raise DevstackError(f"`tenantctl tokens create` failed (exit {created.returncode})")
                 token = lines[-1]
+                # For tenantctl in another shell: `set -a; . .devstack/dev/env; set +a` (0600, git-ignored).
+                _write_private(base / "env", "".join(f"{name}={shlex.quote(value)}\n"
+                                                      for name, value in sorted(settings.items())))
                 for args in (["serve", "--host", host, "--port", str(http_port)], ["worker"]):
                     # Own process group: Ctrl-C reaches only us, and we stop each child with its descendants.
                     children.append(
