@@ -1,0 +1,79 @@
+"""Several database servers: registration, draining and placement, with a second real PostgreSQL."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from control_plane import devstack
+from helpers import create_tenant, databases, tenant, tenant_login
+
+
+@pytest.fixture(scope="module")
+def second_server():
+    root = devstack.scratch_dir("servers")
+    server = devstack.PostgresServer(root / "pg2", fast=True).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_servers_are_listed_without_credentials(client, auth):
+    servers = client.get("/v1/servers", headers=auth).get_json()
+    assert [s["name"] for s in servers] == ["default"]
+    assert "admin_url" not in servers[0] and "admin_url_encrypted" not in servers[0]
+
+
+def test_register_drain_and_place_on_another_server(client, auth, run_jobs, ctx, second_server):
+    registered = client.post("/v1/servers", headers=auth, json={"name": "pg2", "admin_url": second_server.url})
+    assert registered.status_code == 201 and registered.get_json()["port"] == second_server.port
+    assert second_server.password not in registered.get_data(as_text=True)
+    assert client.post("/v1/servers", headers=auth, json={"name": "pg2", "admin_url": second_server.url}).status_code == 409
+
+    drained = client.post("/v1/servers/default/drain", headers=auth, json={})
+    assert drained.get_json()["status"] == "draining"
+    create_tenant(client, auth, "elsewhere")
+    run_jobs()
+    body = tenant(client, auth, "elsewhere")
+    assert body["status"] == "active" and body["server"] == "pg2"
+    assert databases(second_server.url, "tenant_elsewhere%") == {"tenant_elsewhere_db"}
+    with tenant_login(ctx, "elsewhere") as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == second_server.port
+
+    client.delete("/v1/tenants/elsewhere", headers=auth)
+    run_jobs()
+    assert databases(second_server.url, "tenant_elsewhere%") == set()
+
+    client.post("/v1/servers/default/drain", headers=auth, json={"draining": False})
+    client.post("/v1/servers/pg2/drain", headers=auth, json={})
+    create_tenant(client, auth, "back-home")
+    run_jobs()
+    assert tenant(client, auth, "back-home")["server"] == "default"
+
+
+def test_no_room_fails_the_provisioning_readably(client, auth, run_jobs):
+    client.post("/v1/servers/default/drain", headers=auth, json={})
+    try:
+        op = create_tenant(client, auth, "homeless")
+        run_jobs()
+        failed = client.get(f"/v1/operations/{op['id']}", headers=auth).get_json()
+        assert failed["status"] == "failed" and "no active database server" in failed["error"]
+    finally:
+        client.post("/v1/servers/default/drain", headers=auth, json={"draining": False})
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"name": "Bad Name", "admin_url": "postgresql://a@b/c"}, "name"),
+    ({"name": "ok", "admin_url": "mysql://a@b/c"}, "admin_url"),
+    ({"name": "ok"}, "admin_url"),
+])
+def test_invalid_server_registration_is_422(client, auth, body, field):
+    response = client.post("/v1/servers", headers=auth, json=body)
+    assert response.status_code == 422 and field in response.get_json()["errors"]["json"]
+
+
+def test_unreachable_server_is_refused(client, auth):
+    port = devstack.free_port()
+    response = client.post("/v1/servers", headers=auth,
+                           json={"name": "ghost", "admin_url": f"postgresql://nobody:pw@127.0.0.1:{port}/postgres"})
+    assert response.status_code == 502 and "pw@" not in response.get_data(as_text=True)
