@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, Select, create_engine, func, make_url, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +36,12 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""
     with sessions() as session, session.begin():
         yield session
+
+
+def page(session: Session, query: Select, *order_by: Any, offset: int, limit: int) -> tuple[list[Any], int]:
+    """One page of `query`'s rows in a stable order, and how many rows there are in all."""
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    return list(session.scalars(query.order_by(*order_by).offset(offset).limit(limit)).all()), total
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -7,10 +7,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_plane.catalog.db import transaction
+from control_plane.catalog.db import page, transaction
 from control_plane.catalog.models import Operation, OperationKind, OperationStatus, Tenant, utcnow
 from control_plane.errors import DependencyUnavailableError, IdempotencyKeyReusedError, OperationNotFoundError
 from control_plane.services import audit
@@ -86,9 +86,7 @@ def list_operations(ctx: ServiceContext, principal: Principal, *, tenant_id: str
     if kind:
         query = query.where(Operation.kind == kind)
     with ctx.sessions() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = session.scalars(query.order_by(Operation.created_at.desc(), Operation.id).offset(offset).limit(limit)).all()
-        return list(rows), total or 0
+        return page(session, query, Operation.created_at.desc(), Operation.id, offset=offset, limit=limit)
 
 
 def retry_operation(ctx: ServiceContext, principal: Principal, operation_id: str) -> Operation:

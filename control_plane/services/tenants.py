@@ -5,7 +5,7 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,7 +13,7 @@ import tenant_migrations
 from control_plane import naming
 from control_plane.adapters.crypto import random_password
 from control_plane.adapters.passwords import hash_password
-from control_plane.catalog.db import transaction
+from control_plane.catalog.db import page, transaction
 from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantDomain, TenantStatus
 from control_plane.errors import (DomainTakenError, IllegalTransitionError, TenantExistsError, TenantNotFoundError,
                                   ValidationError)
@@ -117,9 +117,7 @@ def list_tenants(ctx: ServiceContext, principal: Principal, *, status: TenantSta
         query = query.where(or_(Tenant.id.ilike(pattern), Tenant.name.ilike(pattern),
                                 Tenant.domain_rows.any(TenantDomain.domain.ilike(pattern))))
     with ctx.sessions() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = session.scalars(query.order_by(Tenant.created_at, Tenant.id).offset(offset).limit(limit)).all()
-        return list(rows), total
+        return page(session, query, Tenant.created_at, Tenant.id, offset=offset, limit=limit)
 
 
 def update_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str, *, name: str | None = None,
