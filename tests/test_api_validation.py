@@ -142,3 +142,10 @@ def test_openapi_and_docs_are_served(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["checks"]["catalog"] == "ok"
+
+
+def test_metrics_count_tenants_and_operations(client, auth):
+    create_tenant(client, auth, "metered")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'control_plane_tenants{status="provisioning"} 1.0' in text
+    assert 'control_plane_operations{kind="provision",status="queued"} 1.0' in text

@@ -4,10 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select, text
 
 from control_plane.api.common import services
-from control_plane.catalog.models import Operation, Tenant
+from control_plane.services import fleet
 
 blp = Blueprint("health", __name__)
 
@@ -21,7 +20,7 @@ def healthz():
 def readyz():
     ctx = services()
     checks: dict[str, str] = {}
-    for name, probe in (("catalog", lambda: _catalog_ping(ctx)), ("redis", ctx.queue.ping),
+    for name, probe in (("catalog", lambda: fleet.ping_catalog(ctx)), ("redis", ctx.queue.ping),
                         ("backup_store", lambda: _store_ping(ctx))):
         try:
             probe()
@@ -30,11 +29,6 @@ def readyz():
             checks[name] = f"unavailable: {type(exc).__name__}"
     ready = all(value == "ok" for value in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
-
-
-def _catalog_ping(ctx) -> None:
-    with ctx.sessions() as session:
-        session.execute(text("SELECT 1"))
 
 
 def _store_ping(ctx) -> None:
@@ -52,12 +46,10 @@ class _CatalogCollector:
     def collect(self):
         tenants = GaugeMetricFamily("control_plane_tenants", "Tenants by status", labels=["status"])
         ops = GaugeMetricFamily("control_plane_operations", "Operations by kind and status", labels=["kind", "status"])
-        with self._ctx.sessions() as session:
-            for status, count in session.execute(select(Tenant.status, func.count()).group_by(Tenant.status)):
-                tenants.add_metric([status.value], count)
-            for kind, status, count in session.execute(
-                    select(Operation.kind, Operation.status, func.count()).group_by(Operation.kind, Operation.status)):
-                ops.add_metric([kind.value, status.value], count)
+        for status, count in fleet.tenants_by_status(self._ctx).items():
+            tenants.add_metric([status], count)
+        for (kind, status), count in fleet.operations_by_kind_and_status(self._ctx).items():
+            ops.add_metric([kind, status], count)
         yield tenants
         yield ops
 
