@@ -7,6 +7,7 @@ from flask_smorest import Api
 from control_plane.api import errors
 from control_plane.api.auth import authenticate_request
 from control_plane.api.health import blp as health_blp
+from control_plane.api.migration_runs import blp as migration_runs_blp
 from control_plane.api.operations import blp as operations_blp
 from control_plane.api.servers import blp as servers_blp
 from control_plane.api.tenants import blp as tenants_blp
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     errors.register(app)  # after Api(): ours replace flask-smorest's JSON error handler with problem+json
     for blueprint in (tenants_blp, operations_blp, servers_blp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(migration_runs_blp)
     app.register_blueprint(health_blp)
 
     @app.before_request

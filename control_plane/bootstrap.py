@@ -7,6 +7,7 @@ from control_plane.adapters.crypto import Keyring
 from control_plane.adapters.events import RedisTenantEvents
 from control_plane.adapters.job_queue import RqJobQueue
 from control_plane.adapters.locks import PostgresTenantLocks
+from control_plane.adapters.migration_job_queue import RqMigrationJobs
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.adapters.tenant_template import TenantTemplate
@@ -33,6 +34,7 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         server_admin=PostgresAdmin,
         tenant_database=TenantDatabase,
         tenant_template=TenantTemplate,
+        migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
     )
 
 

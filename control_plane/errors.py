@@ -113,3 +113,21 @@ class DatabaseServerError(ControlPlaneError):
 
 class DecryptionError(ControlPlaneError):
     title = "Decryption failed"
+
+
+class MigrationRunNotFoundError(NotFoundError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"migration run {run_id!r} does not exist")
+        self.run_id = run_id
+
+
+class TenantMigrationError(ControlPlaneError):
+    """A tenant's schema migration failed; `reached_revision` is where its database was left."""
+
+    title = "Tenant migration failed"
+
+    def __init__(self, detail: str, from_revision: str | None, reached_revision: str | None) -> None:
+        super().__init__(detail)
+        self.from_revision = from_revision
+        self.reached_revision = reached_revision
+

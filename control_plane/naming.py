@@ -64,3 +64,8 @@ def template_database_name(revision: str) -> str:
 
 def template_lock_key() -> int:
     return (2 << 40) | zlib.crc32(b"tenant-template")
+
+
+def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
+    """RQ job id of one claim of a migration run item: a re-claim gets a new job, a stale one is recognisable."""
+    return f"migration-item-{item_id}-{dispatch_token}"

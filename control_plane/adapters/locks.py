@@ -25,7 +25,10 @@ class PostgresTenantLocks:
         key = tenant_lock_key(tenant_id)
         with self._engine.connect() as conn:
             try:
-                conn.execute(text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": f"{int(wait_seconds * 1000)}"})
+                # Transaction-local: a session-level lock_timeout would stay on the pooled connection and
+                # later make unrelated row locks (SELECT ... FOR UPDATE) time out. At least 1 ms: 0 means wait forever.
+                conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
+                             {"ms": f"{max(1, int(wait_seconds * 1000))}"})
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
                 conn.commit()
             except OperationalError as exc:

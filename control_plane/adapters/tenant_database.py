@@ -13,7 +13,15 @@ from sqlalchemy.pool import NullPool
 import tenant_migrations
 from tenant_migrations.seed import seed
 
-from control_plane.errors import DatabaseServerError
+from control_plane.errors import DatabaseServerError, TenantMigrationError
+
+
+def _message(exc: BaseException) -> str:
+    """PostgreSQL's own message (never the DSN) for driver errors, the exception's text otherwise."""
+    if isinstance(exc, DBAPIError):
+        diag = getattr(exc.orig, "diag", None)
+        return getattr(diag, "message_primary", None) or str(exc.orig)
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -29,17 +37,17 @@ class TenantDatabase:
                           host=self.host, port=self.port, database=self.database)
 
     @contextmanager
-    def _connect(self) -> Iterator[Connection]:
+    def _connect(self, options: str | None = None) -> Iterator[Connection]:
         # NullPool: jobs are short-lived forked processes, a pool would only outlive its use.
-        engine = create_engine(self.url(), poolclass=NullPool,
-                               connect_args={"connect_timeout": 10, "application_name": "tenant-control-plane"})
+        connect_args: dict = {"connect_timeout": 10, "application_name": "tenant-control-plane"}
+        if options:
+            connect_args["options"] = options  # libpq `-c name=value` settings for this session
+        engine = create_engine(self.url(), poolclass=NullPool, connect_args=connect_args)
         try:
             with engine.connect() as conn:
                 yield conn
         except DBAPIError as exc:
-            diag = getattr(exc.orig, "diag", None)
-            message = getattr(diag, "message_primary", None) or str(exc.orig)
-            raise DatabaseServerError(f"tenant database {self.database}: {message}") from exc
+            raise DatabaseServerError(f"tenant database {self.database}: {_message(exc)}") from exc
         finally:
             engine.dispose()
 
@@ -47,6 +55,36 @@ class TenantDatabase:
         """Bring the schema to `target` (one transaction per revision); returns the revision reached."""
         with self._connect() as conn:
             return tenant_migrations.migrate(conn, target)
+
+    def migrate_bounded(self, target: str, *, lock_timeout_ms: int,
+                        statement_timeout_ms: int) -> tuple[str | None, str | None]:
+        """Like `migrate`, with every lock wait and statement of the session bounded; (from, to) revisions.
+
+        lock_timeout matters most: DDL queued behind a long transaction of the tenant's application would
+        otherwise block every later query on that table. On failure raises TenantMigrationError with the
+        revision the database was left at, when known (the failed revision's own transaction is rolled back).
+        """
+        options = f"-c lock_timeout={int(lock_timeout_ms)} -c statement_timeout={int(statement_timeout_ms)}"
+        with self._connect(options) as conn:
+            with conn.begin():
+                before = tenant_migrations.current_revision(conn)
+            try:
+                return before, tenant_migrations.migrate(conn, target)
+            except Exception as exc:
+                reached = self._revision_after_failure(conn)
+                raise TenantMigrationError(f"tenant database {self.database}: {_message(exc)}",
+                                           from_revision=before, reached_revision=reached) from exc
+
+    @staticmethod
+    def _revision_after_failure(conn: Connection) -> str | None:
+        """The revision reached, or None when this connection cannot tell (it may be what failed)."""
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            with conn.begin():
+                return tenant_migrations.current_revision(conn)
+        except Exception:
+            return None
 
     def current_revision(self) -> str | None:
         with self._connect() as conn:

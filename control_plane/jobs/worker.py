@@ -10,6 +10,9 @@ import tenant_migrations
 from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.catalog.db import transaction
 from control_plane.catalog.models import Operation, Tenant
+from control_plane.adapters.migration_job_queue import ITEM_JOB as MIGRATION_ITEM_JOB
+from control_plane.jobs.migration_runs import migration_item_horse_killed
+from control_plane.services.migration_dispatch import reconcile_runs
 from control_plane.services.operations import redispatch_stalled
 from control_plane.services.runner import HANDLERS
 from control_plane.services.servers import ensure_default_server
@@ -20,6 +23,8 @@ log = logging.getLogger(__name__)
 
 def _mark_horse_killed(settings: Settings):
     def handler(job, pid: int, status: int, rusage) -> None:
+        if job.func_name == MIGRATION_ITEM_JOB:
+            return migration_item_horse_killed(settings, job.args[0], status)
         operation_id = job.args[0] if job.args else None
         if not operation_id:
             return
@@ -46,6 +51,7 @@ def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = F
         redispatched = redispatch_stalled(ctx)
         if redispatched:
             log.info("re-dispatched %d stalled operations at start-up", len(redispatched))
+        log.info("migration runs at start-up: %s", reconcile_runs(ctx))
     finally:
         dispose(ctx)
     return build_worker(settings).work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")

@@ -42,8 +42,15 @@ class TemplatePort(Protocol):
 
 class TenantDatabasePort(Protocol):
     def migrate(self, target: str) -> str | None: ...
+    def migrate_bounded(self, target: str, *, lock_timeout_ms: int,
+                        statement_timeout_ms: int) -> tuple[str | None, str | None]: ...
     def current_revision(self) -> str | None: ...
     def seed(self, admin_email: str, admin_name: str, admin_password_hash: str) -> None: ...
+
+
+class MigrationJobs(Protocol):
+    def enqueue_items(self, claims: list[tuple[str, int]]) -> None: ...
+    def is_pending(self, item_id: str, token: int) -> bool: ...
 
 
 @dataclass
@@ -59,6 +66,12 @@ class ServiceContext:
     tenant_template: Callable[[str], TemplatePort]  # admin URL → template of that server
     # Hook point for the backups feature: called before a tenant's database is dropped.
     final_backup: Callable[[Tenant, Any], None] = lambda tenant, operation: None
+    # Bulk migration runs: where their items are enqueued (None: runs cannot execute in this process).
+    migration_jobs: MigrationJobs | None = None
+    # Hook point for the backups feature: a verified backup of the tenant taken before a run migrates it
+    # (`backup_first`), called with the tenant lock held; returns what to record (e.g. {"backup_id": ...}).
+    # None means there is no backups feature: runs then refuse `backup_first` rather than skip it silently.
+    pre_migration_backup: Callable[[Tenant, Any], dict | None] | None = None
 
     def admin_for(self, server: DatabaseServer) -> ServerAdmin:
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))

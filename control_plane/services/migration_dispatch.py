@@ -1,0 +1,225 @@
+"""The migration run dispatcher: which items start next, when a run stops or ends, and recovery of lost items.
+
+There is no dispatcher process. Whoever changes an item's status (the request that creates or resumes a
+run, the job that finishes an item, the recovery of a dead worker's item) does it with the run row
+locked FOR UPDATE and, in the same transaction, calls `advance`, which claims as many pending items as
+the concurrency limit allows. The claimed items are enqueued on RQ after the commit. So at most
+`concurrency` items are queued or running at any time, across every worker, and each finishing item
+starts the next.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control_plane.catalog.db import transaction
+from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem, MigrationRunStatus, RunItemStatus
+from control_plane.catalog.models import Tenant, TenantStatus, utcnow
+from control_plane.errors import DependencyUnavailableError, MigrationRunNotFoundError, TenantBusyError
+from control_plane.services import audit
+from control_plane.services.context import ServiceContext
+
+log = logging.getLogger(__name__)
+
+Claims = list[tuple[str, int]]  # (item id, dispatch token): what to enqueue once the transaction committed
+
+# After each finished item, running items older than this are checked for a live worker (see recover_abandoned).
+PROBE_AFTER = timedelta(seconds=15)
+# A queued item with no RQ job behind it for this long was never enqueued, or its job was lost with Redis.
+LOST_AFTER = timedelta(seconds=30)
+# How long a probe waits for a tenant lock before concluding a live worker holds it.
+PROBE_WAIT_SECONDS = 0.05
+
+
+def lock_run(session: Session, run_id: str) -> MigrationRun:
+    """The run row, locked until the transaction ends: the lock serialises every decision about its items."""
+    run = session.get(MigrationRun, run_id, with_for_update=True, populate_existing=True)
+    if run is None:
+        raise MigrationRunNotFoundError(run_id)
+    return run
+
+
+def lock_item(session: Session, item_id: str) -> MigrationRunItem:
+    return session.get(MigrationRunItem, item_id, with_for_update=True, populate_existing=True)
+
+
+def _counts(session: Session, run_id: str) -> dict[RunItemStatus, int]:
+    rows = session.execute(select(MigrationRunItem.status, func.count()).where(MigrationRunItem.run_id == run_id)
+                           .group_by(MigrationRunItem.status)).all()
+    return {status: count for status, count in rows}
+
+
+def _stop_reason(session: Session, run: MigrationRun) -> str | None:
+    failed_canaries = session.scalars(
+        select(MigrationRunItem.tenant_id).where(MigrationRunItem.run_id == run.id, MigrationRunItem.canary,
+                                                 MigrationRunItem.status == RunItemStatus.FAILED)
+        .order_by(MigrationRunItem.position)).all()
+    if failed_canaries:
+        return f"canary failed ({', '.join(failed_canaries)}): no other tenant was started"
+    if run.failed > run.max_failures:
+        return (f"failure budget exhausted: {run.failed} tenant(s) failed, max_failures is {run.max_failures}; "
+                "no other tenant was started")
+    return None
+
+
+def _claim(session: Session, run: MigrationRun, slots: int) -> Claims:
+    # The canary wave is open while any canary item is unfinished: until then only canaries may start.
+    canary_open = session.scalar(
+        select(func.count()).select_from(MigrationRunItem).where(
+            MigrationRunItem.run_id == run.id, MigrationRunItem.canary,
+            MigrationRunItem.status.in_([RunItemStatus.PENDING, RunItemStatus.QUEUED, RunItemStatus.RUNNING])))
+    query = select(MigrationRunItem).where(MigrationRunItem.run_id == run.id,
+                                           MigrationRunItem.status == RunItemStatus.PENDING)
+    if canary_open:
+        query = query.where(MigrationRunItem.canary)
+    items = session.scalars(query.order_by(MigrationRunItem.position).limit(slots).with_for_update()).all()
+    return [(item.id, item.claim()) for item in items]
+
+
+def advance(session: Session, run: MigrationRun) -> Claims:
+    """With the run row locked: refresh its counts, apply the stop rules, claim items for free slots, end it.
+
+    Returns the claimed items, to enqueue after the commit.
+    """
+    run.set_counts(_counts(session, run.id))
+    claims: Claims = []
+    if run.status is MigrationRunStatus.RUNNING:
+        if not run.stopping:
+            reason = _stop_reason(session, run)
+            if reason:
+                run.stop(reason)
+                log.warning("migration run %s stops starting tenants: %s", run.id, reason)
+        if not run.stopping and run.pending:
+            slots = run.concurrency - run.queued - run.running
+            if slots > 0:
+                claims = _claim(session, run, slots)
+                if claims:
+                    session.flush()
+                    run.set_counts(_counts(session, run.id))
+        if run.queued + run.running == 0 and (run.pending == 0 or run.stopping):
+            run.finish()
+            audit.record(session, "system", "migration_run.finished", run_id=run.id, status=run.status.value,
+                         error=run.error, **run.counts)
+            log.info("migration run %s %s: %s", run.id, run.status.value, run.counts)
+    elif run.status is MigrationRunStatus.CANCELLED and run.finished_at is None and run.queued + run.running == 0:
+        run.finished_at = utcnow()  # the last item running at cancel time has finished
+    return claims
+
+
+def enqueue(ctx: ServiceContext, claims: Claims) -> None:
+    """Hand claimed items to RQ; if Redis is down they stay queued in the catalog and `requeue_lost` retries."""
+    if not claims:
+        return
+    if ctx.migration_jobs is None:
+        raise RuntimeError("this process has no migration job queue (ServiceContext.migration_jobs)")
+    try:
+        ctx.migration_jobs.enqueue_items(claims)
+    except DependencyUnavailableError:
+        log.warning("%d migration items stay queued: enqueue failed, they will be re-enqueued", len(claims))
+
+
+def requeue_lost(ctx: ServiceContext, run_id: str | None = None, older_than: timedelta = LOST_AFTER) -> int:
+    """Enqueue again the queued items that no RQ job will run (enqueue failed, Redis lost its data)."""
+    if ctx.migration_jobs is None:
+        return 0
+    with ctx.sessions() as session:
+        query = select(MigrationRunItem.id, MigrationRunItem.dispatch_token).where(
+            MigrationRunItem.status == RunItemStatus.QUEUED, MigrationRunItem.queued_at < utcnow() - older_than)
+        if run_id:
+            query = query.where(MigrationRunItem.run_id == run_id)
+        rows = session.execute(query).all()
+    lost = [(item_id, token) for item_id, token in rows if not ctx.migration_jobs.is_pending(item_id, token)]
+    # A job that is merely slow to appear (claimed a moment ago) may now run twice: the second sees the
+    # item is no longer queued under its token and returns.
+    enqueue(ctx, lost)
+    return len(lost)
+
+
+def recover_abandoned(ctx: ServiceContext, *, run_id: str | None = None, item_id: str | None = None,
+                      older_than: timedelta | None = None, retry: bool = False, reason: str,
+                      wait_seconds: float = PROBE_WAIT_SECONDS) -> list[str]:
+    """Running items whose worker is gone: back to pending (`retry`) or failed. Returns their ids.
+
+    An item is marked running only by a worker holding the tenant's advisory lock, and the lock lives
+    as long as that worker's catalog session: if we can take the lock, nobody is migrating the tenant,
+    so the item is abandoned. This is exact, where a heartbeat would only be a guess.
+    """
+    with ctx.sessions() as session:
+        query = select(MigrationRunItem.id, MigrationRunItem.tenant_id, MigrationRunItem.dispatch_token).where(
+            MigrationRunItem.status == RunItemStatus.RUNNING)
+        if run_id:
+            query = query.where(MigrationRunItem.run_id == run_id)
+        if item_id:
+            query = query.where(MigrationRunItem.id == item_id)
+        if older_than is not None:
+            query = query.where(MigrationRunItem.started_at < utcnow() - older_than)
+        candidates = session.execute(query).all()
+    recovered = []
+    for candidate_id, tenant_id, token in candidates:
+        try:
+            with ctx.locks.hold(tenant_id, wait_seconds=wait_seconds):
+                claims = _recover(ctx, candidate_id, token, retry, reason)
+        except TenantBusyError:
+            continue  # a live worker is on it
+        if claims is not None:
+            recovered.append(candidate_id)
+            enqueue(ctx, claims)
+    return recovered
+
+
+def _recover(ctx: ServiceContext, item_id: str, token: int, retry: bool, reason: str) -> Claims | None:
+    """With the tenant lock held: record where the database really is, release the tenant, settle the item."""
+    with ctx.sessions() as session:
+        item = session.get(MigrationRunItem, item_id)
+        tenant = session.get(Tenant, item.tenant_id)
+        if item.status is not RunItemStatus.RUNNING or item.dispatch_token != token:
+            return None
+        database = ctx.database_of(tenant) if tenant is not None and tenant.server is not None else None
+    revision, known = None, False
+    if database is not None:
+        try:
+            # The dead worker's open transaction, if any, was rolled back when its session ended.
+            revision, known = database.current_revision(), True
+        except Exception:  # unreachable: leave the catalog's revision as it was
+            log.warning("tenant %s: could not read its revision while recovering item %s", item.tenant_id, item_id,
+                        exc_info=True)
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, item.run_id)
+        item = lock_item(session, item_id)
+        if item.status is not RunItemStatus.RUNNING or item.dispatch_token != token:
+            return None
+        tenant = session.get(Tenant, item.tenant_id, with_for_update=True, populate_existing=True)
+        if tenant is not None:
+            if known:
+                tenant.schema_revision = revision
+            if tenant.status is TenantStatus.MIGRATING:
+                tenant.activate()
+        where = f"; its database is at {revision or 'base'}" if known else ""
+        if retry:
+            item.retry()
+            item.error = f"{reason}{where}; retried"
+        else:
+            item.fail(f"{reason}{where}", reached_revision=revision if known else None)
+        audit.record(session, "system", "migration_run.item_abandoned", item.tenant_id, None, run_id=run.id,
+                     item_id=item.id, retried=retry, revision=revision)
+        log.warning("tenant %s: migration run %s item abandoned (%s)%s", item.tenant_id, run.id, reason,
+                    ", retrying" if retry else "")
+        claims = advance(session, run)
+    if tenant is not None:
+        ctx.events.publish(tenant.id, "status", status=tenant.status.value)
+    return claims
+
+
+def reconcile_runs(ctx: ServiceContext) -> dict[str, int]:
+    """Settle every unfinished run after a restart: abandoned items fail (resume retries them), lost ones re-enqueue."""
+    with ctx.sessions() as session:
+        run_ids = session.scalars(select(MigrationRun.id).where(MigrationRun.finished_at.is_(None),
+                                                                MigrationRun.started_at.is_not(None))).all()
+    abandoned = lost = 0
+    for run_id in run_ids:
+        abandoned += len(recover_abandoned(ctx, run_id=run_id, reason="the worker running it is gone"))
+        lost += requeue_lost(ctx, run_id)
+    return {"runs": len(run_ids), "abandoned": abandoned, "requeued": lost}

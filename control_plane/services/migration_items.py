@@ -1,0 +1,218 @@
+"""One tenant of a migration run: take its lock, check it may be migrated, back it up, migrate, record, go on."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+import tenant_migrations
+from control_plane.catalog.db import transaction
+from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem, MigrationRunStatus, RunItemStatus
+from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus
+from control_plane.errors import TenantBusyError, TenantMigrationError
+from control_plane.services import audit
+from control_plane.services.context import ServiceContext, TenantDatabasePort
+from control_plane.services.migration_dispatch import (PROBE_AFTER, Claims, advance, enqueue, lock_item, lock_run,
+                                                       recover_abandoned, requeue_lost)
+from control_plane.services.runner import describe
+
+log = logging.getLogger(__name__)
+
+# The tenant lock is normally free (a busy tenant is not `active` and gets skipped); wait at least this long.
+MIN_TENANT_LOCK_WAIT_SECONDS = 5.0
+
+
+@dataclass
+class _Started:
+    tenant: Tenant
+    database: TenantDatabasePort
+    target: str
+    lock_timeout_ms: int
+    statement_timeout_ms: int
+    backup_first: bool
+
+
+@dataclass
+class _Outcome:
+    from_revision: str | None = None
+    reached: str | None = None
+    reached_known: bool = False
+    error: str | None = None
+    backup: dict[str, Any] | None = None
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute_item(ctx: ServiceContext, item_id: str, token: int) -> None:
+    """Run one claimed item. Safe to run twice: a job whose claim is stale (token, status) does nothing."""
+    with ctx.sessions() as session:
+        item = session.get(MigrationRunItem, item_id)
+        if item is None or item.dispatch_token != token or item.status is not RunItemStatus.QUEUED:
+            log.info("migration run item %s (claim %d) is no longer queued under this claim; nothing to do",
+                     item_id, token)
+            return
+        run = session.get(MigrationRun, item.run_id)
+        run_id, tenant_id = run.id, item.tenant_id
+        lock_wait = max(run.lock_timeout_ms / 1000, MIN_TENANT_LOCK_WAIT_SECONDS)
+
+    ended = False
+    try:
+        # Held from before the item is marked running until after it is marked finished: "running" thus
+        # always means "a live worker holds this lock", which is how abandoned items are recognised.
+        with ctx.locks.hold(tenant_id, wait_seconds=lock_wait):
+            claims, ended = _execute_locked(ctx, run_id, item_id, token)
+    except TenantBusyError as exc:
+        claims, ended = _not_started(ctx, run_id, item_id, token, describe(exc))
+    enqueue(ctx, claims)
+
+    # Housekeeping any finishing item does for its run: a dead worker's item must not hold a slot forever.
+    recover_abandoned(ctx, run_id=run_id, older_than=PROBE_AFTER, reason="the worker running it is gone")
+    requeue_lost(ctx, run_id)
+    if ended:
+        rebuild_templates(ctx, run_id)
+
+
+def _execute_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> tuple[Claims, bool]:
+    started = _start(ctx, run_id, item_id, token)
+    if not isinstance(started, _Started):
+        return started  # skipped, released or stale: (claims, whether the run ended)
+    ctx.events.publish(started.tenant.id, "status", status=TenantStatus.MIGRATING.value)
+    outcome = _migrate(ctx, item_id, started)
+    return _finish(ctx, run_id, item_id, token, outcome)
+
+
+def _advance_noting_end(session, run: MigrationRun) -> tuple[Claims, bool]:
+    was_open = not run.status.finished
+    claims = advance(session, run)
+    return claims, was_open and run.status.finished
+
+
+def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Started | tuple[Claims, bool]:
+    """Under the run lock: mark the item running and the tenant migrating, or skip or release the item."""
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, run_id)
+        item = lock_item(session, item_id)
+        if item.status is not RunItemStatus.QUEUED or item.dispatch_token != token:
+            return [], False
+        if run.status is not MigrationRunStatus.RUNNING or run.stopping:
+            item.release()  # cancelled or stopped while queued: it never starts
+            return _advance_noting_end(session, run)
+        tenant = session.get(Tenant, item.tenant_id, with_for_update=True, populate_existing=True)
+        if tenant is None or tenant.status is not TenantStatus.ACTIVE:
+            # Never migrate a tenant behind the operator's back: suspended, failed, busy... are left alone.
+            reason = "tenant no longer exists" if tenant is None else f"tenant is {tenant.status.value}"
+            item.skip(reason)
+            audit.record(session, "system", "migration_run.item_skipped", item.tenant_id, None, run_id=run.id,
+                         reason=reason)
+            return _advance_noting_end(session, run)
+        tenant.begin_migration()
+        item.begin(worker_name())
+        advance(session, run)  # refreshes the counts; a queued item becoming running frees no slot
+        return _Started(tenant=tenant, database=ctx.database_of(tenant), target=run.target_revision,
+                        lock_timeout_ms=run.lock_timeout_ms, statement_timeout_ms=run.statement_timeout_ms,
+                        backup_first=run.backup_first)
+
+
+def _migrate(ctx: ServiceContext, item_id: str, started: _Started) -> _Outcome:
+    """The I/O, outside any catalog transaction, with the tenant lock held."""
+    outcome = _Outcome()
+    tenant_id = started.tenant.id
+    if started.backup_first:
+        try:
+            if ctx.pre_migration_backup is None:
+                raise RuntimeError("backup_first was asked but this deployment has no backups feature")
+            outcome.backup = ctx.pre_migration_backup(started.tenant, item_id) or {}
+        except Exception as exc:  # the item boundary: the tenant is not migrated without its backup
+            log.exception("tenant %s: pre-migration backup failed (run item %s)", tenant_id, item_id)
+            outcome.error = f"pre-migration backup failed: {describe(exc)}"
+            return outcome
+    try:
+        outcome.from_revision, outcome.reached = started.database.migrate_bounded(
+            started.target, lock_timeout_ms=started.lock_timeout_ms, statement_timeout_ms=started.statement_timeout_ms)
+        outcome.reached_known = True
+    except TenantMigrationError as exc:
+        log.warning("tenant %s: migration to %s failed: %s", tenant_id, started.target, exc.detail)
+        outcome.error, outcome.from_revision = exc.detail, exc.from_revision
+        outcome.reached, outcome.reached_known = exc.reached_revision, exc.reached_revision is not None
+    except Exception as exc:  # the item boundary: record every failure on the item, once
+        log.exception("tenant %s: migration to %s failed (run item %s)", tenant_id, started.target, item_id)
+        outcome.error = describe(exc)
+    if outcome.error and not outcome.reached_known:
+        try:
+            outcome.reached, outcome.reached_known = started.database.current_revision(), True
+        except Exception:  # unreachable: the catalog keeps the revision it had
+            log.warning("tenant %s: could not read its revision after a failed migration", tenant_id, exc_info=True)
+    return outcome
+
+
+def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome: _Outcome) -> tuple[Claims, bool]:
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, run_id)
+        item = lock_item(session, item_id)
+        if item.status is not RunItemStatus.RUNNING or item.dispatch_token != token:
+            return [], False  # settled by someone else; cannot happen while we hold the tenant lock
+        tenant = session.get(Tenant, item.tenant_id, with_for_update=True, populate_existing=True)
+        if outcome.reached_known:
+            tenant.schema_revision = outcome.reached
+        tenant.activate()
+        item.backup = outcome.backup
+        if outcome.error:
+            item.fail(outcome.error, outcome.from_revision, outcome.reached if outcome.reached_known else None)
+            audit.record(session, "system", "tenant.migration_failed", tenant.id, None, run_id=run.id,
+                         from_revision=outcome.from_revision, revision=tenant.schema_revision, error=outcome.error)
+        else:
+            item.succeed(outcome.from_revision, outcome.reached)
+            audit.record(session, "system", "tenant.migrated", tenant.id, None, run_id=run.id,
+                         from_revision=outcome.from_revision, to_revision=outcome.reached)
+        claims, ended = _advance_noting_end(session, run)
+    ctx.events.publish(tenant.id, "status", status=tenant.status.value)
+    log.info("tenant %s: run %s item %s %s (%s -> %s)", tenant.id, run_id, item_id, item.status.value,
+             outcome.from_revision, outcome.reached)
+    return claims, ended
+
+
+def _not_started(ctx: ServiceContext, run_id: str, item_id: str, token: int, error: str) -> tuple[Claims, bool]:
+    """The tenant lock could not be taken: another job works on the tenant."""
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, run_id)
+        item = lock_item(session, item_id)
+        if item.status is not RunItemStatus.QUEUED or item.dispatch_token != token:
+            return [], False  # a duplicate job of an item that ran meanwhile
+        if run.status is not MigrationRunStatus.RUNNING or run.stopping:
+            item.release()
+        else:
+            item.fail(f"could not start: {error}")
+        return _advance_noting_end(session, run)
+
+
+def rebuild_templates(ctx: ServiceContext, run_id: str) -> None:
+    """A run that brought tenants to head rebuilds the provisioning template of every active server.
+
+    Provisioning would build it on first use anyway; doing it now keeps that cost off the next tenant
+    and drops the template of the previous head.
+    """
+    if not getattr(ctx.settings, "provision_from_template", False) or not hasattr(ctx, "template_for"):
+        return
+    head = tenant_migrations.head_revision()
+    with ctx.sessions() as session:
+        run = session.get(MigrationRun, run_id)
+        if run.dry_run or run.target_revision != head:
+            return
+        servers = session.scalars(select(DatabaseServer).where(DatabaseServer.status == ServerStatus.ACTIVE)
+                                  .order_by(DatabaseServer.name)).all()
+    results: dict[str, Any] = {}
+    for server in servers:
+        try:
+            results[server.name] = {"template": ctx.template_for(server).ensure(head)}
+        except Exception as exc:  # best effort: provisioning rebuilds it on first use
+            log.exception("migration run %s: could not rebuild the template on server %s", run_id, server.name)
+            results[server.name] = {"error": describe(exc)}
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, run_id)
+        run.result = {**(run.result or {}), "templates": results}

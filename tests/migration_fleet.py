@@ -1,0 +1,116 @@
+"""Helpers for the migration run tests: provision a fleet quickly, put it at a revision, run workers, sabotage."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from psycopg import sql
+
+import tenant_migrations
+from control_plane.catalog.models import Tenant
+from helpers import create_tenant, one, tenant
+
+HEAD = tenant_migrations.head_revision()
+FIRST = tenant_migrations.known_revisions()[0]
+
+
+def worker_processes(count: int, burst: bool = True) -> list[subprocess.Popen]:
+    """`tenantctl worker` processes with this test session's environment (catalog, queue, keyring)."""
+    command = [sys.executable, "-m", "control_plane.cli", "worker"] + (["--burst"] if burst else [])
+    procs = []
+    for _ in range(count):
+        log = tempfile.TemporaryFile()
+        proc = subprocess.Popen(command, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+        proc.log = log  # type: ignore[attr-defined]
+        procs.append(proc)
+    return procs
+
+
+def _output(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    return proc.log.read().decode(errors="replace")[-4000:]  # type: ignore[attr-defined]
+
+
+def run_parallel_workers(count: int, timeout: float = 120) -> None:
+    """Several forking burst workers in their own processes, until the queue is empty; fails on a crash."""
+    procs = worker_processes(count)
+    try:
+        for proc in procs:
+            proc.wait(timeout=timeout)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc in procs:
+        assert proc.returncode == 0, _output(proc)
+
+
+@contextmanager
+def running_workers(count: int) -> Iterator[list[subprocess.Popen]]:
+    """Long-running workers for the duration of the block, stopped (warm shutdown) after it."""
+    procs = worker_processes(count, burst=False)
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def provision_fleet(client, auth, tenant_ids: list[str], workers: int = 3) -> None:
+    for tenant_id in tenant_ids:
+        create_tenant(client, auth, tenant_id)
+    run_parallel_workers(workers)
+    for tenant_id in tenant_ids:
+        assert tenant(client, auth, tenant_id)["status"] == "active", tenant_id
+
+
+def put_at_revision(ctx, tenant_ids: list[str], revision: str = FIRST) -> None:
+    """Migrate each tenant's database directly (no job) and record the revision in the catalog."""
+    with ctx.sessions() as session, session.begin():
+        for tenant_id in tenant_ids:
+            row = session.get(Tenant, tenant_id)
+            assert ctx.database_of(row).migrate(revision) == revision
+            row.schema_revision = revision
+
+
+def database_revision(admin_url: str, tenant_id: str) -> str | None:
+    return one(admin_url, "SELECT version_num FROM alembic_version", dbname=f"tenant_{tenant_id.replace('-', '_')}_db")
+
+
+def set_read_only(admin_url: str, tenant_id: str, read_only: bool) -> None:
+    """Sabotage (or repair) a tenant: every new session of its database is read-only, so DDL fails."""
+    database = sql.Identifier(f"tenant_{tenant_id.replace('-', '_')}_db")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        if read_only:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(database))
+        else:
+            conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(database))
+
+
+def start_run(client, auth, **body) -> dict:
+    response = client.post("/v1/migration-runs", json=body, headers=auth)
+    assert response.status_code == 202, response.get_json()
+    assert response.headers["Location"] == f"/v1/migration-runs/{response.get_json()['id']}"
+    return response.get_json()
+
+
+def get_run(client, auth, run_id: str, **query) -> dict:
+    response = client.get(f"/v1/migration-runs/{run_id}", query_string=query, headers=auth)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def items_by_tenant(run: dict) -> dict[str, dict]:
+    return {item["tenant_id"]: item for item in run["items"]}
