@@ -1,0 +1,340 @@
+"""PoolRegistry: one psycopg_pool pool per tenant, under one hard budget of open server connections.
+
+The budget counts *open* connections (in use, idle in a pool, or being opened): a connection can only
+be opened with a slot (TenantConnection.connect takes one, close() gives it back), so the cap holds
+whatever psycopg_pool decides to open. Each tenant's pool is capped at max_connections_per_tenant.
+When the budget is full, the opener queues FIFO; the head of the queue closes an idle connection of
+another tenant (least recently used pool first) to take its slot. psycopg_pool grows a pool one
+connection at a time, so a tenant has at most one place in the queue: a hot tenant cannot jump it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any, Callable
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from tenant_runtime.errors import RouterClosedError
+
+log = logging.getLogger(__name__)
+
+# Key under which a pool's kwargs carry its PoolEntry to TenantConnection.connect (popped there).
+ENTRY_KWARG = "_tenant_runtime_entry"
+
+
+class SlotRefusedError(Exception):
+    """A connection attempt was not given a budget slot (nobody waits for it any more, or the pool retired)."""
+
+
+class TenantConnection(psycopg.Connection):
+    """A psycopg connection that holds one budget slot from connect() until close()."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> "TenantConnection":  # type: ignore[override]
+        entry: PoolEntry = kwargs.pop(ENTRY_KWARG)
+        entry.registry.acquire_slot(entry)
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except BaseException as exc:
+            entry.registry.release_slot(entry, opened=False)
+            entry.registry.connect_failed(entry, exc)
+            raise
+        conn._runtime_entry = entry  # type: ignore[attr-defined]
+        return conn  # type: ignore[return-value]
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            entry = self.__dict__.pop("_runtime_entry", None)
+            if entry is not None:
+                entry.registry.release_slot(entry, opened=True)
+
+
+class TenantPool(ConnectionPool):
+    def close_idle(self, count: int = 1) -> int:
+        """Close up to `count` idle connections and shrink the pool by as many, without replacing them.
+
+        psycopg_pool shrinks by itself only one connection per `max_idle` period (its ShrinkPool task),
+        and every other way it discards a connection opens a replacement. The budget needs a slot back
+        now, so this does what ShrinkPool does, on demand, under the pool's own lock.
+        """
+        with self._lock:
+            taken = []
+            while self._pool and len(taken) < count:
+                taken.append(self._pool.popleft())
+            self._nconns -= len(taken)
+            self._nconns_min = min(self._nconns_min, len(self._pool))
+        for conn in taken:
+            self._close_connection(conn)
+        return len(taken)
+
+    @property
+    def clients_waiting(self) -> int:
+        return self.get_stats().get("requests_waiting", 0)
+
+
+@dataclass(eq=False)
+class PoolEntry:
+    """One tenant's pool and its accounting; every counter is guarded by the registry's lock."""
+
+    tenant_id: str
+    fingerprint: tuple[Any, ...]
+    registry: "PoolRegistry"
+    pool: TenantPool | None = None
+    active: int = 0  # threads between checkout and return: waiting for a connection or holding one
+    in_use: int = 0
+    open: int = 0
+    last_used: float = field(default_factory=monotonic)
+    retired: bool = False
+    connect_error: BaseException | None = None
+
+    @property
+    def idle(self) -> int:
+        return self.open - self.in_use
+
+
+class _Ticket:
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: PoolEntry) -> None:
+        self.entry = entry
+
+
+class PoolRegistry:
+    def __init__(self, *, max_connections: int, max_open_pools: int,
+                 on_retire: Callable[[list[PoolEntry]], None]) -> None:
+        self.max_connections = max_connections
+        self.max_open_pools = max_open_pools
+        self._on_retire = on_retire
+        # The condition's lock guards the entries, every counter, and the queue of openers.
+        self._cond = threading.Condition()
+        self._entries: OrderedDict[str, PoolEntry] = OrderedDict()  # least recently used first
+        self._queue: deque[_Ticket] = deque()
+        self._open = 0
+        self._in_use = 0
+        self._closed = False
+        self.peak_open = 0
+        self.opened_total = 0
+        self.closed_total = 0
+        self.connect_errors = 0
+        self.slot_waits = 0
+        self.slot_wait_seconds = 0.0
+        self.reclaimed = 0
+        self.evictions: Counter[str] = Counter()
+        self.pools_created = 0
+
+    # -- checkout / return (request threads) --------------------------------------------------------
+
+    def checkout(self, tenant_id: str, fingerprint: tuple[Any, ...],
+                 make_pool: Callable[[PoolEntry], TenantPool]) -> PoolEntry:
+        """The tenant's entry (created if needed, replaced if its route changed), marked active."""
+        retired: list[PoolEntry] = []
+        with self._cond:
+            if self._closed:
+                raise RouterClosedError("the tenant router is closed")
+            entry = self._entries.get(tenant_id)
+            if entry is not None and entry.fingerprint != fingerprint:
+                self._retire_locked(entry, "changed")
+                retired.append(entry)
+                entry = None
+            if entry is None:
+                # Bounded registry: make room by closing idle pools, least recently used first. Pools
+                # with requests in flight are never closed, so the bound can be exceeded by those.
+                while len(self._entries) >= self.max_open_pools:
+                    victim = next((e for e in self._entries.values() if e.active == 0), None)
+                    if victim is None:
+                        break
+                    self._retire_locked(victim, "lru")
+                    retired.append(victim)
+                entry = PoolEntry(tenant_id=tenant_id, fingerprint=fingerprint, registry=self)
+                entry.pool = make_pool(entry)  # not opened yet: no thread, no I/O under the lock
+                self._entries[tenant_id] = entry
+                self.pools_created += 1
+            else:
+                self._entries.move_to_end(tenant_id)
+            entry.active += 1
+            entry.last_used = monotonic()
+        if retired:
+            self._on_retire(retired)
+        return entry
+
+    def lent(self, entry: PoolEntry) -> None:
+        with self._cond:
+            entry.in_use += 1
+            self._in_use += 1
+
+    def abandon(self, entry: PoolEntry) -> None:
+        """A checkout that got no connection."""
+        with self._cond:
+            entry.active -= 1
+            entry.last_used = monotonic()
+            self._cond.notify_all()
+
+    def returned(self, entry: PoolEntry) -> None:
+        """A lent connection went back to its pool (or was closed): it may now be reclaimed."""
+        with self._cond:
+            entry.in_use -= 1
+            entry.active -= 1
+            self._in_use -= 1
+            entry.last_used = monotonic()
+            self._cond.notify_all()
+
+    # -- budget slots (psycopg_pool worker threads, through TenantConnection) -----------------------
+
+    def acquire_slot(self, entry: PoolEntry) -> None:
+        """Block until `entry` may open one more server connection; FIFO across tenants."""
+        with self._cond:
+            self._refuse_if_unwanted(entry, waiting_needed=False)
+            if not self._queue and self._open < self.max_connections:
+                self._take_locked(entry)
+                return
+            # psycopg_pool also opens replacements nobody asked for (after a broken or expired
+            # connection): those only get a slot that is free now.
+            self._refuse_if_unwanted(entry, waiting_needed=True)
+            ticket = _Ticket(entry)
+            self._queue.append(ticket)
+            self.slot_waits += 1
+        started = monotonic()
+        try:
+            while True:
+                candidates: list[PoolEntry] = []
+                with self._cond:
+                    self._refuse_if_unwanted(entry, waiting_needed=True)
+                    if self._queue[0] is ticket:
+                        if self._open < self.max_connections:
+                            self._take_locked(entry)
+                            return
+                        candidates = [e for e in self._entries.values()
+                                      if e is not entry and not e.retired and e.idle > 0]
+                    if not candidates:
+                        self._cond.wait(0.05)
+                        continue
+                # Outside the lock: closing takes the victim pool's lock, and release_slot takes ours.
+                if any(victim.pool.close_idle(1) for victim in candidates):
+                    with self._cond:
+                        self.reclaimed += 1
+                else:
+                    with self._cond:
+                        self._cond.wait(0.005)  # our idle estimate ran ahead of the pools: let it settle
+        finally:
+            with self._cond:
+                self.slot_wait_seconds += monotonic() - started
+                try:
+                    self._queue.remove(ticket)
+                except ValueError:
+                    pass
+                self._cond.notify_all()
+
+    def _refuse_if_unwanted(self, entry: PoolEntry, *, waiting_needed: bool) -> None:
+        if self._closed or entry.retired:
+            raise SlotRefusedError(f"pool of tenant {entry.tenant_id} is closed")
+        # Reads the pool's counters without its lock (get_stats takes none): a hint, good enough here.
+        if waiting_needed and entry.pool is not None and entry.pool.clients_waiting == 0:
+            raise SlotRefusedError(f"no request waits for a connection of tenant {entry.tenant_id}")
+
+    def _take_locked(self, entry: PoolEntry) -> None:
+        self._open += 1
+        entry.open += 1
+        self.opened_total += 1
+        self.peak_open = max(self.peak_open, self._open)
+        # Promote the next in line: it may now reclaim an idle connection.
+        self._cond.notify_all()
+
+    def release_slot(self, entry: PoolEntry, *, opened: bool) -> None:
+        with self._cond:
+            self._open -= 1
+            entry.open -= 1
+            if opened:
+                self.closed_total += 1
+            else:
+                self.opened_total -= 1
+            self._cond.notify_all()
+
+    def connect_failed(self, entry: PoolEntry, exc: BaseException) -> None:
+        if isinstance(exc, SlotRefusedError):
+            return
+        log.warning("tenant %s: connection to its database failed: %s", entry.tenant_id,
+                    getattr(getattr(exc, "diag", None), "message_primary", None) or type(exc).__name__)
+        with self._cond:
+            self.connect_errors += 1
+            entry.connect_error = exc
+            retired = self._retire_locked(entry, "error")
+        # Closing the pool fails its waiting requests now, instead of at their timeout.
+        if retired:
+            self._on_retire([entry])
+
+    # -- retirement ---------------------------------------------------------------------------------
+
+    def _retire_locked(self, entry: PoolEntry, reason: str) -> bool:
+        if entry.retired:
+            return False
+        entry.retired = True
+        if self._entries.get(entry.tenant_id) is entry:
+            del self._entries[entry.tenant_id]
+        self.evictions[reason] += 1
+        self._cond.notify_all()
+        return True
+
+    def retire_tenant(self, tenant_id: str, reason: str) -> None:
+        with self._cond:
+            entry = self._entries.get(tenant_id)
+            if entry is None or not self._retire_locked(entry, reason):
+                return
+        self._on_retire([entry])
+
+    def retire_idle(self, idle_seconds: float) -> None:
+        cutoff = monotonic() - idle_seconds
+        with self._cond:
+            idle = [e for e in self._entries.values() if e.active == 0 and e.last_used <= cutoff]
+            for entry in idle:
+                self._retire_locked(entry, "idle")
+        if idle:
+            self._on_retire(idle)
+
+    def retire_all(self, reason: str) -> None:
+        with self._cond:
+            entries = list(self._entries.values())
+            for entry in entries:
+                self._retire_locked(entry, reason)
+        if entries:
+            self._on_retire(entries)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+        self.retire_all("close")
+
+    # -- observation --------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "pools_open": len(self._entries),
+                "connections_open": self._open,
+                "connections_in_use": self._in_use,
+                "connections_idle": self._open - self._in_use,
+                "connections_open_peak": self.peak_open,
+                "connections_opened_total": self.opened_total,
+                "connections_closed_total": self.closed_total,
+                "connect_errors_total": self.connect_errors,
+                "connections_reclaimed_total": self.reclaimed,
+                "budget_limit": self.max_connections,
+                "budget_waiting": len(self._queue),
+                "budget_waits_total": self.slot_waits,
+                "budget_wait_seconds_total": self.slot_wait_seconds,
+                "pools_created_total": self.pools_created,
+                "pool_evictions_total": dict(self.evictions),
+            }
+
+    def tenant_snapshot(self, tenant_id: str) -> dict[str, int] | None:
+        with self._cond:
+            entry = self._entries.get(tenant_id)
+            if entry is None:
+                return None
+            return {"open": entry.open, "in_use": entry.in_use, "active": entry.active}
