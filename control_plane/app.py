@@ -6,6 +6,7 @@ from flask_smorest import Api
 
 from control_plane.api import errors
 from control_plane.api.auth import authenticate_request
+from control_plane.api.backups import blp as backups_blp
 from control_plane.api.health import blp as health_blp
 from control_plane.api.migration_runs import blp as migration_runs_blp
 from control_plane.api.operations import blp as operations_blp
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     for blueprint in (tenants_blp, operations_blp, servers_blp):
         api.register_blueprint(blueprint)
     api.register_blueprint(migration_runs_blp)
+    api.register_blueprint(backups_blp)
     app.register_blueprint(health_blp)
 
     @app.before_request

@@ -1,12 +1,16 @@
 """Composition root: builds engines, clients and adapters from Settings (in the app factory or a job)."""
 from __future__ import annotations
 
+from functools import partial
+
 import redis
 
+from control_plane.adapters.backup_store import open_backup_store
 from control_plane.adapters.crypto import Keyring
 from control_plane.adapters.events import RedisTenantEvents
 from control_plane.adapters.job_queue import RqJobQueue
 from control_plane.adapters.locks import PostgresTenantLocks
+from control_plane.adapters.pg_backup import PostgresBackupTools
 from control_plane.adapters.migration_job_queue import RqMigrationJobs
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
@@ -24,7 +28,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
     engine = create_catalog_engine(settings.catalog_database_url, pool_size=pool_size, max_overflow=pool_size)
     client = redis_client(settings)
-    return ServiceContext(
+    ctx = ServiceContext(
         settings=settings,
         sessions=session_factory(engine),
         keyring=Keyring.parse(settings.keyring),
@@ -36,6 +40,28 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         tenant_template=TenantTemplate,
         migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
     )
+    attach_backups(ctx)
+    return ctx
+
+
+def attach_backups(ctx: ServiceContext) -> ServiceContext:
+    """The backup feature's adapters, and the DELETE hooks (which need the context itself)."""
+    from control_plane.services import backups
+
+    settings = ctx.settings
+
+    def open_store(url: str):
+        return open_backup_store(url, endpoint_url=settings.s3_endpoint_url,
+                                 server_side_encryption=settings.s3_server_side_encryption,
+                                 sse_kms_key_id=settings.s3_sse_kms_key_id)
+
+    ctx.backup_store = open_store(settings.backup_store_url)
+    ctx.open_backup_store = open_store
+    ctx.backup_tools = partial(PostgresBackupTools, bin_dir=settings.pg_bin_dir)
+    ctx.final_backup = partial(backups.final_backup, ctx)
+    ctx.before_drop = partial(backups.before_drop, ctx)
+    ctx.pre_migration_backup = partial(backups.pre_migration_backup, ctx)
+    return ctx
 
 
 def dispose(ctx: ServiceContext) -> None:

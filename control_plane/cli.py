@@ -191,11 +191,12 @@ def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
 @tenants_group.command("delete")
 @click.argument("tenant_id")
 @click.option("--final-backup/--no-final-backup", default=True, show_default=True)
+@click.option("--purge", is_flag=True, help="Also destroy the tenant's backup key and delete its backups.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.confirmation_option(prompt="Drop the tenant's database and role?")
-def tenants_delete(tenant_id: str, final_backup: bool, wait: bool) -> None:
+def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool) -> None:
     ctx = _context()
-    _started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup), wait)
+    _started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
 
 
 @cli.group("operations")

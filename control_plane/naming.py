@@ -66,6 +66,32 @@ def template_lock_key() -> int:
     return (2 << 40) | zlib.crc32(b"tenant-template")
 
 
+# Backups: object keys under the store's prefix, and the databases a restore creates and retires.
+BACKUP_DATA_OBJECT = "dump.pgc.zst.aes"
+BACKUP_MANIFEST_OBJECT = "manifest.json"
+
+
+def backup_prefix(tenant_id: str, backup_id: str) -> str:
+    """Folder of one backup under the store's prefix: `<tenant_id>/<backup_id>/`."""
+    _slug(tenant_id)  # validates
+    return f"{tenant_id}/{backup_id}/"
+
+
+def tenant_backups_prefix(tenant_id: str) -> str:
+    _slug(tenant_id)
+    return f"{tenant_id}/"
+
+
+def restore_database_name(tenant_id: str, operation_id: str) -> str:
+    """The scratch database a restore fills before it is swapped in (one per operation: retries reuse it)."""
+    return f"tenant_{_slug(tenant_id)}_rs_{operation_id.replace('-', '')[:8]}"
+
+
+def retired_database_name(tenant_id: str, when) -> str:
+    """Where an in-place restore keeps the database it replaced: `tenant_<id>_<YYYYMMDD>_<HHMMSS>` (≤ 63)."""
+    return f"tenant_{_slug(tenant_id)}_{when:%Y%m%d_%H%M%S}"
+
+
 def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
     """RQ job id of one claim of a migration run item: a re-claim gets a new job, a stale one is recognisable."""
     return f"migration-item-{item_id}-{dispatch_token}"

@@ -42,6 +42,15 @@ class Settings:
     max_request_bytes: int = 64 * 1024
     # Clone a template database kept at head (fast) instead of running every migration per tenant.
     provision_from_template: bool = True
+    # Backups: the daily window scheduled backups are spread over (UTC, "HH:MM-HH:MM"), a directory with
+    # pg_dump/pg_restore (instead of searching the usual places), S3 server-side encryption on top of
+    # ours, the zstd level, and how many days an in-place restore keeps the database it replaced.
+    backup_window: str = "01:00-05:00"
+    pg_bin_dir: str | None = None
+    s3_server_side_encryption: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    backup_zstd_level: int = 3
+    retired_database_days: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -61,4 +70,20 @@ class Settings:
             queue_name=read_setting("QUEUE_NAME", environ, "operations"),
             provision_from_template=read_setting("PROVISION_FROM_TEMPLATE", environ, "true").lower()
             not in ("0", "false", "no", "off"),
+            backup_window=read_setting("BACKUP_WINDOW", environ, "01:00-05:00"),
+            pg_bin_dir=read_setting("PG_BIN_DIR", environ),
+            s3_server_side_encryption=read_setting("S3_SERVER_SIDE_ENCRYPTION", environ),
+            s3_sse_kms_key_id=read_setting("S3_SSE_KMS_KEY_ID", environ),
+            backup_zstd_level=_int_setting("BACKUP_ZSTD_LEVEL", environ, 3),
+            retired_database_days=_int_setting("RETIRED_DATABASE_DAYS", environ, 7),
         )
+
+
+def _int_setting(name: str, environ: Mapping[str, str] | None, default: int) -> int:
+    value = read_setting(name, environ)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None

@@ -68,6 +68,7 @@ class TenantQuerySchema(Schema):
 
 class DeleteQuerySchema(Schema):
     final_backup = fields.Boolean(load_default=True)
+    purge = fields.Boolean(load_default=False)
 
 
 class MigrateSchema(Schema):

@@ -57,9 +57,12 @@ class TenantItem(MethodView):
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(409, description="The tenant is busy or already deleted")
     def delete(self, query, tenant_id):
-        """Delete a tenant: final backup (unless `final_backup=false`), then drop its database and role."""
+        """Delete a tenant: final backup (unless `final_backup=false`), then drop its database and role.
+
+        `purge=true` also destroys the tenant's backup key and deletes its backups (crypto-shredding).
+        """
         return accepted(tenants.request_deletion(services(), principal(), tenant_id,
-                                                 final_backup=query["final_backup"],
+                                                 final_backup=query["final_backup"], purge=query["purge"],
                                                  idempotency_key=idempotency_key()))
 
 

@@ -104,6 +104,7 @@ _TENANT_TRANSITIONS: dict[str, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "suspend": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.SUSPENDED),
     "resume": (frozenset({TenantStatus.SUSPENDED, TenantStatus.ACTIVE}), TenantStatus.ACTIVE),
     "migrate": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.MIGRATING),
+    "restore": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.RESTORING),
     "delete": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.FAILED,
                           TenantStatus.DELETING}), TenantStatus.DELETING),
     "mark_deleted": (frozenset({TenantStatus.DELETING, TenantStatus.DELETED}), TenantStatus.DELETED),
@@ -162,6 +163,9 @@ class Tenant(Base):
 
     def begin_migration(self) -> None:
         self._transition("migrate")
+
+    def begin_restore(self) -> None:
+        self._transition("restore")
 
     def begin_deletion(self) -> None:
         self._transition("delete")

@@ -66,6 +66,13 @@ class ServiceContext:
     tenant_template: Callable[[str], TemplatePort]  # admin URL → template of that server
     # Hook point for the backups feature: called before a tenant's database is dropped.
     final_backup: Callable[[Tenant, Any], None] = lambda tenant, operation: None
+    # Backups (services.backups): the store new backups go to, a store by URL (backups taken under an
+    # earlier BACKUP_STORE_URL), pg_dump/pg_restore tools of a server (admin URL → adapter), and the hook
+    # run after the final backup, before a tenant's database and role are dropped.
+    backup_store: Any = None
+    open_backup_store: Callable[[str], Any] | None = None
+    backup_tools: Callable[[str], Any] | None = None
+    before_drop: Callable[[Tenant, Any], None] = lambda tenant, operation: None
     # Bulk migration runs: where their items are enqueued (None: runs cannot execute in this process).
     migration_jobs: MigrationJobs | None = None
     # Hook point for the backups feature: a verified backup of the tenant taken before a run migrates it

@@ -113,6 +113,8 @@ def delete(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,
     if op.params.get("final_backup", True):
         report("final_backup", 10)
         ctx.final_backup(tenant, op)
+    report("release_backups", 30)
+    ctx.before_drop(tenant, op)
     if tenant.server is not None:
         admin = ctx.admin_for(tenant.server)
         report("drop_database", 50)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.catalog.models import Operation, OperationKind, Tenant
 from control_plane.errors import ControlPlaneError, OperationNotFoundError
-from control_plane.services import lifecycle
+from control_plane.services import backups, lifecycle, restores
 from control_plane.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ HANDLERS: dict[OperationKind, Handler] = {
     OperationKind.PROVISION: Handler(lifecycle.provision, lifecycle.provision_failed, lifecycle.retry_provision),
     OperationKind.MIGRATE: Handler(lifecycle.migrate, lifecycle.migrate_failed, lifecycle.retry_migrate),
     OperationKind.DELETE: Handler(lifecycle.delete, lifecycle.delete_failed, lifecycle.retry_delete),
+    OperationKind.BACKUP: Handler(backups.run_backup, backups.backup_failed, backups.retry_backup),
+    OperationKind.RESTORE: Handler(restores.run_restore, restores.restore_failed, restores.retry_restore),
 }
 
 

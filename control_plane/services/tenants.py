@@ -196,7 +196,8 @@ def request_migration(ctx: ServiceContext, principal: Principal, tenant_id: str,
 
 
 def request_deletion(ctx: ServiceContext, principal: Principal, tenant_id: str, final_backup: bool = True,
-                     idempotency_key: str | None = None) -> Operation:
+                     idempotency_key: str | None = None, purge: bool = False) -> Operation:
+    """Delete a tenant; `purge` also crypto-shreds its backups (erasure requests), so no final backup."""
     principal.require_super_admin()
-    return _request_work(ctx, principal, tenant_id, OperationKind.DELETE, {"final_backup": final_backup},
-                         "begin_deletion", idempotency_key)
+    params = {"final_backup": final_backup and not purge, **({"purge": True} if purge else {})}
+    return _request_work(ctx, principal, tenant_id, OperationKind.DELETE, params, "begin_deletion", idempotency_key)

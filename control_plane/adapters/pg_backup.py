@@ -1,0 +1,266 @@
+"""PostgresBackupTools: pg_dump and pg_restore against one database server, and the swap of a restore.
+
+pg_dump/pg_restore run as the tenant's own role (it owns every object of its database), with the
+password in the child's environment only (never on a command line), and a client whose major
+version is at least the server's: the lowest such installed client, so archives stay readable by
+as many pg_restore versions as possible.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import BinaryIO, Callable, Iterator
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from control_plane.adapters.postgres_admin import PostgresAdmin
+from control_plane.backup_errors import BackupToolError
+from control_plane.errors import DatabaseServerError
+from control_plane.naming import APPLICATION_NAME
+
+log = logging.getLogger(__name__)
+
+_CANDIDATE_DIRS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin",
+                   "/opt/homebrew/opt/postgresql@*/bin", "/usr/local/opt/postgresql@*/bin")
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
+# What the client processes may see of our environment: no KEYRING, no cloud credentials.
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+_LOCK_WAIT = "300s"
+
+
+@dataclass(frozen=True)
+class PgClient:
+    bin_dir: str
+    major: int
+    version: str
+
+    @property
+    def pg_dump(self) -> str:
+        return os.path.join(self.bin_dir, "pg_dump")
+
+    @property
+    def pg_restore(self) -> str:
+        return os.path.join(self.bin_dir, "pg_restore")
+
+
+def _probe(bin_dir: str) -> PgClient | None:
+    dump, restore = os.path.join(bin_dir, "pg_dump"), os.path.join(bin_dir, "pg_restore")
+    if not (os.access(dump, os.X_OK) and os.access(restore, os.X_OK)):
+        return None
+    try:
+        out = subprocess.run([dump, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(out)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return PgClient(bin_dir, major, f"{major}.{match.group(2) or 0}")
+
+
+@lru_cache(maxsize=8)
+def installed_clients(bin_dir: str | None = None) -> tuple[PgClient, ...]:
+    """Client installations found (PG_BIN_DIR alone when set), lowest major version first."""
+    if bin_dir:
+        dirs = [bin_dir]
+    else:
+        dirs = sorted({d for pattern in _CANDIDATE_DIRS for d in glob.glob(pattern)})
+        on_path = shutil.which("pg_dump")
+        if on_path:
+            dirs.append(os.path.dirname(os.path.realpath(on_path)))
+    found = {c.bin_dir: c for c in filter(None, (_probe(d) for d in dict.fromkeys(dirs)))}
+    return tuple(sorted(found.values(), key=lambda c: (c.major, c.version)))
+
+
+def choose_client(min_major: int, bin_dir: str | None = None) -> PgClient:
+    for client in installed_clients(bin_dir):
+        if client.major >= min_major:
+            return client
+    have = ", ".join(f"{c.version} in {c.bin_dir}" for c in installed_clients(bin_dir)) or "none"
+    raise BackupToolError(f"no pg_dump/pg_restore of major version {min_major} or newer is installed "
+                          f"(found: {have}); install postgresql-client-{min_major} or set PG_BIN_DIR")
+
+
+class _StderrTail:
+    """Drains a child's stderr in a thread (so it never blocks on a full pipe), keeping the last lines."""
+
+    def __init__(self, stream: BinaryIO, lines: int = 20) -> None:
+        self._lines: deque[str] = deque(maxlen=lines)
+        self._thread = threading.Thread(target=self._drain, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: BinaryIO) -> None:
+        with stream:
+            for raw in stream:
+                self._lines.append(raw.decode(errors="replace").rstrip())
+
+    def text(self) -> str:
+        self._thread.join(timeout=10)
+        return " | ".join(line for line in self._lines if line)
+
+
+class PostgresBackupTools:
+    def __init__(self, admin_url: str, bin_dir: str | None = None) -> None:
+        self._admin_url = admin_url
+        self._admin = PostgresAdmin(admin_url)
+        self._bin_dir = bin_dir
+
+    # -- connections -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection]:
+        try:
+            with psycopg.connect(self._admin_url, autocommit=True, connect_timeout=10,
+                                 application_name=APPLICATION_NAME) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
+
+    def _conninfo(self, database: str, role: str) -> str:
+        """The admin URL's connection options (host, port, TLS settings) for `role` on `database`, no password."""
+        params = conninfo_to_dict(self._admin_url)
+        for secret in ("password", "passfile", "service"):
+            params.pop(secret, None)
+        params.update(dbname=database, user=role, application_name=APPLICATION_NAME, connect_timeout="10")
+        return make_conninfo(**params)
+
+    @staticmethod
+    def _env(password: str) -> dict[str, str]:
+        env = {name: os.environ[name] for name in _PASS_ENV if name in os.environ}
+        env.update({k: v for k, v in os.environ.items() if k.startswith("PGSSL")})
+        env["PGPASSWORD"] = password
+        return env
+
+    # -- server ------------------------------------------------------------------------------------
+
+    def server_version(self) -> tuple[int, str]:
+        """(major, "15.20") of the server."""
+        with self._connect() as conn:
+            number = int(conn.execute("SHOW server_version_num").fetchone()[0])
+            text = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+        return number // 10000, text
+
+    def database_exists(self, database: str) -> bool:
+        return self._admin.database_exists(database)
+
+    def create_database(self, database: str, owner: str) -> None:
+        """A fresh, empty database only `owner` may connect to (dropped first if a failed attempt left it)."""
+        self._admin.drop_database(database)
+        self._admin.ensure_database(database, owner=owner)
+        self._admin.restrict_connect(database, owner)
+
+    def drop_database(self, database: str) -> None:
+        self._admin.drop_database(database)
+
+    # -- pg_dump / pg_restore ----------------------------------------------------------------------
+
+    @contextmanager
+    def dump(self, database: str, role: str, password: str) -> Iterator[tuple[BinaryIO, PgClient]]:
+        """pg_dump's custom-format archive (uncompressed: we compress) as a stream, read to its end by the caller.
+
+        One pg_dump is one snapshot: the archive is consistent under concurrent writes. A non-zero
+        exit status raises when the block ends, so a cut-short archive is never taken for a whole one.
+        """
+        major, _ = self.server_version()
+        client = choose_client(major, self._bin_dir)
+        args = [client.pg_dump, "--format=custom", "--compress=0", "--no-password",
+                f"--lock-wait-timeout={_LOCK_WAIT}", f"--dbname={self._conninfo(database, role)}"]
+        try:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env(password))
+        except OSError as exc:
+            raise BackupToolError(f"could not start pg_dump: {exc.strerror}") from exc
+        stderr = _StderrTail(proc.stderr)
+        try:
+            yield proc.stdout, client
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        status = proc.wait()
+        if status != 0:
+            raise BackupToolError(f"pg_dump of {database} exited with status {status}: {stderr.text()}")
+
+    def restore(self, database: str, role: str, password: str, feed: Callable[[BinaryIO], None],
+                archive_major: int = 0) -> None:
+        """pg_restore into `database` as `role`, reading the archive `feed` writes to its stdin.
+
+        Objects end up owned by `role` (--no-owner) without the source's grants (--no-privileges);
+        the first error stops the restore (--exit-on-error) and raises with pg_restore's message.
+        """
+        major, _ = self.server_version()
+        client = choose_client(max(major, archive_major), self._bin_dir)
+        args = [client.pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
+                f"--dbname={self._conninfo(database, role)}"]
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    env=self._env(password))
+        except OSError as exc:
+            raise BackupToolError(f"could not start pg_restore: {exc.strerror}") from exc
+        stderr = _StderrTail(proc.stderr)
+        try:
+            try:
+                feed(proc.stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # pg_restore stopped reading: its exit status and message say why
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        status = proc.wait()
+        message = stderr.text()
+        if status != 0:
+            raise BackupToolError(f"pg_restore into {database} exited with status {status}: {message}")
+
+    # -- the swap ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _terminate(conn: psycopg.Connection, database: str) -> None:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+
+    def swap(self, live: str, replacement: str, retired: str, attempts: int = 5) -> None:
+        """Rename `live` to `retired` and `replacement` to `live` in one transaction: all or nothing.
+
+        New sessions on `live` are refused first (ALLOW_CONNECTIONS false), open ones are ended; the
+        retired database keeps refusing connections. If the swap cannot happen, `live` is given back
+        exactly as it was, connections allowed.
+        """
+        live_id, replacement_id, retired_id = sql.Identifier(live), sql.Identifier(replacement), sql.Identifier(retired)
+        with self._connect() as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(live_id))
+            try:
+                for attempt in range(1, attempts + 1):
+                    self._terminate(conn, live)
+                    self._terminate(conn, replacement)
+                    try:
+                        # RENAME waits up to 5 s for the terminated sessions to go, then refuses.
+                        with conn.transaction():
+                            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(live_id, retired_id))
+                            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(replacement_id, live_id))
+                        return
+                    except psycopg.errors.ObjectInUse:
+                        log.warning("swap of %s: sessions still open (attempt %d of %d)", live, attempt, attempts)
+                raise DatabaseServerError(f"could not swap {live}: sessions kept it busy")
+            except BaseException:
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(live_id))
+                raise
+
+    def rename(self, database: str, new_name: str) -> None:
+        with self._connect() as conn:
+            self._terminate(conn, database)
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(database),
+                                                                            sql.Identifier(new_name)))

@@ -1,0 +1,481 @@
+"""Backing up one tenant: the job, the catalog record, reading a backup back, decrypting it, policies.
+
+A backup streams pg_dump → zstd → AES-256-GCM chunks → the store (see adapters.backup_format), then
+writes its manifest, reads the stored object back to check its SHA-256, and only then is `completed`.
+Backups run under the tenant's lock (the runner's), so they never overlap a migration or a restore.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import closing
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO, Callable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, object_session
+
+from control_plane import naming
+from control_plane.adapters.backup_format import (CHUNK_SIZE, CIPHER, COMPRESSION, FORMAT_VERSION, PG_ARCHIVE_MAGIC,
+                                                  BackupHeader, IterReader, OpenedBackup, SealStats, new_key, seal,
+                                                  wrap_data_key)
+from control_plane.backup_errors import BackupIntegrityError, BackupNotFoundError, BackupStoreError
+from control_plane.catalog.backup_models import (Backup, BackupPolicy, BackupStatus, BackupTrigger, RetiredDatabase)
+from control_plane.catalog.db import transaction
+from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, Tenant, TenantStatus, new_id,
+                                          utcnow)
+from control_plane.errors import (ControlPlaneError, IllegalTransitionError, ServerNotFoundError,
+                                  TenantNotFoundError, ValidationError)
+from control_plane.services import audit
+from control_plane.services.auth import Principal
+from control_plane.services.backup_keys import (destroy_tenant_key, key_for_existing_backup, key_for_new_backup)
+from control_plane.services.context import ServiceContext, role_secret_context, server_secret_context
+from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+from control_plane.services.retention import Policy, policy_of
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, int], None]
+
+BACKUPABLE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
+MAX_MANIFEST_BYTES = 256 * 1024
+HEARTBEAT_SECONDS = 10.0
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.detail if isinstance(exc, ControlPlaneError) else f"{type(exc).__name__}: {exc}"
+
+
+# -- adapters for a server / a backup ------------------------------------------------------------------
+
+def tools_for(ctx: ServiceContext, server: DatabaseServer):
+    return ctx.backup_tools(ctx.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
+
+
+def tools_for_server(ctx: ServiceContext, session: Session, server_name: str):
+    server = session.get(DatabaseServer, server_name)
+    if server is None:
+        raise ServerNotFoundError(server_name)
+    return tools_for(ctx, server)
+
+
+def store_for(ctx: ServiceContext, backup: Backup):
+    """The store holding `backup`: the current one, or the one BACKUP_STORE_URL named when it was taken."""
+    if backup.store_url == ctx.backup_store.url:
+        return ctx.backup_store
+    return ctx.open_backup_store(backup.store_url)
+
+
+def data_key(backup: Backup) -> str:
+    return backup.object_prefix + naming.BACKUP_DATA_OBJECT
+
+
+def manifest_key(backup: Backup) -> str:
+    return backup.object_prefix + naming.BACKUP_MANIFEST_OBJECT
+
+
+def delete_objects(ctx: ServiceContext, backup: Backup) -> int:
+    return store_for(ctx, backup).delete_prefix(backup.object_prefix)
+
+
+def drop_retired_database(ctx: ServiceContext, session: Session, retired: RetiredDatabase) -> None:
+    tools_for_server(ctx, session, retired.server_name).drop_database(retired.database_name)
+    retired.dropped_at = utcnow()
+    audit.record(session, "system", "database.retired_dropped", retired.tenant_id, retired.operation_id,
+                 database=retired.database_name, server=retired.server_name)
+
+
+def _role_password(ctx: ServiceContext, tenant: Tenant) -> str:
+    return ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+
+
+class _Heartbeat:
+    """Keeps the operation's heartbeat fresh during a long stream (from whichever thread reads it).
+
+    Its own short transactions: the stream may be read by the S3 transfer manager's submission thread,
+    which must not touch the job's session.
+    """
+
+    def __init__(self, ctx: ServiceContext, operation_id: str | None) -> None:
+        self._ctx = ctx
+        self._operation_id = operation_id
+        self._last = time.monotonic()
+
+    def __call__(self, stats: SealStats) -> None:
+        now = time.monotonic()
+        if self._operation_id is None or now - self._last < HEARTBEAT_SECONDS:
+            return
+        self._last = now
+        with transaction(self._ctx.sessions) as session:
+            session.execute(update(Operation).where(Operation.id == self._operation_id).values(heartbeat_at=utcnow()))
+        log.info("operation %s: %d MB of archive streamed", self._operation_id, stats.archive_bytes >> 20)
+
+
+# -- taking a backup -----------------------------------------------------------------------------------
+
+def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigger: BackupTrigger,
+                   operation_id: str | None, expires_in_days: int | None = None) -> Backup:
+    """Back the tenant's database up now. The caller holds the tenant's lock; `tenant` is in `session`.
+
+    The catalog row is `running` while objects are written and `completed` only once the object and
+    manifest are stored and the stored object's SHA-256 matches what was sent. Any failure marks the
+    row `failed`, deletes what was written, and raises.
+    """
+    store = ctx.backup_store
+    backup_id = new_id()
+    tenant_key = key_for_new_backup(ctx, session, tenant.id)
+    backup = Backup(id=backup_id, tenant_id=tenant.id, operation_id=operation_id, status=BackupStatus.RUNNING,
+                    trigger=trigger, store_url=store.url, object_prefix=naming.backup_prefix(tenant.id, backup_id),
+                    tenant_key_id=tenant_key.key_id, keyring_key_id=tenant_key.keyring_key_id,
+                    format_version=FORMAT_VERSION)
+    session.add(backup)
+    session.commit()
+    log.info("tenant %s operation %s: backup %s (%s) started", tenant.id, operation_id, backup_id, trigger.value)
+    try:
+        started_at = utcnow()
+        tools = tools_for(ctx, tenant.server)
+        _, server_version = tools.server_version()
+        revision = ctx.database_of(tenant).current_revision()
+        secret = new_key()  # this backup's data key: never stored unwrapped
+        header = BackupHeader(backup_id=backup_id, tenant_id=tenant.id, tenant_key_id=tenant_key.key_id,
+                              wrapped_data_key=wrap_data_key(tenant_key.key, secret, tenant.id, backup_id))
+        stats = SealStats()
+        level = ctx.settings.backup_zstd_level
+        with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as (archive, client):
+            pieces = seal(archive, header, secret, stats, level=level, on_progress=_Heartbeat(ctx, operation_id))
+            store.put(data_key(backup), IterReader(pieces))
+        if stats.archive_head != PG_ARCHIVE_MAGIC:
+            raise BackupIntegrityError("pg_dump did not produce a custom-format archive")
+        finished_at = utcnow()
+        manifest = {
+            "format": "tenant-control-plane-backup",
+            "format_version": FORMAT_VERSION,
+            "backup_id": backup_id,
+            "tenant_id": tenant.id,
+            "trigger": trigger.value,
+            "operation_id": operation_id,
+            "schema_revision": revision,
+            "postgresql": {"server_version": server_version, "pg_dump_version": client.version},
+            "archive": {"format": "pg_dump custom (-Fc -Z0)", "bytes": stats.archive_bytes},
+            "compression": {"algorithm": COMPRESSION, "level": level, "bytes": stats.compressed_bytes},
+            "encryption": {"cipher": CIPHER, "chunk_bytes": CHUNK_SIZE, "chunks": stats.chunks,
+                           "data_key": "fresh per backup, wrapped by the tenant key, in the object header",
+                           "tenant_key_id": tenant_key.key_id, "keyring_key_id": tenant_key.keyring_key_id},
+            "object": {"name": naming.BACKUP_DATA_OBJECT, "bytes": stats.stored_bytes, "sha256": stats.sha256},
+            "started_at": started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
+        }
+        encoded = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        store.put_bytes(manifest_key(backup), encoded)
+
+        # Read back what the store holds: only a stored object that matches is a backup.
+        stored = store.digest(data_key(backup))
+        if stored != (stats.stored_bytes, stats.sha256):
+            raise BackupIntegrityError(f"the stored object ({stored[0]} bytes) does not match what was uploaded "
+                                       f"({stats.stored_bytes} bytes, sha256 {stats.sha256})")
+        if store.get_bytes(manifest_key(backup), MAX_MANIFEST_BYTES) != encoded:
+            raise BackupIntegrityError("the stored manifest does not match what was written")
+
+        completed_at = utcnow()
+        backup.schema_revision = revision
+        backup.server_version = server_version
+        backup.pg_dump_version = client.version
+        backup.archive_bytes = stats.archive_bytes
+        backup.stored_bytes = stats.stored_bytes
+        backup.sha256 = stats.sha256
+        if expires_in_days is not None:
+            backup.expires_at = completed_at + timedelta(days=expires_in_days)
+        backup.complete(manifest, completed_at)
+        tenant.last_backup_at = completed_at
+        audit.record(session, "system", "backup.completed", tenant.id, operation_id, backup_id=backup_id,
+                     trigger=trigger.value, stored_bytes=stats.stored_bytes, archive_bytes=stats.archive_bytes)
+        session.commit()
+    except BaseException as exc:
+        session.rollback()
+        _give_up(ctx, session, backup, _describe(exc))
+        raise
+    log.info("tenant %s operation %s: backup %s completed (%d → %d bytes)", tenant.id, operation_id, backup_id,
+             backup.archive_bytes, backup.stored_bytes)
+    return backup
+
+
+def _give_up(ctx: ServiceContext, session: Session, backup: Backup, error: str) -> None:
+    """Mark a running backup failed and delete whatever it wrote (best effort: prune retries the delete)."""
+    backup = session.get(Backup, backup.id, populate_existing=True)
+    if backup is None or backup.status is not BackupStatus.RUNNING:
+        return
+    backup.fail(error)
+    session.commit()
+    try:
+        delete_objects(ctx, backup)
+        backup.deleted_at = utcnow()
+        session.commit()
+    except Exception:  # the store may be what failed; prune deletes the leftovers later
+        log.warning("tenant %s: could not delete the objects of failed backup %s", backup.tenant_id, backup.id,
+                    exc_info=True)
+        session.rollback()
+
+
+def abandon_attempts(ctx: ServiceContext, session: Session, operation_id: str, error: str) -> None:
+    """Backups an earlier attempt of this operation left `running` (its process died): failed, objects deleted."""
+    for backup in session.scalars(select(Backup).where(Backup.operation_id == operation_id,
+                                                       Backup.status == BackupStatus.RUNNING)).all():
+        _give_up(ctx, session, backup, error)
+
+
+# -- the BACKUP operation ------------------------------------------------------------------------------
+
+def run_backup(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
+    abandon_attempts(ctx, session, op.id, "abandoned: the job was interrupted and retried")
+    if tenant.status not in BACKUPABLE:
+        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "back up")
+    report("backup", 10)
+    backup = perform_backup(ctx, session, tenant, BackupTrigger(op.params.get("trigger", "manual")), op.id,
+                            expires_in_days=op.params.get("expires_in_days"))
+    return {"backup_id": backup.id, "location": backup.location, "archive_bytes": backup.archive_bytes,
+            "stored_bytes": backup.stored_bytes, "sha256": backup.sha256}
+
+
+def backup_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
+    abandon_attempts(ctx, session, op.id, op.error or "the backup job failed")
+    audit.record(session, "system", "backup.failed", tenant.id, op.id, error=op.error)
+
+
+def retry_backup(tenant: Tenant, op: Operation) -> None:
+    if tenant.status not in BACKUPABLE:
+        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "back up")
+
+
+def request_backup(ctx: ServiceContext, principal: Principal, tenant_id: str, *,
+                   trigger: BackupTrigger = BackupTrigger.MANUAL, expires_in_days: int | None = None,
+                   idempotency_key: str | None = None) -> Operation:
+    """Record a BACKUP operation (queued) and enqueue it. Super admins, and the tenant's own admins."""
+    principal.require_tenant(tenant_id)
+    params: dict[str, Any] = {"trigger": trigger.value}
+    if expires_in_days is not None:
+        params["expires_in_days"] = expires_in_days
+    request_fingerprint = fingerprint(OperationKind.BACKUP, tenant_id, params)
+    with transaction(ctx.sessions) as session:
+        replay = find_replay(session, principal, idempotency_key, request_fingerprint)
+        if replay is not None:
+            return replay
+        tenant = session.get(Tenant, tenant_id, with_for_update=True)
+        if tenant is None:
+            raise TenantNotFoundError(tenant_id)
+        if tenant.status not in BACKUPABLE:
+            raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "back up")
+        op = new_operation(principal, OperationKind.BACKUP, tenant_id, params, idempotency_key, request_fingerprint)
+        session.add(op)
+        session.flush()
+        audit.record(session, principal.actor, "tenant.backup_requested", tenant_id, op.id, **params)
+    dispatch(ctx, op.id)
+    return op
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+def list_backups(ctx: ServiceContext, principal: Principal, tenant_id: str, *, status: BackupStatus | None = None,
+                 trigger: BackupTrigger | None = None, offset: int = 0, limit: int = 50) -> tuple[list[Backup], int]:
+    principal.require_tenant(tenant_id)
+    query = select(Backup).where(Backup.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Backup.status == status)
+    if trigger is not None:
+        query = query.where(Backup.trigger == trigger)
+    with ctx.sessions() as session:
+        if session.get(Tenant, tenant_id) is None and not session.scalar(query.limit(1)):
+            raise TenantNotFoundError(tenant_id)
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(query.order_by(Backup.created_at.desc(), Backup.id).offset(offset).limit(limit)).all()
+        return list(rows), total
+
+
+def get_backup(ctx: ServiceContext, principal: Principal, backup_id: str) -> Backup:
+    with ctx.sessions() as session:
+        backup = session.get(Backup, backup_id)
+        # The same answer whether it does not exist or belongs to someone else: ids are not a secret
+        # worth a 403 oracle.
+        if backup is None or not (principal.is_super_admin or principal.tenant_id == backup.tenant_id):
+            raise BackupNotFoundError(backup_id)
+        return backup
+
+
+def load_manifest(store, backup: Backup) -> dict[str, Any]:
+    """The manifest stored next to the data, checked against the catalog's record of the backup."""
+    try:
+        manifest = json.loads(store.get_bytes(manifest_key(backup), MAX_MANIFEST_BYTES))
+    except ValueError as exc:
+        raise BackupIntegrityError(f"the manifest of backup {backup.id} is not valid JSON") from exc
+    if not isinstance(manifest, dict):
+        raise BackupIntegrityError(f"the manifest of backup {backup.id} is malformed")
+    if manifest.get("backup_id") != backup.id or manifest.get("tenant_id") != backup.tenant_id:
+        raise BackupIntegrityError(
+            f"the manifest stored with backup {backup.id} belongs to backup {manifest.get('backup_id')!r} "
+            f"of tenant {manifest.get('tenant_id')!r}")
+    recorded = manifest.get("object") or {}
+    if recorded.get("sha256") != backup.sha256 or recorded.get("bytes") != backup.stored_bytes:
+        raise BackupIntegrityError(f"the manifest of backup {backup.id} disagrees with the catalog "
+                                   "on the data object's size or checksum")
+    return manifest
+
+
+def open_backup(ctx: ServiceContext, session: Session, backup: Backup, stream: BinaryIO) -> OpenedBackup:
+    """Start reading a data object: header checked against the backup, data key unwrapped with the tenant key."""
+    tenant_key = key_for_existing_backup(ctx, session, backup.tenant_id, backup.tenant_key_id)
+
+    def key_for(header: BackupHeader) -> bytes:
+        if header.tenant_key_id != backup.tenant_key_id:
+            raise BackupIntegrityError(f"the data object was sealed with tenant key {header.tenant_key_id}, "
+                                       f"the catalog says {backup.tenant_key_id}")
+        return tenant_key
+
+    return OpenedBackup(stream, expect_backup_id=backup.id, expect_tenant_id=backup.tenant_id, key_for=key_for)
+
+
+def check_read(opened: OpenedBackup, backup: Backup, archive_bytes: int) -> None:
+    """After a full read: the bytes read are exactly the object the catalog recorded."""
+    if opened.sha256 != backup.sha256 or opened.stored_bytes != backup.stored_bytes:
+        raise BackupIntegrityError(f"checksum mismatch: the data object of backup {backup.id} is not the one "
+                                   "that was recorded (sha256 or size differ)")
+    if archive_bytes != backup.archive_bytes:
+        raise BackupIntegrityError(f"backup {backup.id} decrypted to {archive_bytes} bytes, "
+                                   f"{backup.archive_bytes} were recorded")
+
+
+def require_restorable(backup: Backup) -> None:
+    if not backup.restorable:
+        raise IllegalTransitionError("backup", backup.id, backup.status.value, "restore or decrypt it")
+
+
+def decrypt_backup(ctx: ServiceContext, principal: Principal, backup_id: str, sink: BinaryIO) -> Backup:
+    """Write the backup's plain pg_dump archive to `sink`, authenticating every chunk on the way.
+
+    Nothing unauthenticated is written; a backup that is cut short or altered raises part-way, so the
+    caller must discard what was written when this raises.
+    """
+    principal.require_super_admin()
+    with ctx.sessions() as session:
+        backup = get_backup(ctx, principal, backup_id)
+        require_restorable(backup)
+        store = store_for(ctx, backup)
+        load_manifest(store, backup)
+        with closing(store.open(data_key(backup))) as stream:
+            opened = open_backup(ctx, session, backup, stream)
+            size = opened.archive(sink)
+        check_read(opened, backup, size)
+        audit.record(session, principal.actor, "backup.decrypted", backup.tenant_id, None, backup_id=backup.id)
+        session.commit()
+    return backup
+
+
+# -- delete integration (hooks called by lifecycle.delete) -----------------------------------------------
+
+def final_backup(ctx: ServiceContext, tenant: Tenant, op: Operation) -> None:
+    """Back up a tenant that is being deleted (trigger pre-delete), inside the DELETE operation.
+
+    A tenant whose database never existed has nothing to keep; for a tenant that was `failed` before
+    its deletion the backup is best effort; for any other a failed backup stops the deletion.
+    """
+    session = object_session(tenant)
+    if op.params.get("purge") or tenant.server is None:
+        return
+    if not tools_for(ctx, tenant.server).database_exists(tenant.database_name):
+        log.info("tenant %s operation %s: no database, no final backup", tenant.id, op.id)
+        return
+    try:
+        perform_backup(ctx, session, tenant, BackupTrigger.PRE_DELETE, op.id)
+    except Exception:
+        if op.params.get("previous_status") != TenantStatus.FAILED.value:
+            raise
+        log.warning("tenant %s operation %s: final backup of a failed tenant failed; deleting anyway",
+                    tenant.id, op.id, exc_info=True)
+
+
+def pre_migration_backup(ctx: ServiceContext, tenant: Tenant, item_id: str) -> dict[str, Any]:
+    """A verified backup (trigger pre-migrate) for a bulk migration run item; the caller holds the lock."""
+    with ctx.sessions() as session:
+        current = session.get(Tenant, tenant.id)
+        if current is None:
+            raise TenantNotFoundError(tenant.id)
+        backup = perform_backup(ctx, session, current, BackupTrigger.PRE_MIGRATE, None)
+        audit.record(session, "system", "backup.pre_migration", tenant.id, None, backup_id=backup.id,
+                     migration_item_id=item_id)
+        session.commit()
+        return {"backup_id": backup.id, "location": backup.location}
+
+
+def before_drop(ctx: ServiceContext, tenant: Tenant, op: Operation) -> None:
+    """Before a tenant's database and role go: drop the databases restores retired (they belong to the
+    role), and with `purge` crypto-shred the tenant's backups."""
+    session = object_session(tenant)
+    for retired in session.scalars(select(RetiredDatabase).where(RetiredDatabase.tenant_id == tenant.id,
+                                                                 RetiredDatabase.dropped_at.is_(None))).all():
+        drop_retired_database(ctx, session, retired)
+        session.commit()
+    if op.params.get("purge"):
+        purge_backups(ctx, session, tenant.id, op.id)
+
+
+def purge_backups(ctx: ServiceContext, session: Session, tenant_id: str, operation_id: str | None) -> dict[str, int]:
+    """Crypto-shred a tenant's backups: destroy its key first (every copy anywhere becomes unreadable,
+    replicas and object versions included), then delete the objects and mark the backups deleted."""
+    destroyed = destroy_tenant_key(session, tenant_id)
+    backups = session.scalars(select(Backup).where(Backup.tenant_id == tenant_id,
+                                                   Backup.status != BackupStatus.RUNNING)).all()
+    for backup in backups:
+        if backup.status is not BackupStatus.DELETED:
+            backup.mark_deleted()
+    audit.record(session, "system", "tenant.backups_purged", tenant_id, operation_id,
+                 key_destroyed=destroyed, backups=len(backups))
+    session.commit()  # the key is gone before any object is touched
+    deleted = 0
+    stores = {b.store_url for b in backups} | {ctx.backup_store.url}
+    for url in stores:
+        store = ctx.backup_store if url == ctx.backup_store.url else ctx.open_backup_store(url)
+        try:
+            deleted += store.delete_prefix(naming.tenant_backups_prefix(tenant_id))
+        except BackupStoreError:
+            # Unreadable already (the key is gone); prune cannot find them by status, so say it loudly.
+            log.error("tenant %s: purge could not delete objects in %s; they are undecryptable, delete them "
+                      "by hand", tenant_id, url, exc_info=True)
+    now = utcnow()
+    for backup in backups:
+        backup.deleted_at = backup.deleted_at or now
+    session.commit()
+    return {"backups": len(backups), "objects": deleted}
+
+
+# -- policies --------------------------------------------------------------------------------------------
+
+def get_policy(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Policy:
+    principal.require_tenant(tenant_id)
+    with ctx.sessions() as session:
+        if session.get(Tenant, tenant_id) is None:
+            raise TenantNotFoundError(tenant_id)
+        return policy_of(ctx, session, tenant_id)
+
+
+def set_policy(ctx: ServiceContext, principal: Principal, tenant_id: str, *, keep_last: int | None = None,
+               keep_daily_days: int | None = None, scheduled: bool | None = None) -> Policy:
+    principal.require_super_admin()
+    with transaction(ctx.sessions) as session:
+        if session.get(Tenant, tenant_id) is None:
+            raise TenantNotFoundError(tenant_id)
+        current = policy_of(ctx, session, tenant_id)
+        row = session.get(BackupPolicy, tenant_id, with_for_update=True)
+        if row is None:
+            row = BackupPolicy(tenant_id=tenant_id, keep_last=current.keep_last,
+                               keep_daily_days=current.keep_daily_days, scheduled=current.scheduled)
+            session.add(row)
+        if keep_last is not None:
+            if keep_last < 1:
+                raise ValidationError("keep_last", "must be at least 1")
+            row.keep_last = keep_last
+        if keep_daily_days is not None:
+            row.keep_daily_days = keep_daily_days
+        if scheduled is not None:
+            row.scheduled = scheduled
+        audit.record(session, principal.actor, "backup_policy.updated", tenant_id, None,
+                     keep_last=row.keep_last, keep_daily_days=row.keep_daily_days, scheduled=row.scheduled)
+        return Policy(row.keep_last, row.keep_daily_days, row.scheduled)
