@@ -271,5 +271,10 @@ def main() -> None:
         sys.exit(2)
 
 
+from control_plane.cli_migrations import migrations as _migrations  # noqa: E402  (its own module)
+
+cli.add_command(_migrations)
+
+
 if __name__ == "__main__":
     main()

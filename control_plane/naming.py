@@ -95,3 +95,8 @@ def retired_database_name(tenant_id: str, when) -> str:
 def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
     """RQ job id of one claim of a migration run item: a re-claim gets a new job, a stale one is recognisable."""
     return f"migration-item-{item_id}-{dispatch_token}"
+
+
+def server_acl_lock_key() -> int:
+    """Advisory lock (on each tenant database server) serialising changes to its databases' ACLs."""
+    return (3 << 40) | zlib.crc32(b"database-acl")

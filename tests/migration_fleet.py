@@ -13,7 +13,7 @@ from psycopg import sql
 
 import tenant_migrations
 from control_plane.catalog.models import Tenant
-from helpers import create_tenant, one, tenant
+from helpers import create_tenant, one, operation, tenant
 
 HEAD = tenant_migrations.head_revision()
 FIRST = tenant_migrations.known_revisions()[0]
@@ -21,7 +21,10 @@ FIRST = tenant_migrations.known_revisions()[0]
 
 def worker_processes(count: int, burst: bool = True) -> list[subprocess.Popen]:
     """`tenantctl worker` processes with this test session's environment (catalog, queue, keyring)."""
-    command = [sys.executable, "-m", "control_plane.cli", "worker"] + (["--burst"] if burst else [])
+    # What `tenantctl worker [--burst]` runs, without loading the whole CLI.
+    command = [sys.executable, "-c", "from control_plane.jobs.worker import run_worker; "
+               "from control_plane.settings import Settings; import logging; logging.basicConfig(level='INFO'); "
+               f"run_worker(Settings.from_env(), burst={burst})"]
     procs = []
     for _ in range(count):
         log = tempfile.TemporaryFile()
@@ -68,12 +71,15 @@ def running_workers(count: int) -> Iterator[list[subprocess.Popen]]:
                 proc.wait()
 
 
-def provision_fleet(client, auth, tenant_ids: list[str], workers: int = 3) -> None:
-    for tenant_id in tenant_ids:
-        create_tenant(client, auth, tenant_id)
-    run_parallel_workers(workers)
-    for tenant_id in tenant_ids:
-        assert tenant(client, auth, tenant_id)["status"] == "active", tenant_id
+def provision_fleet(client, auth, tenant_ids: list[str], workers: int = 3, run=None) -> None:
+    """Provision through the API; jobs run in `workers` parallel worker processes, or with `run` (run_jobs)."""
+    operations = {tenant_id: create_tenant(client, auth, tenant_id)["id"] for tenant_id in tenant_ids}
+    if run is not None:
+        run()
+    else:
+        run_parallel_workers(workers)
+    for tenant_id, operation_id in operations.items():
+        assert tenant(client, auth, tenant_id)["status"] == "active", operation(client, auth, operation_id)
 
 
 def put_at_revision(ctx, tenant_ids: list[str], revision: str = FIRST) -> None:

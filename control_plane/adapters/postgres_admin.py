@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 
 from control_plane.errors import DatabaseServerError
+from control_plane.naming import server_acl_lock_key
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,20 @@ class PostgresAdmin:
             conn.execute(query)
             return True
 
+    @contextmanager
+    def _acl_lock(self, conn: psycopg.Connection) -> Iterator[None]:
+        # GRANT/REVOKE rewrite the database's pg_database row. Two provisionings at once (one revoking
+        # PUBLIC on every open database, the other restricting its new one) would update the same row
+        # and fail with "tuple concurrently updated": database ACL changes on a server go one at a time.
+        conn.execute("SELECT pg_advisory_lock(%s)", (server_acl_lock_key(),))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (server_acl_lock_key(),))
+
     def restrict_connect(self, database: str, role: str) -> None:
         """Only the tenant's role (and superusers) may connect; PUBLIC may not."""
-        with self.connect() as conn:
+        with self.connect() as conn, self._acl_lock(conn):
             db = sql.Identifier(database)
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, sql.Identifier(role)))
@@ -90,7 +102,7 @@ class PostgresAdmin:
         `postgres` or to a catalog on the same server. The admin keeps access through an explicit grant
         made first; owners and superusers keep theirs anyway.
         """
-        with self.connect() as conn:
+        with self.connect() as conn, self._acl_lock(conn):
             open_databases = [row[0] for row in conn.execute(
                 "SELECT datname FROM pg_database WHERE datallowconn "
                 "AND has_database_privilege('public', datname, 'CONNECT')").fetchall()]

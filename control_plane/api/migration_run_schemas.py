@@ -6,7 +6,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from control_plane.catalog.migration_run_models import MigrationRunStatus, RunItemStatus
 from control_plane.catalog.models import TenantStatus
 from control_plane.naming import tenant_id_problem
-from control_plane.services.migration_runs import MAX_CONCURRENCY
+from control_plane.services.migration_runs import MAX_CONCURRENCY, RunDetail
 
 
 def _validate_tenant_id(value: str) -> None:
@@ -91,6 +91,18 @@ class RunItemSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     duration_seconds = fields.Float(allow_none=True)
+
+
+class RunDetailView:
+    """A run's attributes plus its (filtered) items and the observed peak concurrency, for RunDetailSchema."""
+
+    def __init__(self, detail: RunDetail) -> None:
+        self._run = detail.run
+        self.items = detail.items
+        self.peak_concurrency = detail.peak_concurrency
+
+    def __getattr__(self, name: str):
+        return getattr(self._run, name)
 
 
 class RunDetailSchema(RunSchema):

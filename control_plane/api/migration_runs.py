@@ -6,26 +6,14 @@ from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
 from control_plane.api.common import idempotency_key, services
-from control_plane.api.migration_run_schemas import (DriftSchema, RunCreateSchema, RunDetailSchema, RunItemQuerySchema,
-                                                     RunQuerySchema, RunSchema)
+from control_plane.api.migration_run_schemas import (DriftSchema, RunCreateSchema, RunDetailSchema, RunDetailView,
+                                                     RunItemQuerySchema, RunQuerySchema, RunSchema)
 from control_plane.services import migration_runs, schema_drift
-from control_plane.services.migration_runs import RunDetail, RunRequest
+from control_plane.services.migration_runs import RunRequest
 
 blp = Blueprint("migrations", __name__, url_prefix="/v1", description="Bulk schema migrations across tenants")
 
 _202 = {"Location": {"description": "/v1/migration-runs/<id>", "schema": {"type": "string"}}}
-
-
-class _DetailView:
-    """A run's attributes plus its (filtered) items and the observed peak concurrency, for the schema."""
-
-    def __init__(self, detail: RunDetail) -> None:
-        self._run = detail.run
-        self.items = detail.items
-        self.peak_concurrency = detail.peak_concurrency
-
-    def __getattr__(self, name: str):
-        return getattr(self._run, name)
 
 
 def _accepted(run):
@@ -69,7 +57,7 @@ class MigrationRunItem(MethodView):
     @blp.alt_response(404, description="No such run")
     def get(self, query, run_id):
         """One run: its counts and its items (`?status=failed` shows only those)."""
-        return _DetailView(migration_runs.get_run(services(), principal(), run_id, query.get("status")))
+        return RunDetailView(migration_runs.get_run(services(), principal(), run_id, query.get("status")))
 
 
 @blp.route("/migration-runs/<run_id>/resume")
