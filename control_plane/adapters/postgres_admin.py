@@ -113,6 +113,12 @@ class PostgresAdmin:
                     conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
                 except psycopg.errors.InsufficientPrivilege:
                     log.warning("cannot revoke PUBLIC's CONNECT on database %s: not its owner", database)
+                except (psycopg.errors.InvalidCatalogName, psycopg.errors.InternalError_) as exc:
+                    # Dropped since we listed it (a deletion on this server, someone's cleanup): there is
+                    # nothing left to close, and no reason to fail this provisioning for it.
+                    if isinstance(exc, psycopg.errors.InternalError_) and "concurrently" not in str(exc):
+                        raise
+                    log.info("database %s went away while closing it to PUBLIC", database)
 
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:

@@ -1,0 +1,172 @@
+"""The migration run API's edges (auth, validation, idempotency, listing), backup_first, the template, the drift report."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from control_plane.adapters.tenant_database import TenantDatabase
+from control_plane.adapters.tenant_template import TenantTemplate
+from control_plane.catalog.migration_run_models import MigrationRun
+from control_plane.catalog.models import Tenant, TokenRole
+from control_plane.jobs import migration_runs as migration_jobs
+from control_plane.naming import database_name, template_database_name
+from control_plane.services.auth import create_token
+from migration_fleet import (FIRST, HEAD, database_revision, get_run, items_by_tenant, provision_fleet,
+                             put_at_revision, start_run)
+
+
+@pytest.fixture(autouse=True)
+def isolated_runs(monkeypatch, ctx):
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see test_migration_runs.py
+    yield
+    with ctx.sessions() as session, session.begin():
+        session.query(MigrationRun).delete()
+
+
+@pytest.fixture
+def fleet(client, auth, ctx, run_jobs):
+    ids = ["mr-api-1", "mr-api-2"]
+    provision_fleet(client, auth, ids, run=run_jobs)
+    put_at_revision(ctx, ids, FIRST)
+    return ids
+
+
+def test_runs_need_a_super_admin(client, ctx, fleet):
+    assert client.post("/v1/migration-runs", json={}).status_code == 401
+    tenant_token = create_token(ctx, TokenRole.TENANT_ADMIN, "clinic", fleet[0])[1]
+    headers = {"Authorization": f"Bearer {tenant_token}"}
+    for method, path in (("post", "/v1/migration-runs"), ("get", "/v1/migration-runs"),
+                         ("get", "/v1/migrations/drift")):
+        response = getattr(client, method)(path, json={} if method == "post" else None, headers=headers)
+        assert response.status_code == 403 and response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"target": "nope"}, "target"), ({"target": "base"}, "target"), ({"concurrency": 0}, "concurrency"),
+    ({"concurrency": 10_000}, "concurrency"), ({"canary": -1}, "canary"), ({"max_failures": -1}, "max_failures"),
+    ({"tenants": ["mr-api-1", "mr-api-1"]}, "tenants"), ({"tenants": ["Bad Id"]}, "tenants"),
+    ({"tenants": ["mr-api-missing"]}, "tenants"), ({"statuses": ["sleeping"]}, "statuses"),
+    ({"lock_timeout_seconds": 0}, "lock_timeout_seconds"), ({"database": "postgres"}, "database"),
+])
+def test_invalid_runs_are_422_naming_the_field(client, auth, body, field):
+    response = client.post("/v1/migration-runs", json=body, headers=auth)
+    assert response.status_code == 422, response.get_json()
+    assert field in response.get_json()["errors"]["json"]
+
+
+def test_idempotency_key_replays_the_run_and_refuses_another_body(client, auth, fleet):
+    headers = {**auth, "Idempotency-Key": "deploy-42"}
+    first = client.post("/v1/migration-runs", json={"tenants": fleet, "concurrency": 1}, headers=headers)
+    again = client.post("/v1/migration-runs", json={"tenants": fleet, "concurrency": 1}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.get_json()["id"] == again.get_json()["id"]
+    assert client.get("/v1/migration-runs", headers=auth).get_json()[0]["id"] == first.get_json()["id"]
+    assert len(client.get("/v1/migration-runs", headers=auth).get_json()) == 1
+    other = client.post("/v1/migration-runs", json={"tenants": fleet, "concurrency": 2}, headers=headers)
+    assert other.status_code == 409
+
+
+def test_list_read_and_conflicts(client, auth, run_jobs, fleet):
+    run = start_run(client, auth, tenants=fleet, concurrency=2)
+    listed = client.get("/v1/migration-runs?status=running", headers=auth)
+    assert [r["id"] for r in listed.get_json()] == [run["id"]] and "X-Pagination" in listed.headers
+    run_jobs()
+    assert client.get("/v1/migration-runs?status=running", headers=auth).get_json() == []
+    done = get_run(client, auth, run["id"])
+    assert done["counts"]["succeeded"] == 2 and done["requested_by"] == "token:tests"
+    assert get_run(client, auth, run["id"], status="failed")["items"] == []
+    assert client.get("/v1/migration-runs/nope", headers=auth).status_code == 404
+    assert client.get(f"/v1/migration-runs/{run['id']}?status=bogus", headers=auth).status_code == 422
+    for action in ("resume", "cancel"):
+        response = client.post(f"/v1/migration-runs/{run['id']}/{action}", headers=auth)
+        assert response.status_code == 409 and "succeeded" in response.get_json()["detail"]
+    assert client.post("/v1/migration-runs/nope/resume", headers=auth).status_code == 404
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert {"/v1/migration-runs", "/v1/migration-runs/{run_id}", "/v1/migration-runs/{run_id}/resume",
+            "/v1/migration-runs/{run_id}/cancel", "/v1/migrations/drift"} <= set(paths)
+
+
+def test_backup_first_is_refused_without_a_backups_feature(client, auth, ctx, monkeypatch):
+    monkeypatch.setattr(ctx, "pre_migration_backup", None)
+    response = client.post("/v1/migration-runs", json={"backup_first": True}, headers=auth)
+    assert response.status_code == 422 and "backup_first" in response.get_json()["errors"]["json"]
+
+
+def test_backup_first_backs_each_tenant_up_before_migrating_it(client, auth, ctx, run_jobs, admin_url, fleet,
+                                                               monkeypatch, tmp_path):
+    log = tmp_path / "backups"
+    failing = fleet[1]
+
+    def fake_backup(tenant, item_id):
+        # Runs in the work horse, with the tenant lock held: the database must still be at its old revision.
+        log.open("a").write(f"{tenant.id} {database_revision(admin_url, tenant.id)}\n")
+        if tenant.id == failing:
+            raise RuntimeError("backup store unreachable")
+        return {"backup_id": f"b-{tenant.id}"}
+
+    real_build_context = migration_jobs.build_context
+
+    def build_context_with_backups(settings, **kwargs):
+        built = real_build_context(settings, **kwargs)
+        built.pre_migration_backup = fake_backup
+        return built
+
+    monkeypatch.setattr(migration_jobs, "build_context", build_context_with_backups)
+    monkeypatch.setattr(ctx, "pre_migration_backup", fake_backup)
+    run = start_run(client, auth, tenants=fleet, backup_first=True, max_failures=1)
+    run_jobs()
+    done = items_by_tenant(get_run(client, auth, run["id"]))
+    assert log.read_text().split("\n")[:2] == [f"{fleet[0]} {FIRST}", f"{failing} {FIRST}"]
+    assert done[fleet[0]]["status"] == "succeeded" and done[fleet[0]]["backup"] == {"backup_id": f"b-{fleet[0]}"}
+    assert done[failing]["status"] == "failed"
+    assert done[failing]["error"] == "pre-migration backup failed: RuntimeError: backup store unreachable"
+    assert database_revision(admin_url, failing) == FIRST  # no backup, no migration
+
+
+def test_a_run_to_head_rebuilds_the_provisioning_template(client, auth, run_jobs, fleet, monkeypatch, tmp_path):
+    calls = tmp_path / "templates"
+
+    def fake_ensure(self, revision):
+        calls.open("a").write(revision + "\n")
+        return template_database_name(revision)
+
+    monkeypatch.setattr(TenantTemplate, "ensure", fake_ensure)
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "true")
+    run = start_run(client, auth, tenants=fleet)
+    run_jobs()
+    done = get_run(client, auth, run["id"])
+    assert done["status"] == "succeeded"
+    assert done["result"]["templates"] == {"default": {"template": template_database_name(HEAD)}}
+    assert calls.read_text().split() == [HEAD]
+
+    backwards = start_run(client, auth, tenants=fleet, target=FIRST)  # does not move head: no rebuild
+    run_jobs()
+    assert get_run(client, auth, backwards["id"])["result"] is None
+    assert calls.read_text().split() == [HEAD]
+
+
+def test_drift_report_finds_every_kind_of_drift(client, auth, ctx, run_jobs, admin_url):
+    ids = [f"mr-drift-{name}" for name in ("sync", "behind", "stale", "future", "gone", "paused")]
+    synced, behind, stale, future, gone, paused = ids
+    provision_fleet(client, auth, ids, run=run_jobs)
+    put_at_revision(ctx, [behind], FIRST)  # behind head, and the catalog knows it
+    with ctx.sessions() as session:  # the catalog still says head: someone downgraded by hand
+        assert ctx.database_of(session.get(Tenant, stale)).migrate(FIRST) == FIRST
+    with psycopg.connect(admin_url, dbname=database_name(future), autocommit=True) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database_name(gone))))
+    client.post(f"/v1/tenants/{paused}/suspend", headers=auth)
+
+    response = client.get("/v1/migrations/drift", headers=auth)
+    assert response.status_code == 200
+    report = response.get_json()
+    assert report["head"] == HEAD and report["checked"] == 6 and report["in_sync"] == 2
+    found = {entry["tenant_id"]: entry for entry in report["drifted"]}
+    assert {t: found[t]["problems"] for t in found} == {
+        behind: ["not_at_head"], stale: ["not_at_head", "catalog_mismatch"],
+        future: ["unknown_revision", "catalog_mismatch"], gone: ["unreachable"]}
+    assert found[stale]["catalog_revision"] == HEAD and found[stale]["database_revision"] == FIRST
+    assert "does not exist" in found[gone]["error"]
+    assert report["by_revision"] == {HEAD: 2, FIRST: 2, "0099_from_a_newer_release": 1}

@@ -1,0 +1,80 @@
+"""`tenantctl migrations`: run with live progress and a summary, status, list, cancel, resume, dry run, drift."""
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from control_plane.catalog.migration_run_models import MigrationRun
+from control_plane.cli import cli
+from migration_fleet import (FIRST, HEAD, database_revision, get_run, provision_fleet, put_at_revision,
+                             running_workers, set_read_only)
+
+
+@pytest.fixture(autouse=True)
+def isolated_runs(monkeypatch, ctx):
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see test_migration_runs.py
+    yield
+    with ctx.sessions() as session, session.begin():
+        session.query(MigrationRun).delete()
+
+
+@pytest.fixture
+def fleet(client, auth, ctx, run_jobs):
+    ids = [f"mr-cli-{n}" for n in range(1, 5)]
+    provision_fleet(client, auth, ids, run=run_jobs)
+    put_at_revision(ctx, ids, FIRST)
+    return ids
+
+
+def tenantctl(*args: str):
+    return CliRunner().invoke(cli, ["migrations", *args], catch_exceptions=False)
+
+
+def test_run_follow_shows_progress_then_a_summary(admin_url, fleet):
+    set_read_only(admin_url, fleet[3], True)
+    with running_workers(2):
+        result = tenantctl("run", "--target", "head", "--concurrency", "2", "--canary", "1", "--max-failures", "2",
+                           "--follow", *[arg for t in fleet for arg in ("--tenant", t)])
+    assert result.exit_code == 1  # one tenant failed
+    assert "[" in result.stderr and "ok 3" in result.stderr and "/s" in result.stderr and "ETA" in result.stderr
+    out = result.stdout
+    assert "failed in" in out and "4 tenants to " + HEAD in out
+    assert "succeeded        3" in out and "failed           1" in out
+    assert fleet[3] in out and "read-only transaction" in out
+    assert [database_revision(admin_url, t) for t in fleet] == [HEAD, HEAD, HEAD, FIRST]
+
+
+def test_run_status_cancel_resume_and_list(client, auth, admin_url, run_jobs, fleet):
+    started = tenantctl("run", "--concurrency", "1", *[arg for t in fleet for arg in ("--tenant", t)])
+    assert started.exit_code == 0
+    run_id = started.stdout.strip().splitlines()[-1]
+    cancelled = tenantctl("cancel", run_id)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout
+    run_jobs()
+    status = tenantctl("status", run_id)
+    assert status.exit_code == 0 and "cancelled in" in status.stdout and "pending          4" in status.stdout
+    listed = tenantctl("list")
+    assert run_id in listed.stdout and "cancelled" in listed.stdout
+
+    assert tenantctl("resume", run_id).exit_code == 0
+    run_jobs()
+    final = tenantctl("status", run_id, "--items", "all")
+    assert "succeeded in" in final.stdout and all(t in final.stdout for t in fleet)
+    assert '"status": "succeeded"' in tenantctl("status", run_id, "--json").stdout
+    assert get_run(client, auth, run_id)["status"] == "succeeded"
+
+
+def test_dry_run_prints_the_sql(admin_url, fleet):
+    result = tenantctl("run", "--dry-run")
+    assert result.exit_code == 0
+    assert f"-- from {FIRST} to {HEAD}: 4 tenant(s)" in result.stdout and "CREATE TABLE appointments" in result.stdout
+    assert all(database_revision(admin_url, t) == FIRST for t in fleet)
+
+
+def test_drift_check_exits_1_when_tenants_drifted(ctx, fleet):
+    result = tenantctl("drift", "--check")
+    assert result.exit_code == 1
+    assert f"head {HEAD}: 0 of 4 tenants in sync" in result.stdout and "not_at_head" in result.stdout
+    put_at_revision(ctx, fleet, HEAD)
+    clean = tenantctl("drift", "--check")
+    assert clean.exit_code == 0 and "4 of 4 tenants in sync" in clean.stdout
