@@ -122,7 +122,8 @@ class TenantDirectory:
         self.hits = self.misses = self.errors = 0
 
     def _create_engine(self) -> Engine:
-        name = f"{self._settings.application_name}:catalog:{os.getpid()}@{socket.gethostname()}"[:63]
+        # Not "<prefix>:<tenant>:..." like tenant connections, so that counting those leaves these out.
+        name = f"{self._settings.application_name}-catalog:{os.getpid()}@{socket.gethostname()}"[:63]
         return create_engine(
             sqlalchemy_url(self._settings.catalog_database_url),
             pool_size=self._settings.catalog_pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=600,

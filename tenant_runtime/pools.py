@@ -10,6 +10,8 @@ connection at a time, so a tenant has at most one place in the queue: a hot tena
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
@@ -28,32 +30,80 @@ ENTRY_KWARG = "_tenant_runtime_entry"
 
 
 class SlotRefusedError(Exception):
-    """A connection attempt was not given a budget slot (nobody waits for it any more, or the pool retired)."""
+    """A connection attempt was not given a budget slot: its pool was retired meanwhile."""
+
+
+class _QuietRefusals(logging.Filter):
+    """Drops psycopg_pool's "error connecting" warning when the error is our refusal to open a
+    connection for a pool that was closed meanwhile: routine, and reported by our own metrics."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, SlotRefusedError) for arg in args)
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietRefusals())
 
 
 class TenantConnection(psycopg.Connection):
-    """A psycopg connection that holds one budget slot from connect() until close()."""
+    """A psycopg connection that holds one budget slot from connect() until its server session is gone."""
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> "TenantConnection":  # type: ignore[override]
         entry: PoolEntry = kwargs.pop(ENTRY_KWARG)
-        entry.registry.acquire_slot(entry)
+        registry = entry.registry
+        registry.opening(entry, 1)
         try:
-            conn = super().connect(conninfo, **kwargs)
-        except BaseException as exc:
-            entry.registry.release_slot(entry, opened=False)
-            entry.registry.connect_failed(entry, exc)
-            raise
+            registry.acquire_slot(entry)
+            try:
+                conn = super().connect(conninfo, **kwargs)
+            except BaseException as exc:
+                registry.release_slot(entry, opened=False)
+                registry.connect_failed(entry, exc)
+                raise
+        finally:
+            registry.opening(entry, -1)
         conn._runtime_entry = entry  # type: ignore[attr-defined]
         return conn  # type: ignore[return-value]
 
     def close(self) -> None:
+        entry = self.__dict__.pop("_runtime_entry", None)
+        if entry is None:  # not ours, or closed already
+            super().close()
+            return
+        # The slot goes back only once the server session has ended, so that the server never sees
+        # more sessions than the budget: a backend leaves pg_stat_activity before its process exits
+        # and closes the socket, so the socket's end of file is that moment. We keep a duplicate of
+        # the socket open across libpq's close to be able to wait for it.
+        watch = None
+        if not self.closed and not self.broken:
+            try:
+                watch = socket.socket(fileno=os.dup(self.pgconn.socket))
+            except (OSError, psycopg.Error):
+                watch = None
         try:
             super().close()
         finally:
-            entry = self.__dict__.pop("_runtime_entry", None)
-            if entry is not None:
-                entry.registry.release_slot(entry, opened=True)
+            if watch is not None:
+                _wait_for_eof(watch, SESSION_END_TIMEOUT)
+            entry.registry.release_slot(entry, opened=True)
+
+
+# How long close() waits for the server to end a session before giving its slot back anyway.
+SESSION_END_TIMEOUT = 2.0
+
+
+def _wait_for_eof(sock: socket.socket, timeout: float) -> None:
+    deadline = monotonic() + timeout
+    try:
+        while (remaining := deadline - monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(4096):
+                return
+    except OSError:  # reset, timed out: either way there is nothing more to wait for
+        pass
+    finally:
+        sock.close()
 
 
 class TenantPool(ConnectionPool):
@@ -74,9 +124,18 @@ class TenantPool(ConnectionPool):
             self._close_connection(conn)
         return len(taken)
 
-    @property
-    def clients_waiting(self) -> int:
-        return self.get_stats().get("requests_waiting", 0)
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        # psycopg_pool also opens connections nobody is waiting for: replacements of broken or expired
+        # ones (and growth for a request served meanwhile). With min_size 0 they would only sit idle
+        # on a budget slot: skip them, undoing the pool's count of them as its ShrinkPool would.
+        entry: PoolEntry = self.kwargs[ENTRY_KWARG]
+        if entry.retired or not self._waiting:
+            with self._lock:
+                self._nconns -= 1
+                if growing:
+                    self._growing = False
+            return
+        super()._add_connection(attempt, growing=growing)
 
 
 @dataclass(eq=False)
@@ -90,6 +149,7 @@ class PoolEntry:
     active: int = 0  # threads between checkout and return: waiting for a connection or holding one
     in_use: int = 0
     open: int = 0
+    opening: int = 0  # connections being opened (queued for a slot or connecting)
     last_used: float = field(default_factory=monotonic)
     retired: bool = False
     connect_error: BaseException | None = None
@@ -97,6 +157,11 @@ class PoolEntry:
     @property
     def idle(self) -> int:
         return self.open - self.in_use
+
+    @property
+    def busy(self) -> bool:
+        """Requests or connection openings in flight: never closed for idleness or to make room."""
+        return self.active > 0 or self.opening > 0
 
 
 class _Ticket:
@@ -147,7 +212,7 @@ class PoolRegistry:
                 # Bounded registry: make room by closing idle pools, least recently used first. Pools
                 # with requests in flight are never closed, so the bound can be exceeded by those.
                 while len(self._entries) >= self.max_open_pools:
-                    victim = next((e for e in self._entries.values() if e.active == 0), None)
+                    victim = next((e for e in self._entries.values() if not e.busy), None)
                     if victim is None:
                         break
                     self._retire_locked(victim, "lru")
@@ -190,13 +255,10 @@ class PoolRegistry:
     def acquire_slot(self, entry: PoolEntry) -> None:
         """Block until `entry` may open one more server connection; FIFO across tenants."""
         with self._cond:
-            self._refuse_if_unwanted(entry, waiting_needed=False)
+            self._refuse_if_closed(entry)
             if not self._queue and self._open < self.max_connections:
                 self._take_locked(entry)
                 return
-            # psycopg_pool also opens replacements nobody asked for (after a broken or expired
-            # connection): those only get a slot that is free now.
-            self._refuse_if_unwanted(entry, waiting_needed=True)
             ticket = _Ticket(entry)
             self._queue.append(ticket)
             self.slot_waits += 1
@@ -205,7 +267,9 @@ class PoolRegistry:
             while True:
                 candidates: list[PoolEntry] = []
                 with self._cond:
-                    self._refuse_if_unwanted(entry, waiting_needed=True)
+                    # A request that stops waiting meanwhile does not cancel the opening: the next
+                    # request of the tenant will use it, and until then it is idle, so reclaimable.
+                    self._refuse_if_closed(entry)
                     if self._queue[0] is ticket:
                         if self._open < self.max_connections:
                             self._take_locked(entry)
@@ -231,12 +295,9 @@ class PoolRegistry:
                     pass
                 self._cond.notify_all()
 
-    def _refuse_if_unwanted(self, entry: PoolEntry, *, waiting_needed: bool) -> None:
+    def _refuse_if_closed(self, entry: PoolEntry) -> None:
         if self._closed or entry.retired:
-            raise SlotRefusedError(f"pool of tenant {entry.tenant_id} is closed")
-        # Reads the pool's counters without its lock (get_stats takes none): a hint, good enough here.
-        if waiting_needed and entry.pool is not None and entry.pool.clients_waiting == 0:
-            raise SlotRefusedError(f"no request waits for a connection of tenant {entry.tenant_id}")
+            raise SlotRefusedError(f"the pool of tenant {entry.tenant_id} is closed")
 
     def _take_locked(self, entry: PoolEntry) -> None:
         self._open += 1
@@ -245,6 +306,10 @@ class PoolRegistry:
         self.peak_open = max(self.peak_open, self._open)
         # Promote the next in line: it may now reclaim an idle connection.
         self._cond.notify_all()
+
+    def opening(self, entry: PoolEntry, delta: int) -> None:
+        with self._cond:
+            entry.opening += delta
 
     def release_slot(self, entry: PoolEntry, *, opened: bool) -> None:
         with self._cond:
@@ -291,7 +356,7 @@ class PoolRegistry:
     def retire_idle(self, idle_seconds: float) -> None:
         cutoff = monotonic() - idle_seconds
         with self._cond:
-            idle = [e for e in self._entries.values() if e.active == 0 and e.last_used <= cutoff]
+            idle = [e for e in self._entries.values() if not e.busy and e.last_used <= cutoff]
             for entry in idle:
                 self._retire_locked(entry, "idle")
         if idle:

@@ -64,3 +64,108 @@ def test_two_tenants_are_isolated(client, auth, run_jobs, ctx, router_factory):
     with pytest.raises(TenantNotFoundError):
         with router.connection("rt-nobody"):
             pass
+
+
+def test_budget_holds_with_300_tenants_and_32_threads(bulk_tenants, router_factory, admin_url):
+    tenant_ids = [f"rt-budget-{n:03d}" for n in range(300)]
+    bulk_tenants(tenant_ids)
+    router = router_factory(max_connections=20, max_connections_per_tenant=4, acquire_timeout=20)
+    served: Counter[str] = Counter()
+    errors: list[str] = []
+    timeouts: list[str] = []
+    lock = threading.Lock()
+
+    def hammer(worker: int) -> None:
+        rng = random.Random(worker)
+        # Random tenants, plus this thread's share of all of them so that every tenant is asked for.
+        picks = tenant_ids[worker::32] + rng.choices(tenant_ids, k=40)
+        rng.shuffle(picks)
+        for tenant_id in picks:
+            try:
+                with router.connection(tenant_id) as conn:
+                    identity = conn.execute("SELECT current_user, current_database()").fetchone()
+                ok = identity == (naming.role_name(tenant_id), naming.database_name(tenant_id))
+                with lock:
+                    served[tenant_id] += 1
+                    if not ok:
+                        errors.append(f"{tenant_id} was served by {identity}")
+            except ConnectionBudgetExceededError:  # the documented timeout
+                with lock:
+                    timeouts.append(tenant_id)
+            except Exception as exc:
+                with lock:
+                    errors.append(f"{tenant_id}: {type(exc).__name__}: {exc}")
+
+    with ConnectionSampler(admin_url, router.application_name_pattern()) as sampler:
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    metrics = router.metrics()
+    assert errors == []
+    assert set(served) == set(tenant_ids)
+    assert sampler.samples > 10 and 1 <= sampler.peak <= 20, sampler.peak
+    assert metrics["connections_open_peak"] <= 20
+    assert metrics["connections_in_use"] == 0 and metrics["connections_open"] <= 20
+    assert metrics["connections_reclaimed_total"] > 0  # idle connections of some tenants served others
+    assert len(timeouts) == metrics["budget_rejections_total"] == 0
+
+
+def test_acquire_times_out_at_the_budget_then_reclaims_an_idle_connection(bulk_tenants, router_factory, admin_url):
+    bulk_tenants(["rt-cap-a", "rt-cap-b", "rt-cap-c"])
+    router = router_factory(max_connections=2, max_connections_per_tenant=1, acquire_timeout=0.3)
+
+    first = router.acquire("rt-cap-a")
+    second = router.acquire("rt-cap-b")
+    started = time.monotonic()
+    with pytest.raises(ConnectionBudgetExceededError, match="all 2 connections"):
+        router.acquire("rt-cap-c")
+    assert 0.3 <= time.monotonic() - started < 2
+    with pytest.raises(ConnectionBudgetExceededError, match="its 1 connections"):
+        router.acquire("rt-cap-a")  # the per-tenant cap
+    first.release(commit=True)
+
+    # rt-cap-a's connection is idle now: rt-cap-c takes its slot by closing it.
+    with router.connection("rt-cap-c") as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == "tenant_rt_cap_c"
+        assert server_connections(admin_url, router.application_name_pattern()) == 2
+    second.release(commit=False)
+    metrics = router.metrics()
+    assert metrics["connections_reclaimed_total"] == 1 and metrics["budget_rejections_total"] == 2
+    assert tenant_connections(admin_url, router, "rt-cap-a") == 0
+
+
+def test_a_hot_tenant_cannot_starve_the_others(bulk_tenants, router_factory, admin_url):
+    cold = [f"rt-cold-{n}" for n in range(6)]
+    bulk_tenants(["rt-hot", *cold])
+    router = router_factory(max_connections=6, max_connections_per_tenant=3, acquire_timeout=10)
+    stop = threading.Event()
+    hot_served = Counter()
+
+    def hot() -> None:
+        while not stop.is_set():
+            with router.connection("rt-hot") as conn:
+                conn.execute("SELECT pg_sleep(0.005)")
+            hot_served["n"] += 1
+
+    hot_threads = [threading.Thread(target=hot) for _ in range(12)]
+    for thread in hot_threads:
+        thread.start()
+    try:
+        assert wait_until(lambda: hot_served["n"] > 20, 10)
+        waits = []
+        for tenant_id in cold * 3:
+            started = time.monotonic()
+            with router.connection(tenant_id) as conn:
+                conn.execute("SELECT 1")
+            waits.append(time.monotonic() - started)
+            assert tenant_connections(admin_url, router, "rt-hot") <= 3
+    finally:
+        stop.set()
+        for thread in hot_threads:
+            thread.join()
+    # Twelve threads keep the hot tenant busy, yet it holds at most its cap and the others get in fast.
+    assert max(waits) < 1.0, waits
+    assert router.metrics()["connections_open_peak"] <= 6

@@ -136,7 +136,8 @@ def bulk_tenants(ctx, settings) -> Iterator[Callable[[list[str]], None]]:
             r, d = sql.Identifier(role), sql.Identifier(database)
             batches[index % 4] += [
                 (sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(r, sql.Literal(password)), ()),
-                (sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(d, r), ()),
+                # FILE_COPY: both this and the DROP that follows are several times faster than WAL_LOG.
+                (sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0 STRATEGY FILE_COPY").format(d, r), ()),
                 (sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(d), ()),
                 (sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(d, r), ()),
             ]
