@@ -260,6 +260,13 @@ def servers_drain(name: str, undo: bool) -> None:
     click.echo(servers.set_draining(_context(), SYSTEM.actor, name, not undo).status.value)
 
 
+from control_plane.cli_backups import backups_group, keys_group, scheduler_command  # noqa: E402  (its own module)
+
+cli.add_command(backups_group)
+cli.add_command(keys_group)
+cli.add_command(scheduler_command)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -179,3 +179,16 @@ def databases_like(admin_url: str, pattern: str) -> set[str]:
 
 def store_root(settings: Settings) -> Path:
     return Path(urlparse(settings.backup_store_url).path)
+
+
+def chunk_spans(stored: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each framed chunk of a data object (length prefix included)."""
+    import struct
+
+    (header_length,) = struct.unpack(">I", stored[8:12])
+    position, spans = 12 + header_length, []
+    while position + 4 <= len(stored):
+        (length,) = struct.unpack(">I", stored[position:position + 4])
+        spans.append((position, position + 4 + length))
+        position += 4 + length
+    return spans

@@ -139,7 +139,8 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
         revision = ctx.database_of(tenant).current_revision()
         secret = new_key()  # this backup's data key: never stored unwrapped
         header = BackupHeader(backup_id=backup_id, tenant_id=tenant.id, tenant_key_id=tenant_key.key_id,
-                              wrapped_data_key=wrap_data_key(tenant_key.key, secret, tenant.id, backup_id))
+                              wrapped_data_key=wrap_data_key(tenant_key.key, secret, tenant.id, backup_id),
+                              chunk_size=CHUNK_SIZE)
         stats = SealStats()
         level = ctx.settings.backup_zstd_level
         with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as (archive, client):
@@ -159,7 +160,7 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
             "postgresql": {"server_version": server_version, "pg_dump_version": client.version},
             "archive": {"format": "pg_dump custom (-Fc -Z0)", "bytes": stats.archive_bytes},
             "compression": {"algorithm": COMPRESSION, "level": level, "bytes": stats.compressed_bytes},
-            "encryption": {"cipher": CIPHER, "chunk_bytes": CHUNK_SIZE, "chunks": stats.chunks,
+            "encryption": {"cipher": CIPHER, "chunk_bytes": header.chunk_size, "chunks": stats.chunks,
                            "data_key": "fresh per backup, wrapped by the tenant key, in the object header",
                            "tenant_key_id": tenant_key.key_id, "keyring_key_id": tenant_key.keyring_key_id},
             "object": {"name": naming.BACKUP_DATA_OBJECT, "bytes": stats.stored_bytes, "sha256": stats.sha256},
@@ -200,28 +201,33 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
     return backup
 
 
-def _give_up(ctx: ServiceContext, session: Session, backup: Backup, error: str) -> None:
-    """Mark a running backup failed and delete whatever it wrote (best effort: prune retries the delete)."""
+def _give_up(ctx: ServiceContext, session: Session, backup: Backup, error: str, commit: bool = True) -> None:
+    """Mark a running backup failed and delete whatever it wrote (best effort: prune retries the delete).
+
+    With `commit=False` the caller commits (an operation's failure handler runs inside its transaction).
+    """
     backup = session.get(Backup, backup.id, populate_existing=True)
     if backup is None or backup.status is not BackupStatus.RUNNING:
         return
     backup.fail(error)
-    session.commit()
+    if commit:
+        session.commit()  # failed before anything is deleted: never a completed row without its objects
     try:
         delete_objects(ctx, backup)
         backup.deleted_at = utcnow()
-        session.commit()
     except Exception:  # the store may be what failed; prune deletes the leftovers later
         log.warning("tenant %s: could not delete the objects of failed backup %s", backup.tenant_id, backup.id,
                     exc_info=True)
-        session.rollback()
+    if commit:
+        session.commit()
 
 
-def abandon_attempts(ctx: ServiceContext, session: Session, operation_id: str, error: str) -> None:
+def abandon_attempts(ctx: ServiceContext, session: Session, operation_id: str, error: str,
+                     commit: bool = True) -> None:
     """Backups an earlier attempt of this operation left `running` (its process died): failed, objects deleted."""
     for backup in session.scalars(select(Backup).where(Backup.operation_id == operation_id,
                                                        Backup.status == BackupStatus.RUNNING)).all():
-        _give_up(ctx, session, backup, error)
+        _give_up(ctx, session, backup, error, commit)
 
 
 # -- the BACKUP operation ------------------------------------------------------------------------------
@@ -238,7 +244,7 @@ def run_backup(ctx: ServiceContext, session: Session, op: Operation, tenant: Ten
 
 
 def backup_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
-    abandon_attempts(ctx, session, op.id, op.error or "the backup job failed")
+    abandon_attempts(ctx, session, op.id, op.error or "the backup job failed", commit=False)
     audit.record(session, "system", "backup.failed", tenant.id, op.id, error=op.error)
 
 

@@ -1,0 +1,102 @@
+"""Daily scheduled backups: every active tenant once a day, each at its own time within the backup
+window (staggered by a hash of its id), so a fleet does not start all its pg_dumps at once.
+
+The catalog decides what is due: a tenant's backup for a day is an operation with the idempotency
+key `scheduled-backup:<tenant>:<day>`, so ticks from several scheduler replicas, or repeated ticks,
+start each backup once.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from control_plane.catalog.backup_models import BackupPolicy, BackupTrigger
+from control_plane.catalog.models import Operation, Tenant, TenantStatus, TokenRole, utcnow
+from control_plane.errors import ConfigurationError, ConflictError, TenantNotFoundError
+from control_plane.services.auth import Principal
+from control_plane.services.backups import request_backup
+from control_plane.services.context import ServiceContext
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = Principal(token_id="scheduler", name="scheduler", role=TokenRole.SUPER_ADMIN)
+
+
+@dataclass(frozen=True)
+class BackupWindow:
+    start: time
+    length: timedelta
+
+    @classmethod
+    def parse(cls, spec: str) -> "BackupWindow":
+        """`HH:MM-HH:MM` in UTC; an end at or before the start runs past midnight; `00:00-24:00` is all day."""
+        try:
+            start_text, end_text = spec.split("-")
+            start = datetime.strptime(start_text.strip(), "%H:%M")
+            end_hour, end_minute = (int(part) for part in end_text.strip().split(":"))
+            if not (0 <= end_hour <= 24 and 0 <= end_minute < 60) or (end_hour == 24 and end_minute):
+                raise ValueError
+        except ValueError:
+            raise ConfigurationError(f"BACKUP_WINDOW must look like 01:00-05:00 (UTC), got {spec!r}") from None
+        minutes = end_hour * 60 + end_minute - (start.hour * 60 + start.minute)
+        if minutes <= 0:
+            minutes += 24 * 60
+        return cls(start.time(), timedelta(minutes=minutes))
+
+    def offset(self, tenant_id: str) -> timedelta:
+        """Where in the window the tenant's backup starts: stable, and spread evenly over the window."""
+        seconds = int(self.length.total_seconds())
+        return timedelta(seconds=zlib.crc32(f"backup-slot:{tenant_id}".encode()) % seconds)
+
+    def latest_slot(self, tenant_id: str, now: datetime) -> datetime:
+        """The tenant's most recent scheduled time at or before `now` (today's or yesterday's)."""
+        for day in (now.date(), now.date() - timedelta(days=1)):
+            slot = datetime.combine(day, self.start, tzinfo=timezone.utc) + self.offset(tenant_id)
+            if slot <= now:
+                return slot
+        return slot - timedelta(days=1)  # a window crossing midnight, with today's slot tomorrow
+
+
+def _key(tenant_id: str, slot: datetime) -> str:
+    return f"scheduled-backup:{tenant_id}:{slot:%Y-%m-%d}"
+
+
+def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit: int = 100) -> list[str]:
+    """Start the scheduled backups that are due; returns the new operations' ids (at most `limit`,
+    earliest slot first: after an outage, the backlog drains over several ticks instead of at once)."""
+    now = now or utcnow()
+    window = BackupWindow.parse(ctx.settings.backup_window)
+    with ctx.sessions() as session:
+        tenants = session.execute(select(Tenant.id, Tenant.created_at).where(Tenant.status == TenantStatus.ACTIVE)).all()
+        opted_out = set(session.scalars(select(BackupPolicy.tenant_id).where(BackupPolicy.scheduled.is_(False))))
+        due = []
+        for tenant_id, created_at in tenants:
+            slot = window.latest_slot(tenant_id, now)
+            # A tenant created after its slot waits for the next one (mass provisioning stays staggered).
+            if tenant_id not in opted_out and created_at <= slot:
+                due.append((slot, tenant_id, _key(tenant_id, slot)))
+        keys = [key for _, _, key in due]
+        started_before = set(session.scalars(select(Operation.idempotency_key).where(
+            Operation.requested_by == SCHEDULER.token_id, Operation.idempotency_key.in_(keys)))) if keys else set()
+    started: list[str] = []
+    for slot, tenant_id, key in sorted(due):
+        if key in started_before:
+            continue
+        if len(started) >= limit:
+            log.info("scheduled backups: %d more due, left for the next tick", len(due) - len(started))
+            break
+        try:
+            op = request_backup(ctx, SCHEDULER, tenant_id, trigger=BackupTrigger.SCHEDULED, idempotency_key=key)
+        except (ConflictError, TenantNotFoundError) as exc:
+            log.info("tenant %s: scheduled backup not started: %s", tenant_id, exc.detail)
+            continue
+        except IntegrityError:
+            continue  # another scheduler replica started it a moment ago
+        started.append(op.id)
+        log.info("tenant %s operation %s: scheduled backup for %s started", tenant_id, op.id, slot.isoformat())
+    return started
