@@ -34,6 +34,7 @@ class TenantEventListener:
         self._outage_logged = False
         self._was_live = False
         self.received = 0
+        self.connect_failures = 0
 
     @property
     def live(self) -> bool:
@@ -71,6 +72,7 @@ class TenantEventListener:
                     elif message["type"] == "message":
                         self._dispatch(message["data"])
             except (redis.RedisError, OSError) as exc:
+                self.connect_failures += 1
                 self._set_live(False, exc)
             except Exception:  # a bug in a callback must not silently end the subscription
                 log.exception("tenant event listener failed; resubscribing")

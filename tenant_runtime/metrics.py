@@ -91,6 +91,8 @@ class RouterCollector(Collector):
         yield counter("budget_rejections", "Requests refused because no connection came within the acquire timeout",
                       m["budget_rejections_total"])
         yield counter("events_received", "Tenant change events received", m["events_received_total"])
+        yield counter("events_connect_failures", "Lost or failed subscriptions to tenant change events",
+                      m["events_connect_failures_total"])
         yield counter("catalog_cache_hits", "Tenant/domain lookups answered from the cache", m["cache_hits_total"])
         yield counter("catalog_cache_misses", "Tenant/domain lookups that read the catalog", m["cache_misses_total"])
 

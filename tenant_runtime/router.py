@@ -412,6 +412,7 @@ class TenantRouter:
         listener = self._listener
         snapshot["events_connected"] = 1 if listener is not None and listener.live else 0
         snapshot["events_received_total"] = listener.received if listener is not None else 0
+        snapshot["events_connect_failures_total"] = listener.connect_failures if listener is not None else 0
         snapshot["cache_entries"] = self._directory.cached_entries()
         snapshot["cache_hits_total"] = self._directory.hits
         snapshot["cache_misses_total"] = self._directory.misses

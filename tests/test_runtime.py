@@ -20,6 +20,7 @@ from tenant_runtime import (
 )
 from test_runtime_support import (  # noqa: F401 (fixtures)
     ConnectionSampler,
+    background_drops,
     bulk_tenants,
     provision,
     proxied_redis_url,
@@ -169,3 +170,149 @@ def test_a_hot_tenant_cannot_starve_the_others(bulk_tenants, router_factory, adm
     # Twelve threads keep the hot tenant busy, yet it holds at most its cap and the others get in fast.
     assert max(waits) < 1.0, waits
     assert router.metrics()["connections_open_peak"] <= 6
+
+
+def _refused(router, tenant_id: str, error=TenantSuspendedError) -> bool:
+    try:
+        router.tenant(tenant_id)
+    except error:
+        return True
+    return False
+
+
+def _served(router, tenant_id: str) -> bool:
+    try:
+        with router.connection(tenant_id) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+    except TenantSuspendedError:
+        return False
+
+
+def test_suspend_is_refused_within_a_second_and_closes_its_connections(client, auth, run_jobs, router_factory,
+                                                                       admin_url):
+    provision(client, auth, run_jobs, "rt-susp", "rt-bystander")
+    router = router_factory()
+    leases = [router.acquire("rt-susp") for _ in range(3)]
+    for lease in leases:
+        lease.release(commit=True)
+    held = router.acquire("rt-susp")  # a request still running when the suspend lands
+    with router.connection("rt-bystander"):
+        pass
+    assert wait_until(lambda: router.metrics()["events_connected"] == 1, 5)
+    assert tenant_connections(admin_url, router, "rt-susp") == 3
+
+    assert client.post("/v1/tenants/rt-susp/suspend", headers=auth).status_code == 200
+    elapsed = wait_until(lambda: _refused(router, "rt-susp"), 1.0)
+    assert elapsed is not None and elapsed < 1.0
+    with pytest.raises(TenantSuspendedError):
+        router.acquire("rt-susp")
+    # Its idle connections are closed at once, the one in use as soon as it is given back.
+    assert wait_until(lambda: tenant_connections(admin_url, router, "rt-susp") == 1, 1.0) is not None
+    held.release(commit=True)
+    assert tenant_connections(admin_url, router, "rt-susp") == 0
+    assert _served(router, "rt-bystander")
+
+    assert client.post("/v1/tenants/rt-susp/resume", headers=auth).status_code == 200
+    elapsed = wait_until(lambda: _served(router, "rt-susp"), 1.0)
+    assert elapsed is not None and elapsed < 1.0
+
+
+def test_idle_pools_are_closed(bulk_tenants, router_factory, admin_url):
+    bulk_tenants(["rt-idle-a", "rt-idle-b"])
+    router = router_factory(pool_idle_seconds=0.3)
+    with router.connection("rt-idle-a"):
+        pass
+    held = router.acquire("rt-idle-b")
+    assert router.metrics()["pools_open"] == 2 and tenant_connections(admin_url, router, "rt-idle-a") == 1
+
+    assert wait_until(lambda: router.metrics()["pools_open"] == 1, 5) >= 0.25
+    assert tenant_connections(admin_url, router, "rt-idle-a") == 0
+    assert router.tenant_pool_stats("rt-idle-b") == {"open": 1, "in_use": 1, "active": 1}  # busy: kept
+    held.release(commit=True)
+    assert wait_until(lambda: router.metrics()["pools_open"] == 0, 5) is not None
+    assert tenant_connections(admin_url, router, "rt-idle-b") == 0
+    assert router.metrics()["pool_evictions_total"] == {"idle": 2}
+
+
+def test_open_pools_are_bounded_least_recently_used_first(bulk_tenants, router_factory, admin_url):
+    tenant_ids = [f"rt-lru-{n}" for n in range(5)]
+    bulk_tenants(tenant_ids)
+    router = router_factory(max_open_pools=3, max_connections=10)
+    held = router.acquire("rt-lru-0")  # busy the whole time: never evicted
+    for tenant_id in tenant_ids[1:]:
+        with router.connection(tenant_id):
+            pass
+    with router.connection("rt-lru-3"):  # a pool still open is reused: nothing evicted
+        pass
+    metrics = router.metrics()
+    assert metrics["pools_open"] == 3
+    assert metrics["pool_evictions_total"] == {"lru": 2}
+    assert router.tenant_pool_stats("rt-lru-0") is not None
+    assert router.tenant_pool_stats("rt-lru-1") is None and router.tenant_pool_stats("rt-lru-2") is None
+    assert wait_until(lambda: tenant_connections(admin_url, router, "rt-lru-1")
+                      + tenant_connections(admin_url, router, "rt-lru-2") == 0, 2) is not None
+    held.release(commit=True)
+    with router.connection("rt-lru-1"):  # evicts rt-lru-0, now idle and least recently used
+        pass
+    assert router.tenant_pool_stats("rt-lru-0") is None and router.metrics()["pools_open"] == 3
+
+
+def test_a_forked_child_rebuilds_its_pools_and_leaves_the_parents_alone(bulk_tenants, router_factory):
+    bulk_tenants(["rt-fork"])
+    router = router_factory()
+    with router.connection("rt-fork") as conn:
+        parent_backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report, and never return into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            inherited_pools = router.metrics()["pools_open"]
+            with router.connection("rt-fork") as conn:
+                backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            os.write(write_end, f"{inherited_pools} {backend}".encode())
+            router.close()
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    inherited_pools, child_backend = map(int, report.split())
+    assert inherited_pools == 0  # the child starts with no pool of its own
+    assert child_backend != parent_backend
+    # The child closed its router and exited: the parent's pooled session is intact and reused.
+    with router.connection("rt-fork") as conn:
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == parent_backend
+    assert router.metrics()["pid"] == os.getpid()
+
+
+def test_redis_down_falls_back_to_a_short_ttl_and_recovers(client, auth, run_jobs, router_factory, redis_proxy,
+                                                           settings, caplog):
+    provision(client, auth, run_jobs, "rt-redis")
+    caplog.set_level(logging.INFO, logger="tenant_runtime")
+    router = router_factory(redis_url=proxied_redis_url(settings, redis_proxy), fallback_ttl=0.5)
+    assert _served(router, "rt-redis")
+    assert wait_until(lambda: router.metrics()["events_connected"] == 1, 5) is not None
+
+    redis_proxy.down()
+    assert wait_until(lambda: router.metrics()["events_connected"] == 0, 2) is not None
+    assert client.post("/v1/tenants/rt-redis/suspend", headers=auth).status_code == 200
+    elapsed = wait_until(lambda: _refused(router, "rt-redis"), 2.0)  # no event: the 0.5 s TTL does it
+    assert elapsed is not None and elapsed < 1.0
+    # However many reconnection attempts fail meanwhile, the outage is logged once.
+    assert wait_until(lambda: router.metrics()["events_connect_failures_total"] >= 3, 5) is not None
+    outage = [r for r in caplog.records if "tenant change events unavailable" in r.getMessage()]
+    assert len(outage) == 1 and outage[0].levelno == logging.WARNING
+
+    redis_proxy.up()
+    assert wait_until(lambda: router.metrics()["events_connected"] == 1, 10) is not None
+    assert [r.levelno for r in caplog.records if "tenant change events restored" in r.getMessage()] == [logging.INFO]
+    assert _refused(router, "rt-redis")  # cached again, now with the long TTL of live events...
+    assert client.post("/v1/tenants/rt-redis/resume", headers=auth).status_code == 200
+    elapsed = wait_until(lambda: _served(router, "rt-redis"), 1.0)  # ...so only the event can do this
+    assert elapsed is not None and elapsed < 1.0
