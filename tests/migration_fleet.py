@@ -1,4 +1,9 @@
-"""Helpers for the migration run tests: provision a fleet quickly, put it at a revision, run workers, sabotage."""
+"""Helpers for the migration run tests: a fleet provisioned once per module, reset between tests; workers; sabotage.
+
+Creating and dropping a database is the slow part of these tests (every DROP DATABASE forces a checkpoint),
+so each test module provisions its tenants once and puts them back at revision 1, active and writable,
+after every test, instead of the per-test teardown in conftest.py.
+"""
 from __future__ import annotations
 
 import os
@@ -8,11 +13,17 @@ import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
+import pytest
+from rq import Queue
+from sqlalchemy import delete
+
 import psycopg
 from psycopg import sql
 
 import tenant_migrations
-from control_plane.catalog.models import Tenant
+from control_plane.catalog.migration_run_models import MigrationRun
+from control_plane.catalog.models import Tenant, TenantStatus, TokenRole
+from control_plane.services.auth import create_token
 from helpers import create_tenant, one, operation, tenant
 
 HEAD = tenant_migrations.head_revision()
@@ -120,3 +131,54 @@ def get_run(client, auth, run_id: str, **query) -> dict:
 
 def items_by_tenant(run: dict) -> dict[str, dict]:
     return {item["tenant_id"]: item for item in run["items"]}
+
+
+class Fleet:
+    """A module's tenants: provisioned once, reset after each test, dropped with the module."""
+
+    def __init__(self, ctx, settings, redis_conn, ids: list[str]) -> None:
+        self.ctx, self.settings, self.redis_conn, self.ids = ctx, settings, redis_conn, ids
+
+    @classmethod
+    def provision(cls, app, ctx, settings, redis_conn, ids: list[str], workers: int = 3) -> "Fleet":
+        headers = {"Authorization": f"Bearer {create_token(ctx, TokenRole.SUPER_ADMIN, 'fleet')[1]}"}
+        with pytest.MonkeyPatch.context() as patch:
+            # Clone-from-template provisioning shares template databases with other test sessions on this
+            # server; plain CREATE DATABASE + migrations keeps this fleet independent of them.
+            patch.setenv("PROVISION_FROM_TEMPLATE", "false")
+            provision_fleet(app.test_client(), headers, ids, workers=workers)
+        fleet = cls(ctx, settings, redis_conn, ids)
+        put_at_revision(ctx, ids, FIRST)
+        return fleet
+
+    def reset(self) -> None:
+        """Back to the state right after provisioning: no run, no job, every tenant active at revision 1."""
+        Queue(self.settings.queue_name, connection=self.redis_conn).empty()
+        admin_url = self.settings.tenant_db_admin_url
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for tenant_id in self.ids:
+                database = sql.Identifier(f"tenant_{tenant_id.replace('-', '_')}_db")
+                conn.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(database))
+                conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(database))
+        with self.ctx.sessions() as session, session.begin():
+            session.execute(delete(MigrationRun))
+            for tenant_id in self.ids:
+                row = session.get(Tenant, tenant_id)
+                database = self.ctx.database_of(row)
+                if database.current_revision() != FIRST:
+                    database.migrate(FIRST)
+                row.schema_revision = FIRST
+                row.status = TenantStatus.ACTIVE
+
+    def destroy(self) -> None:
+        """What conftest's per-test clean-up does, once for the module."""
+        admin_url = self.settings.tenant_db_admin_url
+        with psycopg.connect(self.settings.catalog_database_url, autocommit=True) as catalog:
+            names = catalog.execute("SELECT database_name, role_name FROM tenants").fetchall()
+            catalog.execute("TRUNCATE migration_runs, audit_events, operations, tenant_domains, api_tokens, tenants "
+                            "CASCADE")
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            for database, role in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        Queue(self.settings.queue_name, connection=self.redis_conn).empty()

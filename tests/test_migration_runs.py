@@ -10,31 +10,40 @@ from sqlalchemy import select
 
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.bootstrap import build_context, dispose
-from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem
+from control_plane.catalog.migration_run_models import MigrationRunItem
 from control_plane.catalog.models import Tenant, TenantStatus
 from control_plane.naming import database_name
 from control_plane.services.auth import SYSTEM
 from control_plane.services.migration_runs import cancel_run
 from control_plane.settings import Settings
-from helpers import create_tenant, one, tenant
-from migration_fleet import (FIRST, HEAD, database_revision, get_run, items_by_tenant, provision_fleet,
-                             put_at_revision, run_parallel_workers, set_read_only, start_run)
+from helpers import one, tenant
+from migration_fleet import (FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, put_at_revision,
+                             run_parallel_workers, set_read_only, start_run)
 
 
 @pytest.fixture(autouse=True)
-def isolated_runs(monkeypatch, ctx):
-    # Clone-from-template provisioning shares template databases across test sessions on this server;
-    # these tests provision with plain CREATE DATABASE + migrations so nothing outside them can interfere.
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")
+def clean_world(monkeypatch):
+    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
     yield
-    with ctx.sessions() as session, session.begin():
-        session.query(MigrationRun).delete()
 
 
-def test_thirty_tenants_to_head_with_concurrency_four_across_workers(client, auth, ctx, admin_url):
-    ids = [f"mr-fleet-{n:02d}" for n in range(30)]
-    provision_fleet(client, auth, ids, workers=4)
-    put_at_revision(ctx, ids, FIRST)
+@pytest.fixture(scope="module")
+def module_fleet(app, ctx, settings, redis_conn):
+    fleet = Fleet.provision(app, ctx, settings, redis_conn, [f"mr-fleet-{n:02d}" for n in range(30)], workers=3)
+    yield fleet
+    fleet.destroy()
+
+
+@pytest.fixture
+def fleet(module_fleet):
+    yield module_fleet
+    module_fleet.reset()
+
+
+def test_thirty_tenants_to_head_with_concurrency_four_across_workers(client, auth, admin_url, fleet):
+    ids = fleet.ids
+    assert len(ids) == 30 and all(database_revision(admin_url, t) == FIRST for t in ids)
 
     run = start_run(client, auth, target="head", tenants=ids, concurrency=4)
     assert run["status"] == "running" and run["counts"]["queued"] == 4 and run["counts"]["pending"] == 26
@@ -53,16 +62,9 @@ def test_thirty_tenants_to_head_with_concurrency_four_across_workers(client, aut
         assert (body["schema_revision"], body["status"]) == (HEAD, "active")
 
 
-def _fleet(client, auth, ctx, run_jobs, prefix: str, count: int) -> list[str]:
-    ids = [f"mr-{prefix}-{n}" for n in range(1, count + 1)]
-    provision_fleet(client, auth, ids, run=run_jobs)
-    put_at_revision(ctx, ids, FIRST)
-    return ids
-
-
 def test_sabotaged_tenant_fails_intact_others_finish_within_budget_then_resume_converges(
-        client, auth, ctx, run_jobs, admin_url):
-    ids = _fleet(client, auth, ctx, run_jobs, "bud", 5)
+        fleet, client, auth, ctx, run_jobs, admin_url):
+    ids = fleet.ids[:5]
     broken = ids[2]
     set_read_only(admin_url, broken, True)
 
@@ -92,8 +94,8 @@ def test_sabotaged_tenant_fails_intact_others_finish_within_budget_then_resume_c
     assert tenant(client, auth, broken)["schema_revision"] == HEAD
 
 
-def test_a_failing_canary_starts_nothing_else(client, auth, ctx, run_jobs, admin_url):
-    ids = _fleet(client, auth, ctx, run_jobs, "can", 5)
+def test_a_failing_canary_starts_nothing_else(fleet, client, auth, ctx, run_jobs, admin_url):
+    ids = fleet.ids[:5]
     set_read_only(admin_url, ids[1], True)
 
     run = start_run(client, auth, tenants=ids, concurrency=4, canary=2, max_failures=10)
@@ -115,8 +117,8 @@ def test_a_failing_canary_starts_nothing_else(client, auth, ctx, run_jobs, admin
     assert all(database_revision(admin_url, t) == HEAD for t in ids)
 
 
-def test_spent_failure_budget_stops_new_items(client, auth, ctx, run_jobs, admin_url):
-    ids = _fleet(client, auth, ctx, run_jobs, "stop", 4)
+def test_spent_failure_budget_stops_new_items(fleet, client, auth, ctx, run_jobs, admin_url):
+    ids = fleet.ids[:4]
     set_read_only(admin_url, ids[1], True)
     run = start_run(client, auth, tenants=ids, concurrency=1, max_failures=0)
     run_jobs()
@@ -126,8 +128,8 @@ def test_spent_failure_budget_stops_new_items(client, auth, ctx, run_jobs, admin
     assert [database_revision(admin_url, t) for t in ids] == [HEAD, FIRST, FIRST, FIRST]
 
 
-def test_cancel_stops_new_items_and_running_ones_finish(client, auth, ctx, run_jobs, admin_url, monkeypatch):
-    ids = _fleet(client, auth, ctx, run_jobs, "cnl", 4)
+def test_cancel_stops_new_items_and_running_ones_finish(fleet, client, auth, ctx, run_jobs, admin_url, monkeypatch):
+    ids = fleet.ids[:4]
     run = start_run(client, auth, tenants=ids, concurrency=1)
     original = TenantDatabase.migrate_bounded
 
@@ -156,8 +158,8 @@ def test_cancel_stops_new_items_and_running_ones_finish(client, auth, ctx, run_j
     assert all(database_revision(admin_url, t) == HEAD for t in ids)
 
 
-def test_cancel_before_any_worker_releases_queued_items(client, auth, ctx, run_jobs, admin_url):
-    ids = _fleet(client, auth, ctx, run_jobs, "cnq", 3)
+def test_cancel_before_any_worker_releases_queued_items(fleet, client, auth, ctx, run_jobs, admin_url):
+    ids = fleet.ids[:3]
     run = start_run(client, auth, tenants=ids, concurrency=2)
     cancelled = client.post(f"/v1/migration-runs/{run['id']}/cancel", headers=auth).get_json()
     assert cancelled["status"] == "cancelled" and cancelled["counts"]["pending"] == 3
@@ -167,9 +169,9 @@ def test_cancel_before_any_worker_releases_queued_items(client, auth, ctx, run_j
     assert all(database_revision(admin_url, t) == FIRST for t in ids)
 
 
-def test_killed_worker_item_is_failed_at_once_and_resume_recovers_it(client, auth, ctx, run_jobs, admin_url,
+def test_killed_worker_item_is_failed_at_once_and_resume_recovers_it(fleet, client, auth, ctx, run_jobs, admin_url,
                                                                      monkeypatch):
-    ids = _fleet(client, auth, ctx, run_jobs, "kill", 4)
+    ids = fleet.ids[:4]
     victim = ids[1]
     original = TenantDatabase.migrate_bounded
 
@@ -207,8 +209,8 @@ def _abandon_first_item(ctx, settings, redis_conn, run_id: str) -> str:
     return tenant_id
 
 
-def test_abandoned_item_is_retried_by_resume(client, auth, ctx, run_jobs, admin_url, settings, redis_conn):
-    ids = _fleet(client, auth, ctx, run_jobs, "aba", 2)
+def test_abandoned_item_is_retried_by_resume(fleet, client, auth, ctx, run_jobs, admin_url, settings, redis_conn):
+    ids = fleet.ids[:2]
     run = start_run(client, auth, tenants=ids, concurrency=1)
     lost = _abandon_first_item(ctx, settings, redis_conn, run["id"])
     assert items_by_tenant(get_run(client, auth, run["id"]))[lost]["status"] == "running"
@@ -220,9 +222,9 @@ def test_abandoned_item_is_retried_by_resume(client, auth, ctx, run_jobs, admin_
     assert tenant(client, auth, lost)["status"] == "active"
 
 
-def test_worker_start_up_fails_abandoned_items_and_the_run_goes_on(client, auth, ctx, run_jobs, admin_url, settings,
+def test_worker_start_up_fails_abandoned_items_and_the_run_goes_on(fleet, client, auth, ctx, run_jobs, admin_url, settings,
                                                                    redis_conn):
-    ids = _fleet(client, auth, ctx, run_jobs, "abw", 2)
+    ids = fleet.ids[:2]
     run = start_run(client, auth, tenants=ids, concurrency=1, max_failures=1)
     lost = _abandon_first_item(ctx, settings, redis_conn, run["id"])
     run_parallel_workers(1)  # `tenantctl worker` reconciles runs at start-up
@@ -233,9 +235,9 @@ def test_worker_start_up_fails_abandoned_items_and_the_run_goes_on(client, auth,
     assert tenant(client, auth, lost)["status"] == "active"
 
 
-def test_items_lost_with_redis_are_enqueued_again_by_resume(client, auth, ctx, run_jobs, admin_url, settings,
+def test_items_lost_with_redis_are_enqueued_again_by_resume(fleet, client, auth, ctx, run_jobs, admin_url, settings,
                                                             redis_conn):
-    ids = _fleet(client, auth, ctx, run_jobs, "lost", 2)
+    ids = fleet.ids[:2]
     run = start_run(client, auth, tenants=ids, concurrency=2)
     Queue(settings.queue_name, connection=redis_conn).empty()  # Redis restarted empty
     with ctx.sessions() as session, session.begin():
@@ -247,17 +249,15 @@ def test_items_lost_with_redis_are_enqueued_again_by_resume(client, auth, ctx, r
     assert all(database_revision(admin_url, t) == HEAD for t in ids)
 
 
-def test_tenants_that_are_not_active_are_skipped_with_the_reason(client, auth, ctx, run_jobs, admin_url, settings,
-                                                                 redis_conn):
-    ids = _fleet(client, auth, ctx, run_jobs, "skip", 4)
-    active, suspended, failed, late = ids
+def test_tenants_that_are_not_active_are_skipped_with_the_reason(fleet, client, auth, ctx, run_jobs, admin_url):
+    ids = fleet.ids[:5]
+    active, suspended, failed, provisioning, late = ids
     client.post(f"/v1/tenants/{suspended}/suspend", headers=auth)
     with ctx.sessions() as session, session.begin():
         session.get(Tenant, failed).status = TenantStatus.FAILED
-    create_tenant(client, auth, "mr-skip-new")  # stays provisioning: its job is dropped
-    Queue(settings.queue_name, connection=redis_conn).empty()
+        session.get(Tenant, provisioning).status = TenantStatus.PROVISIONING
 
-    run = start_run(client, auth, concurrency=1, tenants=[*ids, "mr-skip-new"])
+    run = start_run(client, auth, concurrency=1, tenants=ids)
     # Suspended after the run was created, before its turn: checked again when its item starts.
     client.post(f"/v1/tenants/{late}/suspend", headers=auth)
     run_jobs()
@@ -265,24 +265,25 @@ def test_tenants_that_are_not_active_are_skipped_with_the_reason(client, auth, c
     items = items_by_tenant(done)
     assert done["status"] == "succeeded" and done["counts"]["skipped"] == 4
     assert items[active]["status"] == "succeeded"
-    assert {t: items[t]["skip_reason"] for t in (suspended, failed, late, "mr-skip-new")} == {
-        suspended: "tenant is suspended", failed: "tenant is failed", late: "tenant is suspended",
-        "mr-skip-new": "tenant is provisioning"}
-    assert [database_revision(admin_url, t) for t in ids] == [HEAD, FIRST, FIRST, FIRST]
+    assert {t: items[t]["skip_reason"] for t in ids[1:]} == {
+        suspended: "tenant is suspended", failed: "tenant is failed", provisioning: "tenant is provisioning",
+        late: "tenant is suspended"}
+    assert [database_revision(admin_url, t) for t in ids] == [HEAD, FIRST, FIRST, FIRST, FIRST]
     assert tenant(client, auth, late)["status"] == "suspended"
 
 
-def test_dry_run_renders_sql_per_starting_revision_and_touches_nothing(client, auth, ctx, run_jobs, admin_url,
-                                                                      settings, redis_conn, monkeypatch):
-    ids = _fleet(client, auth, ctx, run_jobs, "dry", 4)
+def test_dry_run_renders_sql_per_starting_revision_and_touches_nothing(fleet, client, auth, ctx, admin_url, settings,
+                                                                      redis_conn, monkeypatch):
+    ids = fleet.ids[:4]
     put_at_revision(ctx, [ids[2]], HEAD)
     client.post(f"/v1/tenants/{ids[3]}/suspend", headers=auth)
 
     def no_tenant_connections(self, *args, **kwargs):
         raise AssertionError("a dry run connected to a tenant database")
 
-    monkeypatch.setattr(TenantDatabase, "_connect", no_tenant_connections)
-    run = start_run(client, auth, dry_run=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(TenantDatabase, "_connect", no_tenant_connections)
+        run = start_run(client, auth, dry_run=True, tenants=ids)
     assert run["status"] == "succeeded" and run["dry_run"] and run["counts"]["total"] == 0
     plan = {group["from_revision"]: group for group in run["result"]["plan"]}
     assert set(plan) == {FIRST, HEAD}
@@ -290,6 +291,5 @@ def test_dry_run_renders_sql_per_starting_revision_and_touches_nothing(client, a
     assert plan[HEAD]["tenants"] == [ids[2]] and plan[HEAD]["sql"] == ""
     assert run["result"]["skipped"] == [{"tenant_id": ids[3], "reason": "tenant is suspended"}]
     assert Queue(settings.queue_name, connection=redis_conn).count == 0
-    monkeypatch.undo()
     assert [database_revision(admin_url, t) for t in ids] == [FIRST, FIRST, HEAD, FIRST]
     assert client.post(f"/v1/migration-runs/{run['id']}/resume", headers=auth).status_code == 409

@@ -7,29 +7,31 @@ from psycopg import sql
 
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.adapters.tenant_template import TenantTemplate
-from control_plane.catalog.migration_run_models import MigrationRun
 from control_plane.catalog.models import Tenant, TokenRole
 from control_plane.jobs import migration_runs as migration_jobs
 from control_plane.naming import database_name, template_database_name
 from control_plane.services.auth import create_token
-from migration_fleet import (FIRST, HEAD, database_revision, get_run, items_by_tenant, provision_fleet,
-                             put_at_revision, start_run)
+from migration_fleet import FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, put_at_revision, start_run
 
 
 @pytest.fixture(autouse=True)
-def isolated_runs(monkeypatch, ctx):
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see test_migration_runs.py
+def clean_world(monkeypatch):
+    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
     yield
-    with ctx.sessions() as session, session.begin():
-        session.query(MigrationRun).delete()
+
+
+@pytest.fixture(scope="module")
+def module_fleet(app, ctx, settings, redis_conn):
+    fleet = Fleet.provision(app, ctx, settings, redis_conn, [f"mr-api-{n}" for n in range(1, 7)])
+    yield fleet
+    fleet.destroy()
 
 
 @pytest.fixture
-def fleet(client, auth, ctx, run_jobs):
-    ids = ["mr-api-1", "mr-api-2"]
-    provision_fleet(client, auth, ids, run=run_jobs)
-    put_at_revision(ctx, ids, FIRST)
-    return ids
+def fleet(module_fleet):
+    yield module_fleet.ids[:2]
+    module_fleet.reset()
 
 
 def test_runs_need_a_super_admin(client, ctx, fleet):
@@ -146,27 +148,32 @@ def test_a_run_to_head_rebuilds_the_provisioning_template(client, auth, run_jobs
     assert calls.read_text().split() == [HEAD]
 
 
-def test_drift_report_finds_every_kind_of_drift(client, auth, ctx, run_jobs, admin_url):
-    ids = [f"mr-drift-{name}" for name in ("sync", "behind", "stale", "future", "gone", "paused")]
-    synced, behind, stale, future, gone, paused = ids
-    provision_fleet(client, auth, ids, run=run_jobs)
-    put_at_revision(ctx, [behind], FIRST)  # behind head, and the catalog knows it
-    with ctx.sessions() as session:  # the catalog still says head: someone downgraded by hand
-        assert ctx.database_of(session.get(Tenant, stale)).migrate(FIRST) == FIRST
-    with psycopg.connect(admin_url, dbname=database_name(future), autocommit=True) as conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database_name(gone))))
+def test_drift_report_finds_every_kind_of_drift(client, auth, ctx, admin_url, module_fleet):
+    synced, behind, stale, future, gone, paused = ids = module_fleet.ids
+    put_at_revision(ctx, [synced, paused], HEAD)
     client.post(f"/v1/tenants/{paused}/suspend", headers=auth)
+    with ctx.sessions() as session, session.begin():  # someone downgraded it by hand: the catalog says head
+        session.get(Tenant, stale).schema_revision = HEAD
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
+            sql.Identifier(database_name(gone))))
+    future_version = "UPDATE alembic_version SET version_num = %s"
+    with psycopg.connect(admin_url, dbname=database_name(future), autocommit=True) as conn:
+        conn.execute(future_version, ("0099_from_a_newer_release",))
+    try:
+        response = client.get("/v1/migrations/drift", headers=auth)
+    finally:
+        with psycopg.connect(admin_url, dbname=database_name(future), autocommit=True) as conn:
+            conn.execute(future_version, (FIRST,))
+        module_fleet.reset()
 
-    response = client.get("/v1/migrations/drift", headers=auth)
     assert response.status_code == 200
     report = response.get_json()
-    assert report["head"] == HEAD and report["checked"] == 6 and report["in_sync"] == 2
+    assert report["head"] == HEAD and report["checked"] == len(ids) and report["in_sync"] == 2
     found = {entry["tenant_id"]: entry for entry in report["drifted"]}
     assert {t: found[t]["problems"] for t in found} == {
         behind: ["not_at_head"], stale: ["not_at_head", "catalog_mismatch"],
         future: ["unknown_revision", "catalog_mismatch"], gone: ["unreachable"]}
     assert found[stale]["catalog_revision"] == HEAD and found[stale]["database_revision"] == FIRST
-    assert "does not exist" in found[gone]["error"]
+    assert "not currently accepting connections" in found[gone]["error"]
     assert report["by_revision"] == {HEAD: 2, FIRST: 2, "0099_from_a_newer_release": 1}

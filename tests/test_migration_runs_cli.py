@@ -4,26 +4,28 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from control_plane.catalog.migration_run_models import MigrationRun
 from control_plane.cli import cli
-from migration_fleet import (FIRST, HEAD, database_revision, get_run, provision_fleet, put_at_revision,
-                             running_workers, set_read_only)
+from migration_fleet import FIRST, HEAD, Fleet, database_revision, get_run, put_at_revision, running_workers, set_read_only
 
 
 @pytest.fixture(autouse=True)
-def isolated_runs(monkeypatch, ctx):
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see test_migration_runs.py
+def clean_world(monkeypatch):
+    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
     yield
-    with ctx.sessions() as session, session.begin():
-        session.query(MigrationRun).delete()
+
+
+@pytest.fixture(scope="module")
+def module_fleet(app, ctx, settings, redis_conn):
+    fleet = Fleet.provision(app, ctx, settings, redis_conn, [f"mr-cli-{n}" for n in range(1, 5)])
+    yield fleet
+    fleet.destroy()
 
 
 @pytest.fixture
-def fleet(client, auth, ctx, run_jobs):
-    ids = [f"mr-cli-{n}" for n in range(1, 5)]
-    provision_fleet(client, auth, ids, run=run_jobs)
-    put_at_revision(ctx, ids, FIRST)
-    return ids
+def fleet(module_fleet):
+    yield module_fleet.ids
+    module_fleet.reset()
 
 
 def tenantctl(*args: str):

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def _mark_horse_killed(settings: Settings):
     def handler(job, pid: int, status: int, rusage) -> None:
         if job.func_name == MIGRATION_ITEM_JOB:
-            return migration_item_horse_killed(settings, job.args[0], status)
+            return migration_item_horse_killed(settings, job.args[0], pid, status)
         operation_id = job.args[0] if job.args else None
         if not operation_id:
             return

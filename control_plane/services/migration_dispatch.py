@@ -26,12 +26,10 @@ log = logging.getLogger(__name__)
 
 Claims = list[tuple[str, int]]  # (item id, dispatch token): what to enqueue once the transaction committed
 
-# After each finished item, running items older than this are checked for a live worker (see recover_abandoned).
-PROBE_AFTER = timedelta(seconds=15)
 # A queued item with no RQ job behind it for this long was never enqueued, or its job was lost with Redis.
 LOST_AFTER = timedelta(seconds=30)
-# How long a probe waits for a tenant lock before concluding a live worker holds it.
-PROBE_WAIT_SECONDS = 0.05
+# How long a probe waits for a tenant lock before concluding a live worker holds it (a try-lock).
+PROBE_WAIT_SECONDS = 0.001
 
 
 def lock_run(session: Session, run_id: str) -> MigrationRun:
@@ -46,18 +44,25 @@ def lock_item(session: Session, item_id: str) -> MigrationRunItem:
     return session.get(MigrationRunItem, item_id, with_for_update=True, populate_existing=True)
 
 
-def _counts(session: Session, run_id: str) -> dict[RunItemStatus, int]:
-    rows = session.execute(select(MigrationRunItem.status, func.count()).where(MigrationRunItem.run_id == run_id)
-                           .group_by(MigrationRunItem.status)).all()
-    return {status: count for status, count in rows}
+def _tally(session: Session, run_id: str) -> tuple[dict[RunItemStatus, int], dict[RunItemStatus, int]]:
+    """Items per status, for the whole run and for its canary wave (one query)."""
+    counts: dict[RunItemStatus, int] = {}
+    canaries: dict[RunItemStatus, int] = {}
+    for canary, status, count in session.execute(
+            select(MigrationRunItem.canary, MigrationRunItem.status, func.count())
+            .where(MigrationRunItem.run_id == run_id).group_by(MigrationRunItem.canary, MigrationRunItem.status)):
+        counts[status] = counts.get(status, 0) + count
+        if canary:
+            canaries[status] = count
+    return counts, canaries
 
 
-def _stop_reason(session: Session, run: MigrationRun) -> str | None:
-    failed_canaries = session.scalars(
-        select(MigrationRunItem.tenant_id).where(MigrationRunItem.run_id == run.id, MigrationRunItem.canary,
-                                                 MigrationRunItem.status == RunItemStatus.FAILED)
-        .order_by(MigrationRunItem.position)).all()
-    if failed_canaries:
+def _stop_reason(session: Session, run: MigrationRun, canaries: dict[RunItemStatus, int]) -> str | None:
+    if canaries.get(RunItemStatus.FAILED):
+        failed_canaries = session.scalars(
+            select(MigrationRunItem.tenant_id).where(MigrationRunItem.run_id == run.id, MigrationRunItem.canary,
+                                                     MigrationRunItem.status == RunItemStatus.FAILED)
+            .order_by(MigrationRunItem.position)).all()
         return f"canary failed ({', '.join(failed_canaries)}): no other tenant was started"
     if run.failed > run.max_failures:
         return (f"failure budget exhausted: {run.failed} tenant(s) failed, max_failures is {run.max_failures}; "
@@ -65,18 +70,16 @@ def _stop_reason(session: Session, run: MigrationRun) -> str | None:
     return None
 
 
-def _claim(session: Session, run: MigrationRun, slots: int) -> Claims:
-    # The canary wave is open while any canary item is unfinished: until then only canaries may start.
-    canary_open = session.scalar(
-        select(func.count()).select_from(MigrationRunItem).where(
-            MigrationRunItem.run_id == run.id, MigrationRunItem.canary,
-            MigrationRunItem.status.in_([RunItemStatus.PENDING, RunItemStatus.QUEUED, RunItemStatus.RUNNING])))
+def _claim(session: Session, run: MigrationRun, slots: int, canary_only: bool) -> Claims:
     query = select(MigrationRunItem).where(MigrationRunItem.run_id == run.id,
                                            MigrationRunItem.status == RunItemStatus.PENDING)
-    if canary_open:
+    if canary_only:
         query = query.where(MigrationRunItem.canary)
     items = session.scalars(query.order_by(MigrationRunItem.position).limit(slots).with_for_update()).all()
-    return [(item.id, item.claim()) for item in items]
+    claims = [(item.id, item.claim()) for item in items]
+    run.pending -= len(claims)
+    run.queued += len(claims)
+    return claims
 
 
 def advance(session: Session, run: MigrationRun) -> Claims:
@@ -84,21 +87,22 @@ def advance(session: Session, run: MigrationRun) -> Claims:
 
     Returns the claimed items, to enqueue after the commit.
     """
-    run.set_counts(_counts(session, run.id))
+    counts, canaries = _tally(session, run.id)
+    run.set_counts(counts)
     claims: Claims = []
     if run.status is MigrationRunStatus.RUNNING:
         if not run.stopping:
-            reason = _stop_reason(session, run)
+            reason = _stop_reason(session, run, canaries)
             if reason:
                 run.stop(reason)
                 log.warning("migration run %s stops starting tenants: %s", run.id, reason)
         if not run.stopping and run.pending:
             slots = run.concurrency - run.queued - run.running
             if slots > 0:
-                claims = _claim(session, run, slots)
-                if claims:
-                    session.flush()
-                    run.set_counts(_counts(session, run.id))
+                # The canary wave is open while any canary is unfinished: until then only canaries may start.
+                canary_open = any(canaries.get(status) for status in
+                                  (RunItemStatus.PENDING, RunItemStatus.QUEUED, RunItemStatus.RUNNING))
+                claims = _claim(session, run, slots, canary_open)
         if run.queued + run.running == 0 and (run.pending == 0 or run.stopping):
             run.finish()
             audit.record(session, "system", "migration_run.finished", run_id=run.id, status=run.status.value,
@@ -138,7 +142,7 @@ def requeue_lost(ctx: ServiceContext, run_id: str | None = None, older_than: tim
     return len(lost)
 
 
-def recover_abandoned(ctx: ServiceContext, *, run_id: str | None = None, item_id: str | None = None,
+def recover_abandoned(ctx: ServiceContext, *, run_id: str | None = None, worker: str | None = None,
                       older_than: timedelta | None = None, retry: bool = False, reason: str,
                       wait_seconds: float = PROBE_WAIT_SECONDS) -> list[str]:
     """Running items whose worker is gone: back to pending (`retry`) or failed. Returns their ids.
@@ -152,8 +156,8 @@ def recover_abandoned(ctx: ServiceContext, *, run_id: str | None = None, item_id
             MigrationRunItem.status == RunItemStatus.RUNNING)
         if run_id:
             query = query.where(MigrationRunItem.run_id == run_id)
-        if item_id:
-            query = query.where(MigrationRunItem.id == item_id)
+        if worker:
+            query = query.where(MigrationRunItem.worker == worker)
         if older_than is not None:
             query = query.where(MigrationRunItem.started_at < utcnow() - older_than)
         candidates = session.execute(query).all()

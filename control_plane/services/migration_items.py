@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, lazyload
 
 import tenant_migrations
 from control_plane.catalog.db import transaction
@@ -16,7 +18,7 @@ from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, T
 from control_plane.errors import TenantBusyError, TenantMigrationError
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, TenantDatabasePort
-from control_plane.services.migration_dispatch import (PROBE_AFTER, Claims, advance, enqueue, lock_item, lock_run,
+from control_plane.services.migration_dispatch import (Claims, advance, enqueue, lock_item, lock_run,
                                                        recover_abandoned, requeue_lost)
 from control_plane.services.runner import describe
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # The tenant lock is normally free (a busy tenant is not `active` and gets skipped); wait at least this long.
 MIN_TENANT_LOCK_WAIT_SECONDS = 5.0
+# How long one job goes on from tenant to tenant before handing its next claim to RQ (see execute_item).
+LANE_SECONDS = 60.0
 
 
 @dataclass
@@ -49,33 +53,56 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute_item(ctx: ServiceContext, item_id: str, token: int) -> None:
-    """Run one claimed item. Safe to run twice: a job whose claim is stale (token, status) does nothing."""
-    with ctx.sessions() as session:
-        item = session.get(MigrationRunItem, item_id)
-        if item is None or item.dispatch_token != token or item.status is not RunItemStatus.QUEUED:
-            log.info("migration run item %s (claim %d) is no longer queued under this claim; nothing to do",
-                     item_id, token)
-            return
-        run = session.get(MigrationRun, item.run_id)
-        run_id, tenant_id = run.id, item.tenant_id
-        lock_wait = max(run.lock_timeout_ms / 1000, MIN_TENANT_LOCK_WAIT_SECONDS)
+def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: float = LANE_SECONDS) -> None:
+    """Run a claimed item, then go on with the next one this item's end claimed, for up to `lane_seconds`.
 
-    ended = False
+    Every finishing item claims its successors under the run lock; this job keeps one of them for itself
+    (a "lane") and enqueues the others, so a run pays RQ's fork and connection set-up once per lane rather
+    than once per tenant. After `lane_seconds` the lane hands its next claim to RQ like the others, so a
+    long run never monopolises a worker. Safe to run twice: a stale claim (token, status) does nothing.
+    """
+    deadline = time.monotonic() + lane_seconds
+    while True:
+        run_id, claims, ended = _run_claim(ctx, item_id, token)
+        if run_id is None:
+            return
+        if ended:
+            rebuild_templates(ctx, run_id)
+            return
+        if not claims:
+            # Nothing left to start, or every slot taken: make sure no slot is held by a dead worker's
+            # item, and no claimed item waits for a job that Redis lost. Cheap when all is well.
+            recover_abandoned(ctx, run_id=run_id, reason="the worker running it is gone")
+            requeue_lost(ctx, run_id)
+            return
+        if time.monotonic() >= deadline:
+            enqueue(ctx, claims)
+            return
+        (item_id, token), others = claims[0], claims[1:]
+        enqueue(ctx, others)
+
+
+def _run_claim(ctx: ServiceContext, item_id: str, token: int) -> tuple[str | None, Claims, bool]:
+    """One item: (its run, the items its end claimed, whether it ended the run); run None if the claim is stale."""
+    with ctx.sessions() as session:
+        row = session.execute(
+            select(MigrationRunItem.run_id, MigrationRunItem.tenant_id, MigrationRun.lock_timeout_ms)
+            .join(MigrationRun, MigrationRun.id == MigrationRunItem.run_id)
+            .where(MigrationRunItem.id == item_id, MigrationRunItem.dispatch_token == token,
+                   MigrationRunItem.status == RunItemStatus.QUEUED)).one_or_none()
+    if row is None:
+        log.info("migration run item %s (claim %d) is no longer queued under this claim; nothing to do",
+                 item_id, token)
+        return None, [], False
+    run_id, tenant_id, lock_timeout_ms = row
     try:
         # Held from before the item is marked running until after it is marked finished: "running" thus
         # always means "a live worker holds this lock", which is how abandoned items are recognised.
-        with ctx.locks.hold(tenant_id, wait_seconds=lock_wait):
+        with ctx.locks.hold(tenant_id, wait_seconds=max(lock_timeout_ms / 1000, MIN_TENANT_LOCK_WAIT_SECONDS)):
             claims, ended = _execute_locked(ctx, run_id, item_id, token)
     except TenantBusyError as exc:
         claims, ended = _not_started(ctx, run_id, item_id, token, describe(exc))
-    enqueue(ctx, claims)
-
-    # Housekeeping any finishing item does for its run: a dead worker's item must not hold a slot forever.
-    recover_abandoned(ctx, run_id=run_id, older_than=PROBE_AFTER, reason="the worker running it is gone")
-    requeue_lost(ctx, run_id)
-    if ended:
-        rebuild_templates(ctx, run_id)
+    return run_id, claims, ended
 
 
 def _execute_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> tuple[Claims, bool]:
@@ -87,7 +114,13 @@ def _execute_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) 
     return _finish(ctx, run_id, item_id, token, outcome)
 
 
-def _advance_noting_end(session, run: MigrationRun) -> tuple[Claims, bool]:
+def _lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
+    # Its domains are not needed here: don't load them.
+    return session.get(Tenant, tenant_id, with_for_update=True, populate_existing=True,
+                       options=[lazyload(Tenant.domain_rows)])
+
+
+def _advance_noting_end(session: Session, run: MigrationRun) -> tuple[Claims, bool]:
     was_open = not run.status.finished
     claims = advance(session, run)
     return claims, was_open and run.status.finished
@@ -103,7 +136,7 @@ def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Start
         if run.status is not MigrationRunStatus.RUNNING or run.stopping:
             item.release()  # cancelled or stopped while queued: it never starts
             return _advance_noting_end(session, run)
-        tenant = session.get(Tenant, item.tenant_id, with_for_update=True, populate_existing=True)
+        tenant = _lock_tenant(session, item.tenant_id)
         if tenant is None or tenant.status is not TenantStatus.ACTIVE:
             # Never migrate a tenant behind the operator's back: suspended, failed, busy... are left alone.
             reason = "tenant no longer exists" if tenant is None else f"tenant is {tenant.status.value}"
@@ -113,7 +146,8 @@ def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Start
             return _advance_noting_end(session, run)
         tenant.begin_migration()
         item.begin(worker_name())
-        advance(session, run)  # refreshes the counts; a queued item becoming running frees no slot
+        run.queued -= 1  # a queued item becoming running frees no slot: nothing to decide, just count
+        run.running += 1
         return _Started(tenant=tenant, database=ctx.database_of(tenant), target=run.target_revision,
                         lock_timeout_ms=run.lock_timeout_ms, statement_timeout_ms=run.statement_timeout_ms,
                         backup_first=run.backup_first)
@@ -157,7 +191,7 @@ def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome:
         item = lock_item(session, item_id)
         if item.status is not RunItemStatus.RUNNING or item.dispatch_token != token:
             return [], False  # settled by someone else; cannot happen while we hold the tenant lock
-        tenant = session.get(Tenant, item.tenant_id, with_for_update=True, populate_existing=True)
+        tenant = _lock_tenant(session, item.tenant_id)
         if outcome.reached_known:
             tenant.schema_revision = outcome.reached
         tenant.activate()
