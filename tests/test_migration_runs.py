@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import psycopg
 import pytest
 from rq import Queue
 from sqlalchemy import select
@@ -293,3 +294,22 @@ def test_dry_run_renders_sql_per_starting_revision_and_touches_nothing(fleet, cl
     assert Queue(settings.queue_name, connection=redis_conn).count == 0
     assert [database_revision(admin_url, t) for t in ids] == [FIRST, FIRST, HEAD, FIRST]
     assert client.post(f"/v1/migration-runs/{run['id']}/resume", headers=auth).status_code == 409
+
+
+def test_a_long_application_transaction_makes_the_migration_give_up_quickly(fleet, client, auth, run_jobs, admin_url):
+    """lock_timeout: DDL queued behind an open transaction would block every query on the table behind it."""
+    ids = fleet.ids[:2]
+    busy = ids[0]
+    with psycopg.connect(admin_url, dbname=database_name(busy)) as app_session:
+        app_session.execute("SELECT count(*) FROM leads")  # an open transaction holding ACCESS SHARE on leads
+        run = start_run(client, auth, tenants=ids, concurrency=1, max_failures=1, lock_timeout_seconds=0.2)
+        run_jobs()
+        app_session.rollback()
+    done = get_run(client, auth, run["id"])
+    item = items_by_tenant(done)[busy]
+    assert item["status"] == "failed" and "lock timeout" in item["error"] and item["to_revision"] == FIRST
+    assert items_by_tenant(done)[ids[1]]["status"] == "succeeded"
+    assert database_revision(admin_url, busy) == FIRST
+    client.post(f"/v1/migration-runs/{run['id']}/resume", headers=auth)
+    run_jobs()
+    assert get_run(client, auth, run["id"])["status"] == "succeeded"

@@ -5,7 +5,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.adapters.tenant_template import TenantTemplate
 from control_plane.catalog.models import Tenant, TokenRole
 from control_plane.jobs import migration_runs as migration_jobs
