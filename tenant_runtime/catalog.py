@@ -11,6 +11,7 @@ import socket
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, Callable, Generic, TypeVar
@@ -165,7 +166,10 @@ class TenantDirectory:
             if owner:
                 load = self._inflight[(kind, key)] = _Load()
         if not owner:
-            return load.result(timeout=self._settings.acquire_timeout + self._settings.connect_timeout)
+            try:
+                return load.result(timeout=self._settings.acquire_timeout + self._settings.connect_timeout)
+            except FutureTimeoutError:
+                raise CatalogUnavailableError("the tenant catalog did not answer in time") from None
         try:
             value = query()
         except SQLAlchemyError as exc:

@@ -89,8 +89,7 @@ class TenantRuntime:
     def _before_request(self) -> None:
         if request.endpoint is None or self._is_exempt():
             return  # unknown routes answer 404 without touching the catalog
-        tenant_id = self.router.resolve(host=request.host, headers=request.headers, path=request.path)
-        g.tenant = self.router.tenant(tenant_id)
+        g.tenant = self.router.resolve_tenant(host=request.host, headers=request.headers, path=request.path)
 
     def _after_request(self, response: Response) -> Response:
         lease: Lease | None = g.pop(_LEASE, None)

@@ -3,8 +3,8 @@
 The budget counts *open* connections (in use, idle in a pool, or being opened): a connection can only
 be opened with a slot (TenantConnection.connect takes one, close() gives it back), so the cap holds
 whatever psycopg_pool decides to open. Each tenant's pool is capped at max_connections_per_tenant.
-When the budget is full, the opener queues FIFO; the head of the queue closes an idle connection of
-another tenant (least recently used pool first) to take its slot. psycopg_pool grows a pool one
+When the budget is full, openers queue FIFO and close idle connections of other tenants (surplus ones
+first, then the least recently used pool's) to free slots, which they take in queue order. psycopg_pool grows a pool one
 connection at a time, so a tenant has at most one place in the queue: a hot tenant cannot jump it.
 """
 from __future__ import annotations
@@ -25,17 +25,20 @@ from tenant_runtime.errors import RouterClosedError
 
 log = logging.getLogger(__name__)
 
+# A tenant whose connection was used this recently still counts as a user of the budget.
+FAIR_SHARE_WINDOW = 1.0
+
 # Key under which a pool's kwargs carry its PoolEntry to TenantConnection.connect (popped there).
 ENTRY_KWARG = "_tenant_runtime_entry"
 
 
 class SlotRefusedError(Exception):
-    """A connection attempt was not given a budget slot: its pool was retired meanwhile."""
+    """A connection attempt was dropped: its pool was retired, or no request waits for it any more."""
 
 
 class _QuietRefusals(logging.Filter):
-    """Drops psycopg_pool's "error connecting" warning when the error is our refusal to open a
-    connection for a pool that was closed meanwhile: routine, and reported by our own metrics."""
+    """Drops psycopg_pool's "error connecting" warning when the error is our own decision not to open
+    a connection (see SlotRefusedError): routine under contention, and counted in our metrics."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
@@ -126,16 +129,22 @@ class TenantPool(ConnectionPool):
 
     def _add_connection(self, attempt: Any, growing: bool = False) -> None:
         # psycopg_pool also opens connections nobody is waiting for: replacements of broken or expired
-        # ones (and growth for a request served meanwhile). With min_size 0 they would only sit idle
-        # on a budget slot: skip them, undoing the pool's count of them as its ShrinkPool would.
+        # ones, growth for a request that was served meanwhile. With min_size 0 they would only sit
+        # idle on a budget slot: skip them and uncount them, as its ShrinkPool does. Deciding under the
+        # pool's lock keeps this atomic with a request joining the queue (which grows the pool itself).
         entry: PoolEntry = self.kwargs[ENTRY_KWARG]
-        if entry.retired or not self._waiting:
-            with self._lock:
+        with self._lock:
+            if entry.retired or not self._waiting:
                 self._nconns -= 1
                 if growing:
                     self._growing = False
-            return
+                return
         super()._add_connection(attempt, growing=growing)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued in this pool (read without its lock: a hint)."""
+        return len(self._waiting)
 
 
 @dataclass(eq=False)
@@ -151,6 +160,7 @@ class PoolEntry:
     open: int = 0
     opening: int = 0  # connections being opened (queued for a slot or connecting)
     last_used: float = field(default_factory=monotonic)
+    opened: bool = False
     retired: bool = False
     connect_error: BaseException | None = None
 
@@ -181,6 +191,7 @@ class PoolRegistry:
         self._cond = threading.Condition()
         self._entries: OrderedDict[str, PoolEntry] = OrderedDict()  # least recently used first
         self._queue: deque[_Ticket] = deque()
+        self._closing = 0  # idle connections being closed to free a slot for the queue
         self._open = 0
         self._in_use = 0
         self._closed = False
@@ -204,25 +215,24 @@ class PoolRegistry:
             if self._closed:
                 raise RouterClosedError("the tenant router is closed")
             entry = self._entries.get(tenant_id)
-            if entry is not None and entry.fingerprint != fingerprint:
-                self._retire_locked(entry, "changed")
-                retired.append(entry)
-                entry = None
-            if entry is None:
+            if entry is not None and entry.fingerprint == fingerprint:
+                self._entries.move_to_end(tenant_id)
+            else:
+                fresh = PoolEntry(tenant_id=tenant_id, fingerprint=fingerprint, registry=self)
+                fresh.pool = make_pool(fresh)  # not opened yet: no thread, no I/O under the lock
+                if entry is not None:  # its route changed: new server, database or credentials
+                    self._retire_locked(entry, "changed")
+                    retired.append(entry)
                 # Bounded registry: make room by closing idle pools, least recently used first. Pools
-                # with requests in flight are never closed, so the bound can be exceeded by those.
+                # with work in flight are never closed, so the bound can be exceeded by those.
                 while len(self._entries) >= self.max_open_pools:
                     victim = next((e for e in self._entries.values() if not e.busy), None)
                     if victim is None:
                         break
                     self._retire_locked(victim, "lru")
                     retired.append(victim)
-                entry = PoolEntry(tenant_id=tenant_id, fingerprint=fingerprint, registry=self)
-                entry.pool = make_pool(entry)  # not opened yet: no thread, no I/O under the lock
-                self._entries[tenant_id] = entry
+                entry = self._entries[tenant_id] = fresh
                 self.pools_created += 1
-            else:
-                self._entries.move_to_end(tenant_id)
             entry.active += 1
             entry.last_used = monotonic()
         if retired:
@@ -253,7 +263,13 @@ class PoolRegistry:
     # -- budget slots (psycopg_pool worker threads, through TenantConnection) -----------------------
 
     def acquire_slot(self, entry: PoolEntry) -> None:
-        """Block until `entry` may open one more server connection; FIFO across tenants."""
+        """Block until `entry` may open one more server connection (see the module docstring).
+
+        When the budget is full, openers of tenants below their fair share of it go first, in arrival
+        order, and close idle connections of others to make room; a tenant at or above its share
+        only takes a slot that frees up, and meanwhile its requests get its own connections back.
+        An opening whose requests were all served meanwhile is dropped.
+        """
         with self._cond:
             self._refuse_if_closed(entry)
             if not self._queue and self._open < self.max_connections:
@@ -265,27 +281,38 @@ class PoolRegistry:
         started = monotonic()
         try:
             while True:
-                candidates: list[PoolEntry] = []
+                victims: list[PoolEntry] = []
                 with self._cond:
-                    # A request that stops waiting meanwhile does not cancel the opening: the next
-                    # request of the tenant will use it, and until then it is idle, so reclaimable.
                     self._refuse_if_closed(entry)
-                    if self._queue[0] is ticket:
-                        if self._open < self.max_connections:
-                            self._take_locked(entry)
-                            return
-                        candidates = [e for e in self._entries.values()
-                                      if e is not entry and not e.retired and e.idle > 0]
-                    if not candidates:
+                    if not entry.pool.waiting:
+                        raise SlotRefusedError(f"no request of tenant {entry.tenant_id} waits any more")
+                    share = self._fair_share_locked()
+                    below = [t for t in self._queue if t.entry.open < share]
+                    first = (below or self._queue)[0]
+                    if first is ticket and self._open < self.max_connections:
+                        self._take_locked(entry)
+                        return
+                    # Only openers below their share take a slot from another tenant, by closing one
+                    # of its idle connections; one closing per such opener, so that closings (each
+                    # waiting for its session to end) run side by side.
+                    if (self._open >= self.max_connections and entry.open < share
+                            and self._closing < len(below)):
+                        victims = self._victims_locked(exclude=entry)
+                        self._closing += bool(victims)
+                    if not victims:
                         self._cond.wait(0.05)
                         continue
-                # Outside the lock: closing takes the victim pool's lock, and release_slot takes ours.
-                if any(victim.pool.close_idle(1) for victim in candidates):
+                closed = False
+                try:
+                    # Outside the lock: closing takes the victim pool's lock, and release_slot ours.
+                    closed = any(victim.pool.close_idle(1) for victim in victims)
+                finally:
                     with self._cond:
-                        self.reclaimed += 1
-                else:
-                    with self._cond:
-                        self._cond.wait(0.005)  # our idle estimate ran ahead of the pools: let it settle
+                        self._closing -= 1
+                        if closed:
+                            self.reclaimed += 1
+                        else:
+                            self._cond.wait(0.005)  # our idle counts ran ahead of the pools: let them settle
         finally:
             with self._cond:
                 self.slot_wait_seconds += monotonic() - started
@@ -294,6 +321,20 @@ class PoolRegistry:
                 except ValueError:
                     pass
                 self._cond.notify_all()
+
+    def _fair_share_locked(self) -> int:
+        """The budget divided among the tenants using connections now: requests in flight, or a
+        connection used within the last FAIR_SHARE_WINDOW seconds (round-robin traffic needs them all)."""
+        recent = monotonic() - FAIR_SHARE_WINDOW
+        users = sum(1 for e in self._entries.values() if e.active or (e.open and e.last_used >= recent))
+        return max(1, self.max_connections // max(1, users))
+
+    def _victims_locked(self, exclude: PoolEntry) -> list[PoolEntry]:
+        """Pools to take an idle connection from: those with the most idle first (a surplus goes
+        before anyone's only connection), then the least recently used."""
+        candidates = [e for e in self._entries.values() if e is not exclude and not e.retired and e.idle > 0]
+        candidates.sort(key=lambda e: (-e.idle, e.last_used))
+        return candidates
 
     def _refuse_if_closed(self, entry: PoolEntry) -> None:
         if self._closed or entry.retired:

@@ -140,6 +140,12 @@ class TenantRouter:
         self._directory.after_fork()
         log.info("tenant router rebuilt after fork in process %d", self._pid)
 
+    def _check_open(self) -> None:
+        self._check_process()
+        if self._closed:
+            raise RouterClosedError("the tenant router is closed")
+        self._ensure_started()
+
     def _ensure_started(self) -> None:
         if self._started:
             return
@@ -191,11 +197,21 @@ class TenantRouter:
                 path: str | None = None, claims: Mapping[str, Any] | None = None,
                 token: str | None = None) -> str:
         """The id of an existing tenant named by the request, or TenantRuntimeError (404, 400, 401)."""
-        self._check_process()
-        self._ensure_started()
+        self._check_open()
         tenant_id = self._resolver.resolve(host=host, headers=headers, path=path, claims=claims, token=token)
         self._directory.route(tenant_id)  # unknown → TenantNotFoundError
         return tenant_id
+
+    def resolve_tenant(self, *, host: str | None = None, headers: Mapping[str, str] | None = None,
+                       path: str | None = None, claims: Mapping[str, Any] | None = None, token: str | None = None,
+                       require_available: bool = True) -> TenantInfo:
+        """resolve() and tenant() in one: the request's tenant, by default only if it may be served now."""
+        self._check_open()
+        tenant_id = self._resolver.resolve(host=host, headers=headers, path=path, claims=claims, token=token)
+        route = self._directory.route(tenant_id)
+        if require_available:
+            self._require_serving(route)
+        return route.info
 
     def verify_token(self, token: str) -> Mapping[str, Any]:
         """Claims of a tenant JWT verified with RUNTIME_JWT_KEY (InvalidTenantTokenError otherwise)."""
@@ -203,8 +219,7 @@ class TenantRouter:
 
     def tenant(self, tenant_id: str, *, require_available: bool = True) -> TenantInfo:
         """What the catalog says about the tenant; by default raises unless it may be served now."""
-        self._check_process()
-        self._ensure_started()
+        self._check_open()
         route = self._directory.route(tenant_id)
         if require_available:
             self._require_serving(route)
@@ -240,10 +255,7 @@ class TenantRouter:
 
     def acquire(self, tenant_id: str, *, timeout: float | None = None) -> Lease:
         """Lend a connection (prefer `connection()`); waits up to `timeout` (default RUNTIME_ACQUIRE_TIMEOUT)."""
-        self._check_process()
-        if self._closed:
-            raise RouterClosedError("the tenant router is closed")
-        self._ensure_started()
+        self._check_open()
         started = monotonic()
         deadline = started + (self.settings.acquire_timeout if timeout is None else timeout)
         try:
@@ -261,7 +273,9 @@ class TenantRouter:
             registry = self._registry
             entry = registry.checkout(tenant_id, route.fingerprint, lambda e: self._make_pool(e, route))
             try:
-                entry.pool.open()
+                if not entry.opened:  # open() is idempotent: a race here only costs a lock
+                    entry.pool.open()
+                    entry.opened = True
                 conn = entry.pool.getconn(timeout=max(deadline - monotonic(), 0.001))
             except PoolTimeout:
                 registry.abandon(entry)
