@@ -247,6 +247,11 @@ class OpenedBackup:
         raise BackupIntegrityError(
             f"chunk {index} failed authentication: the backup was altered, reordered or damaged")
 
+    def authenticate(self) -> None:
+        """Read the whole object, authenticating every chunk and the final-chunk marker (nothing decrypted is kept)."""
+        for _ in self.chunks():
+            pass
+
     def archive(self, sink: BinaryIO, write_size: int = 1 << 20) -> int:
         """Decompress the authenticated chunks into `sink`; returns the archive's size."""
         counter = _CountingSink(sink)

@@ -7,9 +7,11 @@ as many pg_restore versions as possible.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -110,6 +112,68 @@ class _StderrTail:
         return " | ".join(line for line in self._lines if line)
 
 
+class _Prefetch:
+    """Reads a pipe ahead in its own thread, into a bounded queue (at most `depth` blocks in memory).
+
+    pg_dump writes into a 64 KB pipe: without read-ahead it stalls whenever we compress or encrypt,
+    and the two run one after the other instead of side by side.
+    """
+
+    _END = b""
+
+    def __init__(self, stream: BinaryIO, block: int = 1 << 20, depth: int = 8) -> None:
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stream = stream
+        self._block = block
+        self._buffer = memoryview(b"")
+        self._done = False
+        self._stop = threading.Event()
+        try:  # fewer, larger pipe reads (Linux; best effort)
+            fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+        except (AttributeError, OSError):
+            pass
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self._stream.read(self._block)
+                self._put(block)
+                if not block:
+                    return
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buffer:
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self._done = True
+                return b""
+            self._buffer = memoryview(item)
+        if size is None or size < 0:
+            size = len(self._buffer)
+        piece, self._buffer = self._buffer[:size], self._buffer[size:]
+        return bytes(piece)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 class PostgresBackupTools:
     def __init__(self, admin_url: str, bin_dir: str | None = None) -> None:
         self._admin_url = admin_url
@@ -181,13 +245,15 @@ class PostgresBackupTools:
         except OSError as exc:
             raise BackupToolError(f"could not start pg_dump: {exc.strerror}") from exc
         stderr = _StderrTail(proc.stderr)
+        archive = _Prefetch(proc.stdout)
         try:
-            yield proc.stdout, client
+            yield archive, client
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         finally:
+            archive.close()
             proc.stdout.close()
         status = proc.wait()
         if status != 0:

@@ -144,7 +144,9 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
         stats = SealStats()
         level = ctx.settings.backup_zstd_level
         with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as (archive, client):
-            pieces = seal(archive, header, secret, stats, level=level, on_progress=_Heartbeat(ctx, operation_id))
+            # threads=1: zstd compresses in its own thread while this one reads, encrypts and writes.
+            pieces = seal(archive, header, secret, stats, level=level, threads=1,
+                          on_progress=_Heartbeat(ctx, operation_id))
             store.put(data_key(backup), IterReader(pieces))
         if stats.archive_head != PG_ARCHIVE_MAGIC:
             raise BackupIntegrityError("pg_dump did not produce a custom-format archive")
@@ -339,12 +341,13 @@ def open_backup(ctx: ServiceContext, session: Session, backup: Backup, stream: B
     return OpenedBackup(stream, expect_backup_id=backup.id, expect_tenant_id=backup.tenant_id, key_for=key_for)
 
 
-def check_read(opened: OpenedBackup, backup: Backup, archive_bytes: int) -> None:
-    """After a full read: the bytes read are exactly the object the catalog recorded."""
+def check_read(opened: OpenedBackup, backup: Backup, archive_bytes: int | None = None) -> None:
+    """After a full read: the bytes read are exactly the object the catalog recorded (and, when the
+    archive was decompressed, it has the recorded size)."""
     if opened.sha256 != backup.sha256 or opened.stored_bytes != backup.stored_bytes:
         raise BackupIntegrityError(f"checksum mismatch: the data object of backup {backup.id} is not the one "
                                    "that was recorded (sha256 or size differ)")
-    if archive_bytes != backup.archive_bytes:
+    if archive_bytes is not None and archive_bytes != backup.archive_bytes:
         raise BackupIntegrityError(f"backup {backup.id} decrypted to {archive_bytes} bytes, "
                                    f"{backup.archive_bytes} were recorded")
 

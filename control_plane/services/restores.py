@@ -1,9 +1,9 @@
 """Restoring a backup: in place (swap the tenant's database) or as a new tenant (a clone).
 
 Everything that can refuse happens before the live database is touched: the manifest and the data
-object are checked (SHA-256, every chunk's authentication, the final-chunk marker, the archive's
-size), the archive is restored into a fresh scratch database and checked (clean pg_restore exit,
-readable schema revision, brought to head). Only then, in place, is the live database swapped out
+object are checked (SHA-256, every chunk's authentication, the final-chunk marker) before anything is
+decrypted for use; the archive is then restored into a fresh scratch database and checked (its size,
+a clean pg_restore exit, a readable schema revision, brought to head). Only then, in place, is the live database swapped out
 by rename in one transaction, under the tenant's lock; it is kept under a dated name for a grace
 period. A failed or refused restore leaves the live database exactly as it was.
 """
@@ -18,7 +18,6 @@ import tenant_migrations
 from sqlalchemy.exc import IntegrityError
 
 from control_plane import naming
-from control_plane.adapters.backup_format import NullSink
 from control_plane.adapters.crypto import random_password
 from control_plane.backup_errors import BackupIntegrityError, BackupNotFoundError
 from control_plane.catalog.backup_models import Backup, BackupTrigger, RetiredDatabase
@@ -143,7 +142,8 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
         report("verify", 25)
         encrypted.seek(0)
         opened = open_backup(ctx, session, backup, encrypted)
-        check_read(opened, backup, opened.archive(NullSink()))
+        opened.authenticate()
+        check_read(opened, backup)
 
         if not in_place:
             report("place", 35)
@@ -164,8 +164,10 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
         tools.create_database(scratch, owner=tenant.role_name)
         encrypted.seek(0)
         opened = open_backup(ctx, session, backup, encrypted)
-        tools.restore(scratch, tenant.role_name, password, opened.archive,
+        sizes: list[int] = []
+        tools.restore(scratch, tenant.role_name, password, lambda stdin: sizes.append(opened.archive(stdin)),
                       archive_major=_major((manifest.get("postgresql") or {}).get("pg_dump_version")))
+        check_read(opened, backup, sizes[0] if sizes else -1)
 
     report("check", 70)
     restored = ctx.tenant_database(tenant.server.host, tenant.server.port, scratch, tenant.role_name, password)

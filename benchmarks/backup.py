@@ -1,0 +1,292 @@
+"""Backup benchmark: a tenant database grown to two sizes (a few hundred MB), each measured against
+baselines taken in the same run. Prints; asserts nothing.
+
+- backup throughput: our BACKUP job (pg_dump -Fc -Z0 → zstd → AES-256-GCM chunks → store, manifest,
+  read-back check, catalog) vs raw `pg_dump -Fc -Z0 > /dev/null`, same server, role and client;
+- stored size vs the raw archive;
+- peak RSS of the job process (the RQ work horse's code path, run in a child process) at both sizes;
+- restore time: our in-place RESTORE job (copy, verify every chunk, pg_restore from the stream,
+  checks, swap) vs raw `pg_restore` of a local archive file into a fresh database.
+
+Usage: scripts/bench backup [SIZE_MB ...]   (default 150 450; needs TENANT_DB_ADMIN_URL and REDIS_URL)
+Set BACKUP_STORE_URL to measure another store (default: a file:// directory under /tmp).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from urllib.parse import urlparse
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import make_url, text
+
+REPEATS = 3
+TENANT = "bench-backup"
+
+
+# -- the child process: one operation, as a work horse runs it ------------------------------------------
+
+def _memory_kb(field: str) -> int:
+    """VmHWM (peak) or VmRSS of this process: per address space, so unlike ru_maxrss it does not
+    inherit the forking parent's high-water mark across exec."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_operation_child(operation_id: str) -> None:
+    from control_plane.jobs import run_operation
+
+    imported = _memory_kb("VmHWM")
+    started = time.perf_counter()
+    run_operation(operation_id)
+    elapsed = time.perf_counter() - started
+    print(json.dumps({"seconds": elapsed, "maxrss_kb": _memory_kb("VmHWM"), "rss_after_imports_kb": imported}))
+
+
+def in_child(operation_id: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.backup", "_run", operation_id], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+FIRST = ("Ana Maria Lucia Carmen Laura Marta Paula Sara Elena Julia Sofia Irene Clara Alba Nuria Rosa Eva Ines Lola "
+         "Noelia Carlos Javier David Daniel Pablo Jorge Luis Miguel Sergio Adrian Alvaro Diego Raul Ivan Oscar").split()
+LAST = ("Garcia Rodriguez Gonzalez Fernandez Lopez Martinez Sanchez Perez Gomez Martin Jimenez Ruiz Hernandez Diaz "
+        "Moreno Munoz Alvarez Romero Alonso Gutierrez Navarro Torres Dominguez Vazquez Ramos Gil Ramirez Serrano").split()
+VOCABULARY = (
+    "the patient asked about botox filler consultation price appointment next week follow up after treatment "
+    "session results skin laser hair removal peel hydrafacial lips cheeks jawline wrinkles forehead crow feet "
+    "under eye dark circles acne scars pigmentation melasma rosacea sensitive dry oily combination booked "
+    "rescheduled cancelled confirmed deposit paid card cash installments discount promotion instagram whatsapp "
+    "referral friend google ads website form called back voicemail no answer interested not interested thinking "
+    "about it wants photos before after recovery time swelling bruising numbing cream doctor nurse clinic "
+    "madrid barcelona valencia sevilla monday tuesday wednesday thursday friday saturday morning afternoon "
+    "evening please call send information brochure quote budget allergy medication pregnant breastfeeding "
+    "contraindication consent form signed reminder sent two days before arrived late on time satisfied happy "
+    "unhappy complaint refund touch up free of charge second session package of three maintenance every months "
+    "and or with for to of in on at is was will be has have had a an this that it she he they we you our your"
+).split()
+WEIGHTS = [1 / (rank + 1) ** 0.9 for rank in range(len(VOCABULARY))]  # Zipf-like, like real notes
+SOURCES = ("instagram", "whatsapp", "website", "referral", "google", "walk-in", "phone")
+CHANNELS = ("whatsapp", "email", "sms", "instagram", "phone")
+STATUSES = ("queued", "sent", "delivered", "read", "failed")
+
+
+def sentence(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choices(VOCABULARY, WEIGHTS, k=rng.randint(low, high))).capitalize() + "."
+
+
+def grow(conn: psycopg.Connection, rng: random.Random, target_mb: int) -> int:
+    """Add clinic-like leads and messages until the database holds `target_mb` MB; returns its size."""
+    epoch = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    while (size := conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]) < target_mb << 20:
+        first_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM leads").fetchone()[0]
+        batch = 20_000
+        with conn.cursor().copy("COPY leads (full_name, email, phone, source, notes, created_at, updated_at, score) "
+                                "FROM STDIN") as copy:
+            for i in range(batch):
+                first, last = rng.choice(FIRST), rng.choice(LAST)
+                when = epoch + timedelta(seconds=rng.randrange(2 * 365 * 86400))
+                copy.write_row((f"{first} {last}", f"{first.lower()}.{last.lower()}{first_id + i}@example.com",
+                                f"+34 6{rng.randrange(10**7, 10**8)}", rng.choice(SOURCES),
+                                sentence(rng, 15, 80), when, when, rng.choice((0, 30, 40, 70, 100))))
+        with conn.cursor().copy("COPY messages (lead_id, direction, channel, body, status, sent_at, created_at) "
+                                "FROM STDIN") as copy:
+            for _ in range(batch * 4):
+                when = epoch + timedelta(seconds=rng.randrange(2 * 365 * 86400))
+                copy.write_row((first_id + rng.randrange(batch), rng.choice(("inbound", "outbound")),
+                                rng.choice(CHANNELS), sentence(rng, 4, 40), rng.choice(STATUSES), when, when))
+        conn.commit()
+    return size
+
+
+# -- baselines ----------------------------------------------------------------------------------------
+
+def client_args(admin_url: str, database: str, role: str) -> str:
+    params = conninfo_to_dict(admin_url)
+    params.pop("password", None)
+    params.update(dbname=database, user=role)
+    return make_conninfo(**params)
+
+
+def timed(args: list[str], env: dict, **kwargs) -> float:
+    started = time.perf_counter()
+    subprocess.run(args, env=env, check=True, **kwargs)
+    return time.perf_counter() - started
+
+
+# -- the benchmark ------------------------------------------------------------------------------------
+
+def main(argv: list[str]) -> None:
+    sizes = [int(a) for a in argv] or [150, 450]
+    admin_url = os.environ["TENANT_DB_ADMIN_URL"]
+    catalog_db = f"bench_catalog_{uuid.uuid4().hex[:8]}"
+    work = tempfile.mkdtemp(prefix="bench-backup-")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(catalog_db)))
+    os.environ.update({
+        "CATALOG_DATABASE_URL": make_url(admin_url).set(database=catalog_db).render_as_string(hide_password=False),
+        "BACKUP_STORE_URL": os.environ.get("BACKUP_STORE_URL") or f"file://{work}/store",
+        "KEYRING": f"bench:{base64.b64encode(os.urandom(32)).decode()}",
+        "QUEUE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
+    })
+    from control_plane.adapters.pg_backup import choose_client
+    from control_plane.catalog.backup_models import Backup
+    from control_plane.catalog.models import Tenant
+    from control_plane.bootstrap import build_context, dispose
+    from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
+    from control_plane.services import backups, restores, tenants
+    from control_plane.services.auth import SYSTEM
+    from control_plane.services.context import role_secret_context
+    from control_plane.services.runner import execute_operation
+    from control_plane.services.servers import ensure_default_server
+    from control_plane.settings import Settings
+
+    engine = create_catalog_engine(os.environ["CATALOG_DATABASE_URL"])
+    upgrade_catalog(engine)
+    engine.dispose()
+    ctx = build_context(Settings.from_env(), pool_size=2)
+    rows = []
+    try:
+        ensure_default_server(ctx)
+        op = tenants.request_tenant(ctx, SYSTEM, tenant_id=TENANT, name="Benchmark clinic",
+                                    admin_email="owner@bench.example")
+        execute_operation(ctx, op.id)
+        with ctx.sessions() as session:
+            record = session.get(Tenant, TENANT)
+            database, role = record.database_name, record.role_name
+            password = ctx.keyring.decrypt(record.role_password_encrypted, role_secret_context(TENANT))
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            major = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
+        client = choose_client(major)
+        env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": password}
+        conninfo = client_args(admin_url, database, role)
+        rng = random.Random(20261129)
+        raw_archive = os.path.join(work, "raw.pgdump")
+
+        for target in sizes:
+            with psycopg.connect(admin_url, dbname=database) as data:
+                db_size = grow(data, rng, target)
+            dump = [client.pg_dump, "--format=custom", "--compress=0", "--no-password", f"--dbname={conninfo}"]
+            raw_times, ours, backup_ids = [], [], []
+            for _ in range(REPEATS):  # interleaved, so both see the same cache and load
+                with open(os.devnull, "wb") as null:
+                    raw_times.append(timed(dump, env, stdout=null))
+                op = backups.request_backup(ctx, SYSTEM, TENANT)
+                ours.append(in_child(op.id))
+                backup_ids.append(finished(ctx, op.id).result["backup_id"])
+            timed([*dump, f"--file={raw_archive}"], env)
+            archive_size = os.path.getsize(raw_archive)
+            with ctx.sessions() as session:
+                backup = session.get(Backup, backup_ids[-1])
+                stored, ours_archive = backup.stored_bytes, backup.archive_bytes
+
+            # Restore: raw pg_restore of the local file into a fresh database, vs our in-place restore.
+            scratch = f"bench_raw_restore_{uuid.uuid4().hex[:6]}"
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(scratch),
+                                                                           sql.Identifier(role)))
+            try:
+                raw_restore = timed([client.pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
+                                     "--no-password", f"--dbname={client_args(admin_url, scratch, role)}",
+                                     raw_archive], env)
+            finally:
+                with psycopg.connect(admin_url, autocommit=True) as admin:
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+            op = restores.request_restore(ctx, SYSTEM, TENANT, backup_id=backup_ids[-1], safety_backup=False)
+            restored = in_child(op.id)
+            finished(ctx, op.id)
+
+            rows.append({
+                "target_mb": target, "db_mb": db_size / 2**20, "archive_mb": archive_size / 2**20,
+                "ours_archive_mb": ours_archive / 2**20, "stored_mb": stored / 2**20,
+                "raw_dump_s": min(raw_times), "raw_dump_all": raw_times, "backup_s": min(r["seconds"] for r in ours),
+                "backup_all": [r["seconds"] for r in ours],
+                "backup_rss_mb": max(r["maxrss_kb"] for r in ours) / 1024,
+                "idle_rss_mb": max(r["rss_after_imports_kb"] for r in ours) / 1024,
+                "raw_restore_s": raw_restore, "restore_s": restored["seconds"],
+                "restore_rss_mb": restored["maxrss_kb"] / 1024,
+            })
+            print_row(rows[-1], flush=True)
+        print_summary(rows, client.version)
+    finally:
+        cleanup(ctx, admin_url, catalog_db, work)
+        dispose(ctx)
+
+
+def finished(ctx, operation_id: str):
+    from control_plane.catalog.models import Operation
+
+    with ctx.sessions() as session:
+        op = session.get(Operation, operation_id)
+        if op.status.value != "succeeded":
+            raise SystemExit(f"{op.kind.value} failed: {op.error}")
+        return op
+
+
+def print_row(row: dict, flush: bool = False) -> None:
+    print(f"[{row['target_mb']} MB target] database {row['db_mb']:.0f} MB, raw archive {row['archive_mb']:.0f} MB: "
+          f"raw pg_dump {row['raw_dump_s']:.2f}s, our backup {row['backup_s']:.2f}s, "
+          f"raw pg_restore {row['raw_restore_s']:.2f}s, our restore {row['restore_s']:.2f}s", flush=flush,
+          file=sys.stderr)
+
+
+def print_summary(rows: list[dict], client_version: str) -> None:
+    print()
+    print(f"backup benchmark: one tenant database, file store, pg_dump/pg_restore {client_version}, "
+          f"best of {REPEATS} (backup), {os.cpu_count()} CPUs")
+    print(f"{'database':>9} {'archive':>8} {'stored':>8} {'size':>7} | {'raw dump':>9} {'backup':>8} "
+          f"{'MB/s':>6} {'vs raw':>7} | {'peak RSS':>9} | {'raw rest.':>9} {'restore':>8} {'vs raw':>7} {'RSS':>7}")
+    for r in rows:
+        mbps = r["archive_mb"] / r["backup_s"]
+        print(f"{r['db_mb']:7.0f}MB {r['archive_mb']:6.0f}MB {r['stored_mb']:6.1f}MB "
+              f"{r['stored_mb'] / r['archive_mb']:6.3f}x | {r['raw_dump_s']:8.2f}s {r['backup_s']:7.2f}s "
+              f"{mbps:6.0f} {r['raw_dump_s'] / r['backup_s']:6.2f}x | {r['backup_rss_mb']:7.1f}MB | "
+              f"{r['raw_restore_s']:8.2f}s {r['restore_s']:7.2f}s {r['restore_s'] / r['raw_restore_s']:6.2f}x "
+              f"{r['restore_rss_mb']:5.0f}MB")
+    print("size = stored / raw archive (target <= 0.2); vs raw (backup) = raw pg_dump time / backup time, i.e. "
+          "throughput ratio (target >= 0.9); restore vs raw = our restore time / raw pg_restore time.")
+    print(f"process RSS after imports, before work: {max(r['idle_rss_mb'] for r in rows):.1f}MB; all runs (s): "
+          + "; ".join(f"{r['target_mb']}MB raw {['%.2f' % t for t in r['raw_dump_all']]} "
+                      f"ours {['%.2f' % t for t in r['backup_all']]}" for r in rows))
+
+
+def cleanup(ctx, admin_url: str, catalog_db: str, work: str) -> None:
+    with ctx.sessions() as session:
+        names = session.execute(text("SELECT database_name, role_name FROM tenants")).all()
+        retired = session.execute(text("SELECT database_name FROM retired_databases")).scalars().all()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for database in retired:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        for database, role in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(catalog_db)))
+    shutil.rmtree(work, ignore_errors=True)
+    store = urlparse(os.environ["BACKUP_STORE_URL"])
+    if store.scheme == "file" and not store.path.startswith(work):
+        shutil.rmtree(os.path.join(store.path, TENANT), ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_run"]:
+        run_operation_child(sys.argv[2])
+    else:
+        main(sys.argv[1:])
