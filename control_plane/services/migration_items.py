@@ -231,7 +231,7 @@ def rebuild_templates(ctx: ServiceContext, run_id: str) -> None:
     Provisioning would build it on first use anyway; doing it now keeps that cost off the next tenant
     and drops the template of the previous head.
     """
-    if not getattr(ctx.settings, "provision_from_template", False) or not hasattr(ctx, "template_for"):
+    if not ctx.settings.provision_from_template:
         return
     head = tenant_migrations.head_revision()
     with ctx.sessions() as session:
