@@ -21,12 +21,13 @@ from control_plane.backup_errors import BackupKeyError
 from control_plane.catalog.backup_models import Backup
 from control_plane.catalog.models import TokenRole
 from control_plane.cli import cli
+from control_plane.naming import TENANT_EVENTS_CHANNEL
 from control_plane.services import backups as backup_service
 from control_plane.services.auth import create_token
 from helpers import one, operation, roles, tenant, tenant_login
 
 
-def test_round_trip_in_place_and_as_new_tenant(client, auth, run_jobs, ctx, settings, admin_url):
+def test_round_trip_in_place_and_as_new_tenant(client, auth, run_jobs, ctx, settings, admin_url, redis_conn):
     active_tenant(client, auth, run_jobs, "bk-round")
     write_rows(ctx, "bk-round", "known")
     known = fingerprint(ctx, "bk-round")
@@ -40,10 +41,25 @@ def test_round_trip_in_place_and_as_new_tenant(client, auth, run_jobs, ctx, sett
         conn.execute("DELETE FROM leads WHERE full_name LIKE 'known lead 1%'")
         conn.execute("UPDATE procedures SET price = 1")
     assert fingerprint(ctx, "bk-round") != known
+    app_session = tenant_login(ctx, "bk-round")  # a tenant app's open connection to the old database
+    events = redis_conn.pubsub()
+    events.subscribe(TENANT_EVENTS_CHANNEL)
 
     done = restore(client, auth, run_jobs, "bk-round", backup["id"])
     assert done["status"] == "succeeded", done
     assert fingerprint(ctx, "bk-round") == known
+    with pytest.raises(psycopg.OperationalError):
+        app_session.execute("SELECT 1")  # ended by the swap
+    app_session.close()
+    changes: list[tuple] = []
+    while ("status", "active") not in changes:  # already published: each read returns at once
+        message = events.get_message(timeout=5.0)
+        assert message is not None, changes
+        if message["type"] == "message" and json.loads(message["data"])["tenant_id"] == "bk-round":
+            body = json.loads(message["data"])
+            changes.append((body["change"], body.get("status")))
+    events.close()
+    assert changes == [("status", "restoring"), ("restored", None), ("status", "active")]
     body = tenant(client, auth, "bk-round")
     assert body["status"] == "active"
     retired = done["result"]["retired_database"]

@@ -11,6 +11,8 @@ from datetime import timedelta
 import psycopg
 from click.testing import CliRunner
 
+import tenant_migrations
+
 from backup_support import (active_tenant, back_up, backup_cleanup, fingerprint, restore, store_root,  # noqa: F401
                             write_rows)
 from control_plane import naming
@@ -211,3 +213,23 @@ def test_scheduler_staggers_daily_backups_and_starts_each_once(client, auth, run
 
     result = CliRunner().invoke(cli, ["scheduler", "--once"])
     assert result.exit_code == 0 and '"started"' in result.output
+
+
+def test_restoring_an_older_backup_brings_its_schema_to_head(client, auth, run_jobs, ctx, admin_url):
+    first, head = tenant_migrations.known_revisions()[0], tenant_migrations.head_revision()
+    active_tenant(client, auth, run_jobs, "bk-older")
+    client.post("/v1/tenants/bk-older/migrate", json={"target": first}, headers=auth)
+    run_jobs()
+    with tenant_login(ctx, "bk-older") as conn:
+        conn.execute("INSERT INTO leads (full_name, email) VALUES ('kept across revisions', 'k@clinic.example')")
+    old = back_up(client, auth, run_jobs, "bk-older")
+    assert old["schema_revision"] == first
+    client.post("/v1/tenants/bk-older/migrate", json={"target": "head"}, headers=auth)
+    run_jobs()
+
+    done = restore(client, auth, run_jobs, "bk-older", old["id"], safety_backup=False)
+    assert done["status"] == "succeeded", done
+    assert (done["result"]["backup_schema_revision"], done["result"]["schema_revision"]) == (first, head)
+    assert tenant(client, auth, "bk-older")["schema_revision"] == head
+    with tenant_login(ctx, "bk-older") as conn:
+        assert conn.execute("SELECT score FROM leads WHERE full_name = 'kept across revisions'").fetchone() == (40,)

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, BinaryIO, Callable
 
 from sqlalchemy import func, select, update

@@ -85,7 +85,7 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
 
     Runs per tenant under the tenant's lock, so it never deletes a backup a restore is reading.
     """
-    from control_plane.services.backups import delete_objects, drop_retired_database, tools_for_server
+    from control_plane.services.backups import delete_objects, drop_retired_database
 
     now = now or utcnow()
     report = PruneReport()
