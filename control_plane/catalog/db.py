@@ -51,5 +51,5 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade_catalog(engine: Engine, target: str = "heads") -> None:
+def upgrade_catalog(engine: Engine, target: str = "head") -> None:
     command.upgrade(alembic_config(engine), target)

@@ -1,7 +1,7 @@
 """catalog: bulk migration runs and their per-tenant items
 
 Revision ID: 0003_migration_runs
-Revises: 0001
+Revises: 0002_backups
 Create Date: 2026-11-29 09:53:52.037821
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 revision = '0003_migration_runs'
-down_revision = '0001'
+down_revision = '0002_backups'
 branch_labels = None
 depends_on = None
 
