@@ -1,11 +1,12 @@
-"""PoolRegistry: one psycopg_pool pool per tenant, under one hard budget of open server connections.
+"""PoolRegistry: one psycopg_pool pool per tenant, all under one hard budget of open server connections.
 
-The budget counts *open* connections (in use, idle in a pool, or being opened): a connection can only
-be opened with a slot (TenantConnection.connect takes one, close() gives it back), so the cap holds
-whatever psycopg_pool decides to open. Each tenant's pool is capped at max_connections_per_tenant.
-When the budget is full, openers queue FIFO and close idle connections of other tenants (surplus ones
-first, then the least recently used pool's) to free slots, which they take in queue order. psycopg_pool grows a pool one
-connection at a time, so a tenant has at most one place in the queue: a hot tenant cannot jump it.
+The budget counts *open* connections (in use, idle in a pool, or being opened): a connection is only
+opened with a slot (TenantConnection.connect takes one; close() gives it back once the server session
+has ended), so the cap holds whatever psycopg_pool decides. Each pool is capped at the per-tenant
+maximum. When the budget is full, openers queue: those of tenants below their fair share of the budget
+go first, in arrival order, closing idle connections of other tenants (surplus ones first, then the
+least recently used) to make room. psycopg_pool grows a pool one connection at a time, so a tenant has
+at most one place in that queue: a hot tenant cannot crowd it.
 """
 from __future__ import annotations
 
@@ -37,12 +38,23 @@ class SlotRefusedError(Exception):
 
 
 class _QuietRefusals(logging.Filter):
-    """Drops psycopg_pool's "error connecting" warning when the error is our own decision not to open
-    a connection (see SlotRefusedError): routine under contention, and counted in our metrics."""
+    """Drops psycopg_pool's warnings about a connection attempt that failed by our own decision (see
+    SlotRefusedError): routine under contention, and counted in our metrics. Its "error connecting"
+    record carries the error; the "reconnection attempt failed" record that may follow at once, in
+    the same thread, is dropped along with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._after_refusal = threading.local()
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        return not any(isinstance(arg, SlotRefusedError) for arg in args)
+        refused = any(isinstance(arg, SlotRefusedError) for arg in args)
+        follows_refusal = getattr(self._after_refusal, "flag", False)
+        self._after_refusal.flag = refused
+        if refused:
+            return False
+        return not (follows_refusal and str(record.msg).startswith("reconnection attempt in pool"))
 
 
 logging.getLogger("psycopg.pool").addFilter(_QuietRefusals())
@@ -223,10 +235,13 @@ class PoolRegistry:
                 if entry is not None:  # its route changed: new server, database or credentials
                     self._retire_locked(entry, "changed")
                     retired.append(entry)
-                # Bounded registry: make room by closing idle pools, least recently used first. Pools
-                # with work in flight are never closed, so the bound can be exceeded by those.
+                # Bounded registry: make room by closing idle pools, least recently used first, and
+                # among those first the ones without a connection left (closing them costs nothing).
+                # Pools with work in flight are never closed, so the bound can be exceeded by those.
                 while len(self._entries) >= self.max_open_pools:
-                    victim = next((e for e in self._entries.values() if not e.busy), None)
+                    idle = (e for e in self._entries.values() if not e.busy)
+                    victim = next((e for e in idle if e.open == 0), None) or next(
+                        (e for e in self._entries.values() if not e.busy), None)
                     if victim is None:
                         break
                     self._retire_locked(victim, "lru")

@@ -10,6 +10,7 @@ from collections import Counter
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from control_plane import naming
 from helpers import tenant_login
@@ -316,3 +317,39 @@ def test_redis_down_falls_back_to_a_short_ttl_and_recovers(client, auth, run_job
     assert client.post("/v1/tenants/rt-redis/resume", headers=auth).status_code == 200
     elapsed = wait_until(lambda: _served(router, "rt-redis"), 1.0)  # ...so only the event can do this
     assert elapsed is not None and elapsed < 1.0
+
+
+def test_a_moved_or_restored_database_is_followed_without_restart(client, auth, run_jobs, router_factory, ctx,
+                                                                   admin_url):
+    provision(client, auth, run_jobs, "rt-move")
+    router = router_factory()
+    with router.connection("rt-move") as conn:
+        conn.execute("INSERT INTO leads (full_name) VALUES ('before the swap')")
+    assert wait_until(lambda: router.metrics()["events_connected"] == 1, 5) is not None
+    # What a restore or a move leaves behind: the tenant's data in another database (here a copy
+    # made by the admin), the catalog pointing at it, and an event.
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute("CREATE DATABASE tenant_rt_move_v2 OWNER tenant_rt_move")
+        admin.execute("REVOKE ALL ON DATABASE tenant_rt_move_v2 FROM PUBLIC")
+        admin.execute("GRANT CONNECT ON DATABASE tenant_rt_move_v2 TO tenant_rt_move")
+    try:
+        with ctx.sessions() as session, session.begin():
+            session.execute(text("UPDATE tenants SET database_name = 'tenant_rt_move_v2' WHERE id = 'rt-move'"))
+        ctx.events.publish("rt-move", "status", status="active", database="tenant_rt_move_v2")
+
+        def on_new_database() -> bool:
+            with router.connection("rt-move") as conn:
+                return conn.execute("SELECT current_database()").fetchone()[0] == "tenant_rt_move_v2"
+
+        elapsed = wait_until(on_new_database, 1.0)
+        assert elapsed is not None and elapsed < 1.0
+        assert server_connections(admin_url, router.application_name("rt-move")) == 1
+        with psycopg.connect(admin_url, autocommit=True) as admin:  # nothing left on the old database
+            assert admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'tenant_rt_move_db' "
+                                 "AND application_name = %s", (router.application_name("rt-move"),)).fetchone()[0] == 0
+    finally:
+        router.close()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS tenant_rt_move_v2 WITH (FORCE)")
+        with ctx.sessions() as session, session.begin():  # so that the usual cleanup finds the original
+            session.execute(text("UPDATE tenants SET database_name = 'tenant_rt_move_db' WHERE id = 'rt-move'"))
