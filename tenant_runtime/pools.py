@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 from collections import Counter, OrderedDict, deque
@@ -31,6 +32,17 @@ FAIR_SHARE_WINDOW = 1.0
 
 # Key under which a pool's kwargs carry its PoolEntry to TenantConnection.connect (popped there).
 ENTRY_KWARG = "_tenant_runtime_entry"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """PostgreSQL's own words for a failed connection, without the host, port or any credential."""
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
+    if primary:
+        return primary
+    # libpq's connection errors have no diag: `connection to server at "h", port p failed: FATAL:  ...`
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    match = re.search(r"FATAL:\s+(.*)", first_line) or re.search(r"failed:\s+([^:]*)$", first_line)
+    return match.group(1).strip() if match else type(exc).__name__
 
 
 class SlotRefusedError(Exception):
@@ -380,8 +392,7 @@ class PoolRegistry:
     def connect_failed(self, entry: PoolEntry, exc: BaseException) -> None:
         if isinstance(exc, SlotRefusedError):
             return
-        log.warning("tenant %s: connection to its database failed: %s", entry.tenant_id,
-                    getattr(getattr(exc, "diag", None), "message_primary", None) or type(exc).__name__)
+        log.warning("tenant %s: connection to its database failed: %s", entry.tenant_id, failure_reason(exc))
         with self._cond:
             self.connect_errors += 1
             entry.connect_error = exc

@@ -34,7 +34,7 @@ from tenant_runtime.errors import (
 )
 from tenant_runtime.events import TenantEventListener
 from tenant_runtime.metrics import AcquireStats, RouterCollector
-from tenant_runtime.pools import ENTRY_KWARG, PoolEntry, PoolRegistry, TenantConnection, TenantPool
+from tenant_runtime.pools import ENTRY_KWARG, PoolEntry, PoolRegistry, TenantConnection, TenantPool, failure_reason
 from tenant_runtime.resolution import TenantResolver
 from tenant_runtime.settings import RuntimeSettings
 
@@ -310,8 +310,7 @@ class TenantRouter:
 
     @staticmethod
     def _database_error(entry: PoolEntry) -> TenantDatabaseUnavailableError:
-        diag = getattr(entry.connect_error, "diag", None)
-        reason = getattr(diag, "message_primary", None) or type(entry.connect_error).__name__
+        reason = failure_reason(entry.connect_error)
         return TenantDatabaseUnavailableError(f"tenant {entry.tenant_id!r}: its database refused the connection "
                                               f"({reason})", tenant_id=entry.tenant_id)
 

@@ -16,6 +16,7 @@ from control_plane import naming
 from helpers import tenant_login
 from tenant_runtime import (
     ConnectionBudgetExceededError,
+    TenantDatabaseUnavailableError,
     TenantNotFoundError,
     TenantSuspendedError,
 )
@@ -353,3 +354,33 @@ def test_a_moved_or_restored_database_is_followed_without_restart(client, auth, 
             admin.execute("DROP DATABASE IF EXISTS tenant_rt_move_v2 WITH (FORCE)")
         with ctx.sessions() as session, session.begin():  # so that the usual cleanup finds the original
             session.execute(text("UPDATE tenants SET database_name = 'tenant_rt_move_db' WHERE id = 'rt-move'"))
+
+
+def test_an_unreachable_database_fails_fast_not_at_the_timeout(bulk_tenants, router_factory, ctx, caplog):
+    bulk_tenants(["rt-gone"])
+    with ctx.sessions() as session, session.begin():
+        session.execute(text("UPDATE tenants SET database_name = 'rt_no_such_db' WHERE id = 'rt-gone'"))
+    router = router_factory(acquire_timeout=10)
+    started = time.monotonic()
+    with pytest.raises(TenantDatabaseUnavailableError, match='database "rt_no_such_db" does not exist') as raised:
+        router.acquire("rt-gone")
+    assert time.monotonic() - started < 3
+    assert raised.value.status == 503 and raised.value.retry_after == 5
+    metrics = router.metrics()
+    assert metrics["connect_errors_total"] >= 1 and metrics["connections_open"] == 0
+    assert not any(router.settings.keyring in r.getMessage() for r in caplog.records)
+
+
+def test_our_own_refusals_do_not_reach_the_logs(caplog):
+    from tenant_runtime.pools import SlotRefusedError
+
+    pool_log = logging.getLogger("psycopg.pool")
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        pool_log.warning("error connecting in %r: %s", "tenant:x", SlotRefusedError("no request waits"))
+        pool_log.warning("reconnection attempt in pool %r failed after %s sec", "tenant:x", 0)
+        pool_log.warning("error connecting in %r: %s", "tenant:x", OSError("Connection refused"))
+        pool_log.warning("reconnection attempt in pool %r failed after %s sec", "tenant:x", 0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "error connecting in 'tenant:x': Connection refused",
+        "reconnection attempt in pool 'tenant:x' failed after 0 sec",
+    ]
