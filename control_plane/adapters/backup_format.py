@@ -319,18 +319,20 @@ class IterReader:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             return b"".join([bytes(self._current), *self._pieces])
-        out = bytearray()
-        while len(out) < size:
+        parts: list = []
+        wanted = size
+        while wanted:
             if not self._current:
                 try:
                     self._current = memoryview(next(self._pieces))
                 except StopIteration:
                     break
                 continue
-            take = self._current[:size - len(out)]
-            out += take
+            take = self._current[:wanted]
+            parts.append(take)
+            wanted -= len(take)
             self._current = self._current[len(take):]
-        return bytes(out)
+        return b"".join(parts)  # one copy
 
     def close(self) -> None:
         close = getattr(self._pieces, "close", None)
