@@ -177,17 +177,8 @@ def scheduler_command(once: bool, interval: int) -> None:
 
     import logging
 
-    from rq.cron import CronScheduler
-
-    from control_plane.bootstrap import redis_client
-    from control_plane.jobs import backups as backup_jobs
+    from control_plane.jobs.backups import build_cron
     from control_plane.settings import Settings
 
     logging.getLogger().setLevel(logging.INFO)
-    settings = Settings.from_env()
-    cron = CronScheduler(connection=redis_client(settings), name="tenantctl-scheduler")
-    cron.register(backup_jobs.schedule_backups, queue_name=settings.queue_name, interval=interval,
-                  job_timeout=600)
-    cron.register(backup_jobs.prune_backups, queue_name=settings.queue_name, cron="17 * * * *",
-                  job_timeout=settings.job_timeout)
-    cron.start()
+    build_cron(Settings.from_env(), interval).start()

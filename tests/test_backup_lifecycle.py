@@ -233,3 +233,22 @@ def test_restoring_an_older_backup_brings_its_schema_to_head(client, auth, run_j
     assert tenant(client, auth, "bk-older")["schema_revision"] == head
     with tenant_login(ctx, "bk-older") as conn:
         assert conn.execute("SELECT score FROM leads WHERE full_name = 'kept across revisions'").fetchone() == (40,)
+
+
+def test_the_scheduler_process_enqueues_ticks_that_workers_run(client, auth, run_jobs, settings, redis_conn):
+    from rq.cron import get_cron_job_history_key
+
+    from control_plane.jobs.backups import build_cron
+
+    active_tenant(client, auth, run_jobs, "bk-cron")
+    _catalog(settings, "UPDATE tenants SET created_at = now() - interval '3 days' WHERE id = 'bk-cron' RETURNING id")
+    cron = build_cron(settings)
+    try:
+        enqueued = cron.enqueue_jobs()  # what the scheduler's loop does each time it wakes up
+        assert [job.name for job in enqueued] == [f"{settings.queue_name}:schedule-backups"]  # prune: at :17
+        run_jobs()  # the tick starts the day's backup, which the same burst worker then runs
+    finally:
+        for job in cron.get_jobs():
+            redis_conn.delete(get_cron_job_history_key(job.name))
+    listed = client.get("/v1/tenants/bk-cron/backups", headers=auth).get_json()
+    assert [(b["trigger"], b["status"]) for b in listed] == [("scheduled", "completed")]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.bootstrap import build_context, dispose
+from rq.cron import CronScheduler
+
+from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.services.backup_schedule import schedule_due_backups
 from control_plane.services.retention import prune_backups as prune
 from control_plane.settings import Settings
@@ -25,3 +27,17 @@ def prune_backups() -> dict[str, Any]:
         return vars(prune(ctx))
     finally:
         dispose(ctx)
+
+
+def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
+    """RQ's cron scheduler with the backup schedule: a tick every `interval` seconds, a prune every hour.
+
+    The scheduler only enqueues; workers run the jobs. The catalog decides what a tick starts, so
+    several schedulers (or a restarted one) never start a tenant's daily backup twice.
+    """
+    cron = CronScheduler(connection=redis_client(settings), name=f"tenantctl-scheduler:{settings.queue_name}")
+    cron.register(schedule_backups, queue_name=settings.queue_name, interval=interval, job_timeout=600,
+                  name=f"{settings.queue_name}:schedule-backups")
+    cron.register(prune_backups, queue_name=settings.queue_name, cron="17 * * * *", job_timeout=settings.job_timeout,
+                  name=f"{settings.queue_name}:prune-backups")
+    return cron
