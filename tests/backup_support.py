@@ -20,10 +20,29 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from control_plane import naming
 from control_plane.app import create_app
 from control_plane.bootstrap import build_context, dispose
 from control_plane.settings import Settings
 from helpers import create_tenant, operation, tenant, tenant_login
+
+# Tenant ids are unique per test session: several sessions (developers, CI) share one PostgreSQL, and
+# database and role names are global to it.
+RUN = uuid.uuid4().hex[:4]
+
+
+def tid(name: str) -> str:
+    return f"bk-{name}-{RUN}"
+
+
+def db(tenant_id: str) -> str:
+    return naming.database_name(tenant_id)
+
+
+def role(tenant_id: str) -> str:
+    """The tenant's role name, also the prefix of all its databases (live, scratch, retired)."""
+    return naming.role_name(tenant_id)
+
 
 TABLES = ("users", "pipelines", "pipeline_stages", "leads", "messages", "procedures", "appointments")
 
@@ -38,10 +57,10 @@ def backup_cleanup(request, admin_url):
         live = {row[0] for row in catalog.execute("SELECT database_name FROM tenants")}
         catalog.execute("TRUNCATE backups, tenant_backup_keys, backup_policies, retired_databases")
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        # Retired (dated) and scratch databases of the bk- tenants: owned by tenant roles, which
-        # clean_world drops next.
+        # Retired (dated) and scratch databases of this session's tenants: owned by tenant roles,
+        # which clean_world drops next. Other sessions' databases carry another RUN.
         leftovers = [row[0] for row in conn.execute(
-            r"SELECT datname FROM pg_database WHERE datname LIKE 'tenant\_bk\_%'")]
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (rf"tenant\_bk\_%\_{RUN}\_%",))]
         for name in leftovers:
             if name not in live:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

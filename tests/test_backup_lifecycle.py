@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import tenant_migrations
 
-from backup_support import (active_tenant, back_up, backup_cleanup, fingerprint, restore, store_root,  # noqa: F401
-                            write_rows)
+from backup_support import (active_tenant, back_up, backup_cleanup, db, fingerprint, restore, role,  # noqa: F401
+                            store_root, tid, write_rows)
 from control_plane import naming
 from control_plane.adapters.backup_store import FileBackupStore
 from control_plane.catalog.models import utcnow
@@ -22,6 +22,18 @@ from control_plane.cli import cli
 from control_plane.services.backup_schedule import BackupWindow, schedule_due_backups
 from control_plane.services.retention import prune_backups
 from helpers import operation, tenant, tenant_login
+
+BUSY = tid("busy")
+BUSY_COPY = tid("busy-copy")
+CRASH = tid("crash")
+CRON = tid("cron")
+GRACE = tid("grace")
+KEEP = tid("keep")
+OLDER = tid("older")
+ROTATE = tid("rotate")
+SCHED_A = tid("sched-a")
+SCHED_B = tid("sched-b")
+SCHED_OFF = tid("sched-off")
 
 
 def _catalog(settings, query: str, *params):
@@ -31,9 +43,9 @@ def _catalog(settings, query: str, *params):
 
 def test_a_crash_mid_upload_leaves_no_backup_and_the_retry_succeeds(client, auth, run_jobs, ctx, settings,
                                                                     monkeypatch):
-    active_tenant(client, auth, run_jobs, "bk-crash")
-    write_rows(ctx, "bk-crash", "known")
-    live = fingerprint(ctx, "bk-crash")
+    active_tenant(client, auth, run_jobs, CRASH)
+    write_rows(ctx, CRASH, "known")
+    live = fingerprint(ctx, CRASH)
     original = FileBackupStore.put
 
     def die_half_way(self, key, source):
@@ -46,32 +58,32 @@ def test_a_crash_mid_upload_leaves_no_backup_and_the_retry_succeeds(client, auth
 
     with monkeypatch.context() as patch:
         patch.setattr(FileBackupStore, "put", die_half_way)
-        started = client.post("/v1/tenants/bk-crash/backups", json={}, headers=auth).get_json()
+        started = client.post(f"/v1/tenants/{CRASH}/backups", json={}, headers=auth).get_json()
         run_jobs()
     failed = operation(client, auth, started["id"])
     assert failed["status"] == "failed" and "worker process died" in failed["error"]
-    rows = _catalog(settings, "SELECT status, deleted_at IS NOT NULL FROM backups WHERE tenant_id = 'bk-crash'")
+    rows = _catalog(settings, f"SELECT status, deleted_at IS NOT NULL FROM backups WHERE tenant_id = '{CRASH}'")
     assert rows == [("failed", True)]
-    assert not (store_root(settings) / "bk-crash").exists()  # the partial object went with it
-    assert tenant(client, auth, "bk-crash")["last_backup_at"] is None
-    assert fingerprint(ctx, "bk-crash") == live
+    assert not (store_root(settings) / CRASH).exists()  # the partial object went with it
+    assert tenant(client, auth, CRASH)["last_backup_at"] is None
+    assert fingerprint(ctx, CRASH) == live
 
     assert client.post(f"/v1/operations/{started['id']}/retry", headers=auth).status_code == 202
     run_jobs()
     done = operation(client, auth, started["id"])
     assert done["status"] == "succeeded" and done["attempts"] == 2
-    statuses = sorted(r[0] for r in _catalog(settings, "SELECT status FROM backups WHERE tenant_id = 'bk-crash'"))
+    statuses = sorted(r[0] for r in _catalog(settings, f"SELECT status FROM backups WHERE tenant_id = '{CRASH}'"))
     assert statuses == ["completed", "failed"]
-    assert restore(client, auth, run_jobs, "bk-crash", done["result"]["backup_id"])["status"] == "succeeded"
-    assert fingerprint(ctx, "bk-crash") == live
+    assert restore(client, auth, run_jobs, CRASH, done["result"]["backup_id"])["status"] == "succeeded"
+    assert fingerprint(ctx, CRASH) == live
 
 
 def test_a_backup_under_concurrent_writes_is_one_snapshot(client, auth, run_jobs, ctx, admin_url):
     """pg_dump takes its snapshot, then locks each table. We hold a lock on one table so pg_dump stops
     right after its snapshot, commit more rows while it waits, then let it go: none of them may appear,
     and the paired rows (one lead, one message per transaction) must stay paired."""
-    active_tenant(client, auth, run_jobs, "bk-busy")
-    writer = tenant_login(ctx, "bk-busy")
+    active_tenant(client, auth, run_jobs, BUSY)
+    writer = tenant_login(ctx, BUSY)
 
     def write_pair(n: int) -> None:
         with writer.transaction():
@@ -81,7 +93,7 @@ def test_a_backup_under_concurrent_writes_is_one_snapshot(client, auth, run_jobs
 
     for n in range(20):
         write_pair(n)
-    blocker = tenant_login(ctx, "bk-busy")
+    blocker = tenant_login(ctx, BUSY)
     blocker.autocommit = False
     blocker.execute("LOCK TABLE procedures IN ACCESS EXCLUSIVE MODE")
     seen_waiting = threading.Event()
@@ -92,7 +104,7 @@ def test_a_backup_under_concurrent_writes_is_one_snapshot(client, auth, run_jobs
             with psycopg.connect(admin_url, autocommit=True) as watcher:
                 while time.monotonic() < deadline:  # polls a condition; no fixed sleep
                     if watcher.execute("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                                       "WHERE NOT l.granted AND a.datname = 'tenant_bk_busy_db' "
+                                       f"WHERE NOT l.granted AND a.datname = '{db(BUSY)}' "
                                        "AND a.application_name = 'tenant-control-plane' "
                                        "AND a.query ILIKE 'LOCK TABLE%'").fetchone()[0]:
                         seen_waiting.set()
@@ -104,14 +116,14 @@ def test_a_backup_under_concurrent_writes_is_one_snapshot(client, auth, run_jobs
 
     helper = threading.Thread(target=write_while_pg_dump_waits)
     helper.start()
-    backup = back_up(client, auth, run_jobs, "bk-busy")
+    backup = back_up(client, auth, run_jobs, BUSY)
     helper.join()
     assert seen_waiting.is_set(), "pg_dump never waited on the lock: the test proved nothing"
     assert writer.execute("SELECT count(*) FROM leads").fetchone()[0] == 30
 
-    clone = restore(client, auth, run_jobs, "bk-busy", backup["id"], mode="new_tenant", new_tenant_id="bk-busy-copy")
+    clone = restore(client, auth, run_jobs, BUSY, backup["id"], mode="new_tenant", new_tenant_id=BUSY_COPY)
     assert clone["status"] == "succeeded"
-    with tenant_login(ctx, "bk-busy-copy") as copy:
+    with tenant_login(ctx, BUSY_COPY) as copy:
         assert copy.execute("SELECT count(*) FROM leads").fetchone()[0] == 20
         assert copy.execute("SELECT count(*) FROM messages").fetchone()[0] == 20
     writer.close()
@@ -119,12 +131,12 @@ def test_a_backup_under_concurrent_writes_is_one_snapshot(client, auth, run_jobs
 
 
 def test_retention_keeps_exactly_what_the_policy_says(client, auth, run_jobs, ctx, settings):
-    active_tenant(client, auth, run_jobs, "bk-keep")
-    policy = client.put("/v1/tenants/bk-keep/backup-policy", json={"keep_last": 1, "keep_daily_days": 5}, headers=auth)
+    active_tenant(client, auth, run_jobs, KEEP)
+    policy = client.put(f"/v1/tenants/{KEEP}/backup-policy", json={"keep_last": 1, "keep_daily_days": 5}, headers=auth)
     assert policy.status_code == 200 and policy.get_json() == {"keep_last": 1, "keep_daily_days": 5, "scheduled": True}
-    made = {name: back_up(client, auth, run_jobs, "bk-keep")["id"]
+    made = {name: back_up(client, auth, run_jobs, KEEP)["id"]
             for name in ("old", "day3", "day1_early", "day1_late", "today")}
-    pinned = back_up(client, auth, run_jobs, "bk-keep", expires_in_days=30)["id"]
+    pinned = back_up(client, auth, run_jobs, KEEP, expires_in_days=30)["id"]
     # Pretend the backups were taken over the last days (relative to a fixed noon, whatever the clock says).
     noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
     taken = {"old": noon - timedelta(days=10), "day3": noon - timedelta(days=3),
@@ -135,40 +147,40 @@ def test_retention_keeps_exactly_what_the_policy_says(client, auth, run_jobs, ct
     _catalog(settings, "UPDATE backups SET completed_at = %s WHERE id = %s RETURNING id", noon - timedelta(days=40),
              pinned)
 
-    report = prune_backups(ctx, now=noon, tenant_ids=["bk-keep"])
+    report = prune_backups(ctx, now=noon, tenant_ids=[KEEP])
     assert sorted(report.expired) == sorted([made["old"], made["day1_early"]])
-    statuses = dict(_catalog(settings, "SELECT id, status FROM backups WHERE tenant_id = 'bk-keep'"))
+    statuses = dict(_catalog(settings, f"SELECT id, status FROM backups WHERE tenant_id = '{KEEP}'"))
     kept = {name for name, backup_id in made.items() if statuses[backup_id] == "completed"}
     assert kept == {"today", "day1_late", "day3"} and statuses[pinned] == "completed"
     assert {statuses[made[name]] for name in ("old", "day1_early")} == {"expired"}
-    folders = {p.name for p in (store_root(settings) / "bk-keep").iterdir()}
+    folders = {p.name for p in (store_root(settings) / KEEP).iterdir()}
     assert folders == {made["today"], made["day1_late"], made["day3"], pinned}
     # Running it again changes nothing.
-    assert prune_backups(ctx, now=noon, tenant_ids=["bk-keep"]).expired == []
-    assert dict(_catalog(settings, "SELECT id, status FROM backups WHERE tenant_id = 'bk-keep'")) == statuses
+    assert prune_backups(ctx, now=noon, tenant_ids=[KEEP]).expired == []
+    assert dict(_catalog(settings, f"SELECT id, status FROM backups WHERE tenant_id = '{KEEP}'")) == statuses
 
 
 def test_retired_databases_are_dropped_after_their_grace_period(client, auth, run_jobs, ctx, settings, admin_url):
     from backup_support import databases_like
 
-    active_tenant(client, auth, run_jobs, "bk-grace")
-    backup = back_up(client, auth, run_jobs, "bk-grace")
-    retired = restore(client, auth, run_jobs, "bk-grace", backup["id"], safety_backup=False)["result"]["retired_database"]
-    assert retired in databases_like(admin_url, "tenant_bk_grace%")
-    CliRunner().invoke(cli, ["backups", "prune", "--tenant", "bk-grace"])
-    assert retired in databases_like(admin_url, "tenant_bk_grace%")  # still in its grace period
+    active_tenant(client, auth, run_jobs, GRACE)
+    backup = back_up(client, auth, run_jobs, GRACE)
+    retired = restore(client, auth, run_jobs, GRACE, backup["id"], safety_backup=False)["result"]["retired_database"]
+    assert retired in databases_like(admin_url, f"{role(GRACE)}%")
+    CliRunner().invoke(cli, ["backups", "prune", "--tenant", GRACE])
+    assert retired in databases_like(admin_url, f"{role(GRACE)}%")  # still in its grace period
     _catalog(settings, "UPDATE retired_databases SET drop_after = now() - interval '1 minute' RETURNING id")
-    CliRunner().invoke(cli, ["backups", "prune", "--tenant", "bk-grace"])
-    assert databases_like(admin_url, "tenant_bk_grace%") == {"tenant_bk_grace_db"}
+    CliRunner().invoke(cli, ["backups", "prune", "--tenant", GRACE])
+    assert databases_like(admin_url, f"{role(GRACE)}%") == {db(GRACE)}
 
 
 def test_key_rotation_rewraps_and_old_backups_stay_restorable(client, auth, run_jobs, ctx, settings, monkeypatch):
-    active_tenant(client, auth, run_jobs, "bk-rotate")
-    write_rows(ctx, "bk-rotate", "known")
-    known = fingerprint(ctx, "bk-rotate")
-    old = back_up(client, auth, run_jobs, "bk-rotate")
+    active_tenant(client, auth, run_jobs, ROTATE)
+    write_rows(ctx, ROTATE, "known")
+    known = fingerprint(ctx, ROTATE)
+    old = back_up(client, auth, run_jobs, ROTATE)
     assert old["keyring_key_id"] == "test1"
-    write_rows(ctx, "bk-rotate", "later", leads=2)
+    write_rows(ctx, ROTATE, "later", leads=2)
     original = settings.keyring
     new_key = f"k2:{base64.b64encode(os.urandom(32)).decode()}"
     try:
@@ -177,37 +189,37 @@ def test_key_rotation_rewraps_and_old_backups_stay_restorable(client, auth, run_
         assert result.exit_code == 0, result.output
         assert '"tenant_keys": 1' in result.output
         assert _catalog(settings, "SELECT keyring_key_id, wrapped_key LIKE 'v1.k2.%%' FROM tenant_backup_keys "
-                                  "WHERE tenant_id = 'bk-rotate'") == [("k2", True)]
+                                  f"WHERE tenant_id = '{ROTATE}'") == [("k2", True)]
         # The old KEYRING key is retired: the workers only have k2 now, and the backup, sealed before
         # the rotation, still restores.
         monkeypatch.setenv("KEYRING", new_key)
-        done = restore(client, auth, run_jobs, "bk-rotate", old["id"])
+        done = restore(client, auth, run_jobs, ROTATE, old["id"])
         assert done["status"] == "succeeded", done["error"]
     finally:
         # Hand every secret back to the session's key for the tests that follow.
         monkeypatch.setenv("KEYRING", f"{original},{new_key}")
         assert CliRunner().invoke(cli, ["keys", "rotate"]).exit_code == 0
         monkeypatch.setenv("KEYRING", original)
-    assert fingerprint(ctx, "bk-rotate") == known
+    assert fingerprint(ctx, ROTATE) == known
 
 
 def test_scheduler_staggers_daily_backups_and_starts_each_once(client, auth, run_jobs, ctx, settings):
-    for tenant_id in ("bk-sched-a", "bk-sched-b", "bk-sched-off"):
+    for tenant_id in (SCHED_A, SCHED_B, SCHED_OFF):
         active_tenant(client, auth, run_jobs, tenant_id)
-    client.put("/v1/tenants/bk-sched-off/backup-policy", json={"scheduled": False}, headers=auth)
+    client.put(f"/v1/tenants/{SCHED_OFF}/backup-policy", json={"scheduled": False}, headers=auth)
     later = utcnow() + timedelta(days=2)  # every tenant's slot has passed since it was created
 
     started = schedule_due_backups(ctx, now=later)
     assert schedule_due_backups(ctx, now=later) == []  # a second tick (or replica) starts nothing again
     ops = {operation(client, auth, op_id)["tenant_id"] for op_id in started}
-    assert ops == {"bk-sched-a", "bk-sched-b"}
+    assert ops == {SCHED_A, SCHED_B}
     window = BackupWindow.parse(settings.backup_window)
-    assert window.offset("bk-sched-a") != window.offset("bk-sched-b")
+    assert window.offset(SCHED_A) != window.offset(SCHED_B)
     run_jobs()
-    for tenant_id in ("bk-sched-a", "bk-sched-b"):
+    for tenant_id in (SCHED_A, SCHED_B):
         listed = client.get(f"/v1/tenants/{tenant_id}/backups", headers=auth).get_json()
         assert [(b["trigger"], b["status"]) for b in listed] == [("scheduled", "completed")]
-    assert client.get("/v1/tenants/bk-sched-off/backups", headers=auth).get_json() == []
+    assert client.get(f"/v1/tenants/{SCHED_OFF}/backups", headers=auth).get_json() == []
     # The next day's slot starts the next backup.
     assert len(schedule_due_backups(ctx, now=later + timedelta(days=1))) == 2
 
@@ -217,21 +229,21 @@ def test_scheduler_staggers_daily_backups_and_starts_each_once(client, auth, run
 
 def test_restoring_an_older_backup_brings_its_schema_to_head(client, auth, run_jobs, ctx, admin_url):
     first, head = tenant_migrations.known_revisions()[0], tenant_migrations.head_revision()
-    active_tenant(client, auth, run_jobs, "bk-older")
-    client.post("/v1/tenants/bk-older/migrate", json={"target": first}, headers=auth)
+    active_tenant(client, auth, run_jobs, OLDER)
+    client.post(f"/v1/tenants/{OLDER}/migrate", json={"target": first}, headers=auth)
     run_jobs()
-    with tenant_login(ctx, "bk-older") as conn:
+    with tenant_login(ctx, OLDER) as conn:
         conn.execute("INSERT INTO leads (full_name, email) VALUES ('kept across revisions', 'k@clinic.example')")
-    old = back_up(client, auth, run_jobs, "bk-older")
+    old = back_up(client, auth, run_jobs, OLDER)
     assert old["schema_revision"] == first
-    client.post("/v1/tenants/bk-older/migrate", json={"target": "head"}, headers=auth)
+    client.post(f"/v1/tenants/{OLDER}/migrate", json={"target": "head"}, headers=auth)
     run_jobs()
 
-    done = restore(client, auth, run_jobs, "bk-older", old["id"], safety_backup=False)
+    done = restore(client, auth, run_jobs, OLDER, old["id"], safety_backup=False)
     assert done["status"] == "succeeded", done
     assert (done["result"]["backup_schema_revision"], done["result"]["schema_revision"]) == (first, head)
-    assert tenant(client, auth, "bk-older")["schema_revision"] == head
-    with tenant_login(ctx, "bk-older") as conn:
+    assert tenant(client, auth, OLDER)["schema_revision"] == head
+    with tenant_login(ctx, OLDER) as conn:
         assert conn.execute("SELECT score FROM leads WHERE full_name = 'kept across revisions'").fetchone() == (40,)
 
 
@@ -240,8 +252,8 @@ def test_the_scheduler_process_enqueues_ticks_that_workers_run(client, auth, run
 
     from control_plane.jobs.backups import build_cron
 
-    active_tenant(client, auth, run_jobs, "bk-cron")
-    _catalog(settings, "UPDATE tenants SET created_at = now() - interval '3 days' WHERE id = 'bk-cron' RETURNING id")
+    active_tenant(client, auth, run_jobs, CRON)
+    _catalog(settings, f"UPDATE tenants SET created_at = now() - interval '3 days' WHERE id = '{CRON}' RETURNING id")
     cron = build_cron(settings)
     try:
         enqueued = cron.enqueue_jobs()  # what the scheduler's loop does each time it wakes up
@@ -250,5 +262,5 @@ def test_the_scheduler_process_enqueues_ticks_that_workers_run(client, auth, run
     finally:
         for job in cron.get_jobs():
             redis_conn.delete(get_cron_job_history_key(job.name))
-    listed = client.get("/v1/tenants/bk-cron/backups", headers=auth).get_json()
+    listed = client.get(f"/v1/tenants/{CRON}/backups", headers=auth).get_json()
     assert [(b["trigger"], b["status"]) for b in listed] == [("scheduled", "completed")]

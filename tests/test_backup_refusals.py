@@ -10,15 +10,15 @@ import re
 import psycopg
 import pytest
 
-from backup_support import (active_tenant, back_up, backup_cleanup, chunk_spans, databases_like,  # noqa: F401
-                            fingerprint, restore, store_root, write_rows)
+from backup_support import (active_tenant, back_up, backup_cleanup, chunk_spans, databases_like, db,  # noqa: F401
+                            fingerprint, restore, role, store_root, tid, write_rows)
 from control_plane import naming
 from control_plane.adapters.crypto import Keyring
 from control_plane.services import backups as backup_service
 from control_plane.services.backup_keys import tenant_key_context
 from helpers import one, tenant
 
-TENANT = "bk-refuse"
+TENANT = REFUSE = tid("refuse")
 
 
 def _object(settings, backup: dict):
@@ -140,7 +140,7 @@ def test_refused_restore_leaves_the_live_database_untouched(client, auth, run_jo
     assert len(chunk_spans(_object(settings, backup).read_bytes())) >= 4
     write_rows(ctx, TENANT, "live", leads=3)
     live = fingerprint(ctx, TENANT)
-    oid = one(admin_url, "SELECT oid FROM pg_database WHERE datname = 'tenant_bk_refuse_db'")
+    oid = one(admin_url, f"SELECT oid FROM pg_database WHERE datname = '{db(REFUSE)}'")
 
     tamper(settings, backup, other)
     done = restore(client, auth, run_jobs, TENANT, backup["id"])
@@ -149,5 +149,5 @@ def test_refused_restore_leaves_the_live_database_untouched(client, auth, run_jo
     assert done["error"] and re.search(CASES[tamper], done["error"]), done["error"]
     assert tenant(client, auth, TENANT)["status"] == "active"
     assert fingerprint(ctx, TENANT) == live
-    assert one(admin_url, "SELECT oid FROM pg_database WHERE datname = 'tenant_bk_refuse_db'") == oid
-    assert databases_like(admin_url, "tenant_bk_refuse%") == {"tenant_bk_refuse_db"}  # no scratch, no retired
+    assert one(admin_url, f"SELECT oid FROM pg_database WHERE datname = '{db(REFUSE)}'") == oid
+    assert databases_like(admin_url, f"{role(REFUSE)}%") == {db(REFUSE)}  # no scratch, no retired

@@ -145,17 +145,16 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
         opened.authenticate()
         check_read(opened, backup)
 
+        password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
         if not in_place:
             report("place", 35)
             if tenant.server_name is None:
                 tenant.server = choose_server(session)
                 session.commit()
             admin = ctx.admin_for(tenant.server)
-            admin.ensure_role(tenant.role_name, ctx.keyring.decrypt(tenant.role_password_encrypted,
-                                                                    role_secret_context(tenant.id)))
+            admin.ensure_role(tenant.role_name, password)
             admin.close_other_databases()
         tools = tools_for(ctx, tenant.server)
-        password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
 
         report("restore", 40)
         if not in_place and tools.database_exists(tenant.database_name):

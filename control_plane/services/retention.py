@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Protocol
 from urllib.parse import urlparse
 
@@ -65,7 +65,7 @@ def retained_ids(backups: Iterable[_Dated], policy: Policy, now: datetime, tenan
     for backup in managed:  # newest first: the first seen of each day is that day's newest
         if backup.completed_at <= horizon:
             break
-        day = backup.completed_at.date()
+        day = backup.completed_at.astimezone(timezone.utc).date()
         if day not in days:
             days.add(day)
             keep.add(backup.id)
