@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import itertools
 import os
 import secrets
@@ -236,6 +237,36 @@ def drive(name: str, app: Flask, headers_for: Callable[[int], dict[str, str]], t
     return Result(name, len(flat), seconds, flat, sum(errors), total_requests=next(counter))
 
 
+def interleave(baseline: Flask, runtime: Flask, runtime_headers: dict[str, str], threads: int, seconds: float,
+               warmup: float = 1.0) -> tuple[list[float], list[float]]:
+    """Each client thread alternates between the two apps request by request, so both see the same
+    machine at the same moment: drift in the load of a shared machine cancels out."""
+    measure_from = time.monotonic() + warmup
+    stop_at = measure_from + seconds
+    lock = threading.Lock()
+    latencies: tuple[list[float], list[float]] = ([], [])
+
+    def client(index: int) -> None:
+        webs = (baseline.test_client(), runtime.test_client())
+        headers = ({}, runtime_headers)
+        turn = index % 2
+        while (now := time.monotonic()) < stop_at:
+            started = time.perf_counter()
+            webs[turn].get(PATH, headers=headers[turn])
+            elapsed = time.perf_counter() - started
+            if now >= measure_from:
+                with lock:
+                    latencies[turn].append(elapsed)
+            turn = 1 - turn
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return latencies
+
+
 class Sampler:
     """Highest number of server sessions matching a LIKE pattern, sampled every few milliseconds."""
 
@@ -272,7 +303,8 @@ def free_connections(admin_url: str) -> int:
 
 # -- scenarios -----------------------------------------------------------------------------------------
 
-def run_baseline(w: World, threads: int, seconds: float) -> Result:
+@contextmanager
+def baseline_app(w: World, threads: int) -> Iterator[Flask]:
     hot = w.tenants[0]
     info = make_url(w.admin_url)
     pool = ConnectionPool(kwargs={"host": info.host, "port": info.port or 5432, "dbname": naming.database_name(hot),
@@ -284,22 +316,29 @@ def run_baseline(w: World, threads: int, seconds: float) -> Result:
         single = SinglePool(pool)
         app = create_app(connection=single.connection)
         single.install(app)
-        return drive("baseline: one psycopg_pool pool, one database", app, lambda n: {}, threads, seconds)
+        yield app
     finally:
         pool.close()
 
 
-def run_router(w: World, name: str, tenants: list[str], threads: int, seconds: float, budget: int) -> Result:
-    router = TenantRouter(catalog_database_url=w.catalog_url, keyring=w.keyring, redis_url=os.environ.get("REDIS_URL"),
-                          max_connections=budget, max_connections_per_tenant=min(threads, budget),
-                          acquire_timeout=10, application_name=f"{PREFIX}-rt")
+def make_router(w: World, threads: int, budget: int) -> TenantRouter:
+    return TenantRouter(catalog_database_url=w.catalog_url, keyring=w.keyring, redis_url=os.environ.get("REDIS_URL"),
+                        max_connections=budget, max_connections_per_tenant=min(threads, budget),
+                        acquire_timeout=10, application_name=f"{PREFIX}-rt")
+
+
+def run_router(w: World, name: str, tenants: list[str], threads: int, seconds: float, budget: int,
+               sample: bool = True) -> Result:
+    """`sample`: watch pg_stat_activity meanwhile (it costs CPU: off when comparing with the baseline)."""
+    router = make_router(w, threads, budget)
     try:
         app = create_app(router)
         headers = [{"X-Tenant-ID": tenant_id} for tenant_id in tenants]
-        with Sampler(w.admin_url, router.application_name_pattern()) as sampler:
+        sampler = Sampler(w.admin_url, router.application_name_pattern()) if sample else None
+        with sampler or contextlib.nullcontext():
             result = drive(name, app, lambda n: headers[n % len(headers)], threads, seconds)
         metrics = router.metrics()
-        result.peak_server = sampler.peak
+        result.peak_server = sampler.peak if sampler else None
         result.peak_router = metrics["connections_open_peak"]
         result.opened = metrics["connections_opened_total"]
         return result
@@ -332,7 +371,9 @@ def raw_connection_rate(w: World, threads: int, seconds: float) -> float:
 
 
 def show(result: Result, note: str = "") -> None:
-    peaks = f"{result.peak_server:>4} / {result.peak_router:<4}" if result.peak_server is not None else f"{'-':>4} / -   "
+    server = "-" if result.peak_server is None else result.peak_server
+    router = "-" if result.peak_router is None else result.peak_router
+    peaks = f"{server:>4} / {router:<4}"
     print(f"  {result.name:<52} {result.rps:8.0f} {result.percentile(0.5):8.2f} {result.percentile(0.99):8.2f} "
           f"{result.errors:7d}   {peaks} {note}", flush=True)
 
@@ -358,19 +399,39 @@ def main(argv: list[str]) -> None:
               f"{args.seconds:g} s per run after 1 s of warm-up, in-process WSGI")
         print(f"  {'scenario':<52} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   peak conns server / router")
         baselines, hots = [], []
-        for round_ in range(args.rounds):
-            # Alternate which runs first, so that a drift in the machine's load favours neither.
-            pair = [lambda: baselines.append(run_baseline(w, args.threads, args.seconds)),
-                    lambda: hots.append(run_router(w, "runtime: one hot tenant", w.tenants[:1], args.threads,
-                                                   args.seconds, args.budget))]
-            for run in pair if round_ % 2 == 0 else reversed(pair):
-                run()
+        router = make_router(w, args.threads, args.budget)  # long-lived, like an app's
+        try:
+            runtime = create_app(router)
+            hot_headers = {"X-Tenant-ID": w.tenants[0]}
+            with baseline_app(w, args.threads) as baseline:
+                for round_ in range(args.rounds):
+                    # Alternate which runs first, so that a drift in the machine's load favours neither.
+                    pair = [lambda: baselines.append(drive("baseline: one psycopg_pool pool, one database",
+                                                           baseline, lambda n: {}, args.threads, args.seconds)),
+                            lambda: hots.append(drive("runtime: one hot tenant", runtime, lambda n: hot_headers,
+                                                      args.threads, args.seconds))]
+                    for run in pair if round_ % 2 == 0 else reversed(pair):
+                        run()
+                base_lat, hot_lat = interleave(baseline, runtime, hot_headers, args.threads,
+                                               args.seconds * args.rounds)
+            for result in hots:
+                result.peak_router = router.metrics()["connections_open_peak"]
+        finally:
+            router.close()
         ratios = sorted(h.rps / b.rps for b, h in zip(baselines, hots))
         baseline = sorted(baselines, key=lambda r: r.rps)[len(baselines) // 2]
         hot = sorted(hots, key=lambda r: r.rps)[len(hots) // 2]
         show(baseline, f"(median of {args.rounds} runs)")
         show(hot, f"{statistics.median(ratios):.2f}x baseline (median of per-round ratios; target >= 0.95x)")
         print(f"  {'':52} per-round ratios, sorted: {', '.join(f'{r:.2f}' for r in ratios)}")
+        ratio = statistics.mean(base_lat) / statistics.mean(hot_lat)
+        print(f"  interleaved: each client thread alternates baseline and runtime, {args.seconds * args.rounds:g} s")
+        for name, lat in (("baseline", base_lat), ("runtime, one hot tenant", hot_lat)):
+            ordered = sorted(lat)
+            print(f"    {name:<50} mean {statistics.mean(lat) * 1000:6.2f} ms   p50 {ordered[len(ordered) // 2] * 1000:6.2f}"
+                  f"   p99 {ordered[int(0.99 * len(ordered))] * 1000:6.2f}   ({len(lat)} requests)")
+        print(f"    throughput ratio runtime/baseline at equal concurrency (inverse ratio of mean latencies): "
+              f"{ratio:.2f}x (target >= 0.95x)")
         many = run_router(w, f"runtime: {len(w.tenants)} tenants round-robin, budget {args.budget}", w.tenants,
                           args.threads, args.seconds, args.budget)
         show(many, f"{many.rps / hot.rps:.2f}x hot (target >= 0.8x)")

@@ -69,18 +69,16 @@ class Route:
 K = TypeVar("K")
 
 
-class _LruCache(Generic[K]):
-    """A bounded map of key → (value, expires_at); the caller holds the directory's lock."""
+class _BoundedCache(Generic[K]):
+    """key → (value, expires_at), oldest insertion evicted first. Writers hold the directory's lock;
+    peek() may run without it (a single dict lookup, atomic in CPython)."""
 
     def __init__(self, max_entries: int) -> None:
         self._data: OrderedDict[K, tuple[Any, float]] = OrderedDict()
         self._max = max_entries
 
-    def get(self, key: K) -> tuple[Any, float] | None:
-        item = self._data.get(key)
-        if item is not None:
-            self._data.move_to_end(key)
-        return item
+    def peek(self, key: K) -> tuple[Any, float] | None:
+        return self._data.get(key)
 
     def put(self, key: K, value: Any, expires_at: float) -> None:
         self._data[key] = (value, expires_at)
@@ -115,8 +113,8 @@ class TenantDirectory:
     def _reset_state(self) -> None:
         # The lock protects both caches, the in-flight loads, the live flag and the counters.
         self._lock = threading.Lock()
-        self._tenants: _LruCache[str] = _LruCache(self._max_entries)
-        self._domains: _LruCache[str] = _LruCache(self._max_entries)
+        self._tenants: _BoundedCache[str] = _BoundedCache(self._max_entries)
+        self._domains: _BoundedCache[str] = _BoundedCache(self._max_entries)
         self._inflight: dict[tuple[str, str], _Load] = {}
         self._events_live = False
         self._catalog_down = False
@@ -153,11 +151,15 @@ class TenantDirectory:
                 f"cannot decrypt the credentials of tenant {route.info.id!r}: {exc.detail} (check KEYRING)",
                 tenant_id=route.info.id) from exc
 
-    def _lookup(self, kind: str, key: str, cache: _LruCache[str], query: Callable[[], Any]) -> Any:
-        now = monotonic()
+    def _lookup(self, kind: str, key: str, cache: _BoundedCache[str], query: Callable[[], Any]) -> Any:
+        # The hit path takes no lock: it runs several times per request in every thread.
+        cached = cache.peek(key)
+        if cached is not None and cached[1] > monotonic():
+            self.hits += 1  # unlocked: may miss a count under contention, never affects routing
+            return cached[0]
         with self._lock:
-            cached = cache.get(key)
-            if cached is not None and cached[1] > now:
+            cached = cache.peek(key)
+            if cached is not None and cached[1] > monotonic():
                 self.hits += 1
                 return cached[0]
             self.misses += 1

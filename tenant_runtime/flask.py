@@ -63,6 +63,7 @@ class TenantRuntime:
         self.router = router
         self._owns_router = router is None
         self.exempt_paths = tuple(exempt_paths)
+        self._exempt_prefixes = tuple(p.rstrip("/") + "/" for p in self.exempt_paths)
         if app is not None:
             self.init_app(app)
 
@@ -84,7 +85,8 @@ class TenantRuntime:
         view = current_app.view_functions.get(request.endpoint or "")
         if view is not None and getattr(view, _EXEMPT, False):
             return True
-        return any(request.path == p or request.path.startswith(p.rstrip("/") + "/") for p in self.exempt_paths)
+        path = request.path
+        return path in self.exempt_paths or path.startswith(self._exempt_prefixes)
 
     def _before_request(self) -> None:
         if request.endpoint is None or self._is_exempt():

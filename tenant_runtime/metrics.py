@@ -5,7 +5,6 @@ Register the collector with any prometheus_client registry:
 """
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -19,35 +18,29 @@ ACQUIRE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class AcquireStats:
-    """Acquisitions, their latency histogram, and failures by kind (thread-safe)."""
+    """Acquisitions, their latency histogram, and failures by kind. Not locked itself: the pool
+    registry updates and reads it under its own lock."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self.count = 0
         self.sum = 0.0
         self.buckets = [0] * len(ACQUIRE_BUCKETS)
         self.failures: dict[str, int] = {}
 
-    def observe(self, seconds: float) -> None:
+    def observe_locked(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
         index = bisect_left(ACQUIRE_BUCKETS, seconds)
-        with self._lock:
-            self.count += 1
-            self.sum += seconds
-            if index < len(self.buckets):
-                self.buckets[index] += 1
-
-    def failed(self, kind: str) -> None:
-        with self._lock:
-            self.failures[kind] = self.failures.get(kind, 0) + 1
+        if index < len(self.buckets):
+            self.buckets[index] += 1
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            cumulative, running = [], 0
-            for bound, count in zip(ACQUIRE_BUCKETS, self.buckets):
-                running += count
-                cumulative.append((bound, running))
-            return {"acquires_total": self.count, "acquire_seconds_total": self.sum,
-                    "acquire_seconds_buckets": cumulative, "acquire_failures_total": dict(self.failures)}
+        cumulative, running = [], 0
+        for bound, count in zip(ACQUIRE_BUCKETS, self.buckets):
+            running += count
+            cumulative.append((bound, running))
+        return {"acquires_total": self.count, "acquire_seconds_total": self.sum,
+                "acquire_seconds_buckets": cumulative, "acquire_failures_total": dict(self.failures)}
 
 
 class RouterCollector(Collector):

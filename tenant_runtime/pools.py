@@ -24,6 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from tenant_runtime.errors import RouterClosedError
+from tenant_runtime.metrics import AcquireStats
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class PoolRegistry:
         self.max_open_pools = max_open_pools
         self._on_retire = on_retire
         # The condition's lock guards the entries, every counter, and the queue of openers.
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # never re-entered: a plain lock is cheaper
         self._entries: OrderedDict[str, PoolEntry] = OrderedDict()  # least recently used first
         self._queue: deque[_Ticket] = deque()
         self._closing = 0  # idle connections being closed to free a slot for the queue
@@ -228,6 +229,7 @@ class PoolRegistry:
         self.reclaimed = 0
         self.evictions: Counter[str] = Counter()
         self.pools_created = 0
+        self.acquires = AcquireStats()  # updated under this registry's lock
 
     # -- checkout / return (request threads) --------------------------------------------------------
 
@@ -266,10 +268,11 @@ class PoolRegistry:
             self._on_retire(retired)
         return entry
 
-    def lent(self, entry: PoolEntry) -> None:
+    def lent(self, entry: PoolEntry, waited: float) -> None:
         with self._cond:
             entry.in_use += 1
             self._in_use += 1
+            self.acquires.observe_locked(waited)
 
     def abandon(self, entry: PoolEntry) -> None:
         """A checkout that got no connection."""
@@ -444,9 +447,14 @@ class PoolRegistry:
 
     # -- observation --------------------------------------------------------------------------------
 
+    def acquire_failed(self, kind: str) -> None:
+        with self._cond:
+            self.acquires.failures[kind] = self.acquires.failures.get(kind, 0) + 1
+
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
             return {
+                **self.acquires.snapshot(),
                 "pools_open": len(self._entries),
                 "connections_open": self._open,
                 "connections_in_use": self._in_use,

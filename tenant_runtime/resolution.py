@@ -5,6 +5,7 @@ names a tenant must name the same one; with "first", the first strategy that nam
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 
 import jwt
@@ -19,7 +20,7 @@ from tenant_runtime.errors import (
 )
 from tenant_runtime.settings import RuntimeSettings
 
-_MAX_HOST = 253
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9_])?")
 
 
 def normalize_host(host: str | None) -> str | None:
@@ -29,9 +30,10 @@ def normalize_host(host: str | None) -> str | None:
     host = host.strip().lower()
     if host.startswith("["):  # IPv6 literal: never a tenant domain
         return None
-    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
     host = host.rstrip(".")
-    if not host or len(host) > _MAX_HOST or any(c.isspace() or c in "/\\@?#" for c in host):
+    if not _HOST.fullmatch(host):
         raise TenantResolutionError("the Host header is malformed")
     return host
 
@@ -51,6 +53,7 @@ class TenantResolver:
         self._settings = settings
         self._tenant_for_domain = tenant_for_domain
         self._strategies = settings.effective_strategies
+        self._by = [(strategy, getattr(self, f"_by_{strategy}")) for strategy in self._strategies]
         self._base_suffix = f".{settings.base_domain}" if settings.base_domain else None
 
     @property
@@ -64,11 +67,10 @@ class TenantResolver:
         if host is None:
             host = _header(headers, "Host")
         found: dict[str, str] = {}
-        for strategy in self._strategies:
+        for strategy, by in self._by:
             if strategy == "subdomain" and "domain" in found:
                 continue  # an exact domain is more specific than the subdomain rule: both read the host
-            tenant_id = getattr(self, f"_by_{strategy}")(host=host, headers=headers, path=path,
-                                                         claims=claims, token=token)
+            tenant_id = by(host=host, headers=headers, path=path, claims=claims, token=token)
             if tenant_id is None:
                 continue
             if self._settings.on_conflict == "first":

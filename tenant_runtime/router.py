@@ -33,7 +33,7 @@ from tenant_runtime.errors import (
     TenantUnavailableError,
 )
 from tenant_runtime.events import TenantEventListener
-from tenant_runtime.metrics import AcquireStats, RouterCollector
+from tenant_runtime.metrics import RouterCollector
 from tenant_runtime.pools import ENTRY_KWARG, PoolEntry, PoolRegistry, TenantConnection, TenantPool, failure_reason
 from tenant_runtime.resolution import TenantResolver
 from tenant_runtime.settings import RuntimeSettings
@@ -125,7 +125,6 @@ class TenantRouter:
         self._registry = PoolRegistry(max_connections=self.settings.max_connections,
                                       max_open_pools=self.settings.effective_max_open_pools,
                                       on_retire=self._close_later)
-        self._acquires = AcquireStats()
 
     # -- process lifecycle --------------------------------------------------------------------------
 
@@ -259,14 +258,12 @@ class TenantRouter:
         started = monotonic()
         deadline = started + (self.settings.acquire_timeout if timeout is None else timeout)
         try:
-            lease = self._acquire(tenant_id, deadline)
+            return self._acquire(tenant_id, started, deadline)
         except TenantRuntimeError as exc:
-            self._acquires.failed(type(exc).__name__)
+            self._registry.acquire_failed(type(exc).__name__)
             raise
-        self._acquires.observe(monotonic() - started)
-        return lease
 
-    def _acquire(self, tenant_id: str, deadline: float) -> Lease:
+    def _acquire(self, tenant_id: str, started: float, deadline: float) -> Lease:
         for _ in range(3):  # a pool retired under us (event, eviction) is looked up again
             route = self._directory.route(tenant_id)
             self._require_serving(route)
@@ -294,7 +291,7 @@ class TenantRouter:
             except BaseException:
                 registry.abandon(entry)
                 raise
-            registry.lent(entry)
+            registry.lent(entry, monotonic() - started)
             return Lease(self, entry, conn)
         raise TenantDatabaseUnavailableError(f"tenant {tenant_id!r}: its pool kept being replaced; try again",
                                              tenant_id=tenant_id)
@@ -419,7 +416,6 @@ class TenantRouter:
         """A plain snapshot of pools, connections, waits, evictions and rejections."""
         self._check_process()
         snapshot = self._registry.snapshot()
-        snapshot.update(self._acquires.snapshot())
         snapshot["budget_rejections_total"] = snapshot["acquire_failures_total"].get(
             ConnectionBudgetExceededError.__name__, 0)
         listener = self._listener
