@@ -64,7 +64,7 @@ class RestoreTenant(MethodView):
 
 
 @blp.route("/tenants/<tenant_id>/backup-policy")
-class BackupPolicy(MethodView):
+class TenantBackupPolicy(MethodView):
     @blp.response(200, BackupPolicySchema)
     def get(self, tenant_id):
         """The tenant's retention policy and whether it is backed up daily."""
