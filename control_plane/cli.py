@@ -260,11 +260,12 @@ def servers_drain(name: str, undo: bool) -> None:
     click.echo(servers.set_draining(_context(), SYSTEM.actor, name, not undo).status.value)
 
 
-from control_plane.cli_backups import backups_group, keys_group, scheduler_command  # noqa: E402  (its own module)
+# Feature groups live in their own modules, which import `cli` helpers from here: hence the late import.
+from control_plane.cli_backups import backups_group, keys_group, scheduler_command  # noqa: E402
+from control_plane.cli_migrations import migrations as migrations_group  # noqa: E402
 
-cli.add_command(backups_group)
-cli.add_command(keys_group)
-cli.add_command(scheduler_command)
+for feature_group in (backups_group, keys_group, scheduler_command, migrations_group):
+    cli.add_command(feature_group)
 
 
 def main() -> None:
@@ -276,11 +277,6 @@ def main() -> None:
     except MarshmallowValidationError as exc:
         click.echo(f"error: {exc.messages}", err=True)
         sys.exit(2)
-
-
-from control_plane.cli_migrations import migrations as _migrations  # noqa: E402  (its own module)
-
-cli.add_command(_migrations)
 
 
 if __name__ == "__main__":
