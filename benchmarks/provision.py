@@ -48,10 +48,13 @@ def provision_through_api(client, headers, tenant_ids: list[str]) -> list[float]
         response = client.post("/v1/tenants", headers=headers,
                                json={"id": tenant_id, "name": tenant_id, "admin_email": f"a@{tenant_id}.example"})
         operation_url = response.headers["Location"]
+        deadline = time.monotonic() + 120
         while True:  # poll the operation like an API client would
             status = client.get(operation_url, headers=headers).get_json()["status"]
             if status in ("succeeded", "failed"):
                 break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"provisioning {tenant_id} did not finish in 120 s (are the workers running?)")
             time.sleep(0.005)
         if status != "succeeded":
             raise SystemExit(f"provisioning {tenant_id} failed: {client.get(operation_url, headers=headers).get_json()}")
@@ -104,7 +107,7 @@ def main(argv: list[str]) -> None:
 @contextmanager
 def running_workers(count: int, **env: str):
     workers = [subprocess.Popen([sys.executable, "-m", "control_plane.cli", "worker"], env={**os.environ, **env},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
+                                stdout=subprocess.DEVNULL) for _ in range(count)]
     try:
         yield
     finally:

@@ -4,51 +4,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 
 import click
 from marshmallow import ValidationError as MarshmallowValidationError
 
-from control_plane.bootstrap import build_context
+from control_plane.cli_backups import backups_group, keys_group, scheduler_command
+from control_plane.cli_migrations import migrations as migrations_group
+from control_plane.cli_support import context, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
-from control_plane.catalog.models import OperationStatus, TenantStatus, TokenRole
+from control_plane.catalog.models import TenantStatus, TokenRole
 from control_plane.errors import ControlPlaneError
 from control_plane.services import operations, servers, tenants
 from control_plane.services.auth import SYSTEM, create_token
-from control_plane.services.context import ServiceContext
 from control_plane.settings import Settings
-
-
-def _context() -> ServiceContext:
-    ctx = build_context(Settings.from_env(), pool_size=1)
-    servers.ensure_default_server(ctx)
-    return ctx
-
-
-def _follow(ctx: ServiceContext, operation_id: str) -> None:
-    """Print the operation's progress until it finishes; exit 1 if it failed."""
-    last = None
-    while True:
-        op = operations.get_operation(ctx, SYSTEM, operation_id)
-        line = f"{op.status.value:<9} {op.progress:>3}%  {op.step or ''}"
-        if line != last:
-            click.echo(line, err=True)
-            last = line
-        if op.status.finished:
-            break
-        time.sleep(0.5)  # a human-facing poll, not synchronisation
-    if op.result:
-        click.echo(json.dumps(op.result, indent=2))
-    if op.status is not OperationStatus.SUCCEEDED:
-        raise click.ClickException(op.error or f"operation {op.status.value}")
-
-
-def _started(ctx: ServiceContext, op, wait: bool) -> None:
-    click.echo(f"operation {op.id} ({op.kind.value}) {op.status.value}", err=True)
-    if wait:
-        _follow(ctx, op.id)
-    else:
-        click.echo(op.id)
 
 
 @click.group()
@@ -73,7 +41,7 @@ def catalog_upgrade() -> None:
         upgrade_catalog(engine)
     finally:
         engine.dispose()
-    _context()  # registers the default server
+    context()  # registers the default server
     click.echo("catalog is at head", err=True)
 
 
@@ -120,7 +88,7 @@ def tokens() -> None:
 @click.option("--name", default="cli", show_default=True)
 def tokens_create(role: str, tenant_id: str | None, name: str) -> None:
     """Create a token; it is printed once, alone on the last line."""
-    token, plaintext = create_token(_context(), TokenRole(role), name, tenant_id)
+    token, plaintext = create_token(context(), TokenRole(role), name, tenant_id)
     click.echo(f"created {role} token {token.id} ({name})", err=True)
     click.echo(plaintext)
 
@@ -142,8 +110,8 @@ def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[s
 
     body = TenantCreateSchema().load({"id": tenant_id, "name": name, "admin_email": admin_email,
                                       "domains": list(domains), "plan": plan})
-    ctx = _context()
-    _started(ctx, tenants.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait)
+    ctx = context()
+    started(ctx, tenants.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait)
 
 
 @tenants_group.command("list")
@@ -151,7 +119,7 @@ def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[s
 @click.option("--server")
 @click.option("-q", "query")
 def tenants_list(status: str | None, server: str | None, query: str | None) -> None:
-    items, total = tenants.list_tenants(_context(), SYSTEM, status=TenantStatus(status) if status else None,
+    items, total = tenants.list_tenants(context(), SYSTEM, status=TenantStatus(status) if status else None,
                                         server=server, q=query, limit=10_000)
     click.echo(f"{'ID':<40} {'STATUS':<13} {'SERVER':<12} REVISION")
     for t in items:
@@ -164,19 +132,19 @@ def tenants_list(status: str | None, server: str | None, query: str | None) -> N
 def tenants_show(tenant_id: str) -> None:
     from control_plane.api.schemas import TenantSchema
 
-    click.echo(json.dumps(TenantSchema().dump(tenants.get_tenant(_context(), SYSTEM, tenant_id)), indent=2))
+    click.echo(json.dumps(TenantSchema().dump(tenants.get_tenant(context(), SYSTEM, tenant_id)), indent=2))
 
 
 @tenants_group.command("suspend")
 @click.argument("tenant_id")
 def tenants_suspend(tenant_id: str) -> None:
-    click.echo(tenants.suspend_tenant(_context(), SYSTEM, tenant_id).status.value)
+    click.echo(tenants.suspend_tenant(context(), SYSTEM, tenant_id).status.value)
 
 
 @tenants_group.command("resume")
 @click.argument("tenant_id")
 def tenants_resume(tenant_id: str) -> None:
-    click.echo(tenants.resume_tenant(_context(), SYSTEM, tenant_id).status.value)
+    click.echo(tenants.resume_tenant(context(), SYSTEM, tenant_id).status.value)
 
 
 @tenants_group.command("migrate")
@@ -184,8 +152,8 @@ def tenants_resume(tenant_id: str) -> None:
 @click.option("--target", default="head", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True)
 def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
-    ctx = _context()
-    _started(ctx, tenants.request_migration(ctx, SYSTEM, tenant_id, target), wait)
+    ctx = context()
+    started(ctx, tenants.request_migration(ctx, SYSTEM, tenant_id, target), wait)
 
 
 @tenants_group.command("delete")
@@ -195,8 +163,8 @@ def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.confirmation_option(prompt="Drop the tenant's database and role?")
 def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool) -> None:
-    ctx = _context()
-    _started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
+    ctx = context()
+    started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
 
 
 @cli.group("operations")
@@ -210,9 +178,9 @@ def operations_group() -> None:
 def operations_show(operation_id: str, follow: bool) -> None:
     from control_plane.api.schemas import OperationSchema
 
-    ctx = _context()
+    ctx = context()
     if follow:
-        _follow(ctx, operation_id)
+        follow(ctx, operation_id)
     else:
         click.echo(json.dumps(OperationSchema().dump(operations.get_operation(ctx, SYSTEM, operation_id)), indent=2))
 
@@ -221,14 +189,14 @@ def operations_show(operation_id: str, follow: bool) -> None:
 @click.argument("operation_id")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 def operations_retry(operation_id: str, wait: bool) -> None:
-    ctx = _context()
-    _started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait)
+    ctx = context()
+    started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait)
 
 
 @operations_group.command("redispatch")
 def operations_redispatch() -> None:
     """Enqueue again the operations the catalog says must run but no job will run."""
-    for op_id in operations.redispatch_stalled(_context()):
+    for op_id in operations.redispatch_stalled(context()):
         click.echo(op_id)
 
 
@@ -239,7 +207,7 @@ def servers_group() -> None:
 
 @servers_group.command("list")
 def servers_list() -> None:
-    for server, count in servers.list_servers(_context()):
+    for server, count in servers.list_servers(context()):
         click.echo(f"{server.name:<20} {server.host}:{server.port:<6} {server.status.value:<9} {count} tenants")
 
 
@@ -249,7 +217,7 @@ def servers_list() -> None:
               help="A file holding the admin URL (keeps the password out of shell history).")
 @click.option("--max-tenants", type=int)
 def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
-    server = servers.register_server(_context(), SYSTEM.actor, name, admin_url_file.read().strip(), max_tenants)
+    server = servers.register_server(context(), SYSTEM.actor, name, admin_url_file.read().strip(), max_tenants)
     click.echo(f"registered {server.name} at {server.host}:{server.port}")
 
 
@@ -257,12 +225,8 @@ def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
 @click.argument("name")
 @click.option("--undo", is_flag=True)
 def servers_drain(name: str, undo: bool) -> None:
-    click.echo(servers.set_draining(_context(), SYSTEM.actor, name, not undo).status.value)
+    click.echo(servers.set_draining(context(), SYSTEM.actor, name, not undo).status.value)
 
-
-# Feature groups live in their own modules, which import `cli` helpers from here: hence the late import.
-from control_plane.cli_backups import backups_group, keys_group, scheduler_command  # noqa: E402
-from control_plane.cli_migrations import migrations as migrations_group  # noqa: E402
 
 for feature_group in (backups_group, keys_group, scheduler_command, migrations_group):
     cli.add_command(feature_group)

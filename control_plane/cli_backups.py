@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from control_plane.catalog.backup_models import BackupStatus
-from control_plane.cli import _context, _started
+from control_plane.cli_support import context, started
 from control_plane.services import backups, restores
 from control_plane.services.auth import SYSTEM
 
@@ -35,8 +35,8 @@ def backups_group() -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 def backups_create(tenant_id: str, expires_in_days: int | None, wait: bool) -> None:
     """Back a tenant up now."""
-    ctx = _context()
-    _started(ctx, backups.request_backup(ctx, SYSTEM, tenant_id, expires_in_days=expires_in_days), wait)
+    ctx = context()
+    started(ctx, backups.request_backup(ctx, SYSTEM, tenant_id, expires_in_days=expires_in_days), wait)
 
 
 @backups_group.command("list")
@@ -44,7 +44,7 @@ def backups_create(tenant_id: str, expires_in_days: int | None, wait: bool) -> N
 @click.option("--status", type=click.Choice([s.value for s in BackupStatus]))
 def backups_list(tenant_id: str, status: str | None) -> None:
     """A tenant's backups, newest first."""
-    items, total = backups.list_backups(_context(), SYSTEM, tenant_id,
+    items, total = backups.list_backups(context(), SYSTEM, tenant_id,
                                         status=BackupStatus(status) if status else None, limit=10_000)
     click.echo(f"{'ID':<36}  {'STATUS':<9}  {'TRIGGER':<11}  {'COMPLETED':<25}  {'ARCHIVE':>9}  {'STORED':>9}  REVISION")
     for b in items:
@@ -60,7 +60,7 @@ def backups_show(backup_id: str) -> None:
     """One backup's catalog record and manifest, as JSON."""
     from control_plane.api.backup_schemas import BackupManifestSchema
 
-    click.echo(json.dumps(BackupManifestSchema().dump(backups.get_backup(_context(), SYSTEM, backup_id)), indent=2))
+    click.echo(json.dumps(BackupManifestSchema().dump(backups.get_backup(context(), SYSTEM, backup_id)), indent=2))
 
 
 @backups_group.command("decrypt")
@@ -73,7 +73,7 @@ def backups_decrypt(backup_id: str, output: str) -> None:
     Every chunk is authenticated before it is written; if verification fails part-way, the partial
     output file is removed and the command exits non-zero.
     """
-    ctx = _context()
+    ctx = context()
     if output == "-":
         backups.decrypt_backup(ctx, SYSTEM, backup_id, sys.stdout.buffer)
         sys.stdout.buffer.flush()
@@ -105,11 +105,11 @@ def backups_decrypt(backup_id: str, output: str) -> None:
 def backups_restore(tenant_id: str, backup_id: str, new_tenant_id: str | None, safety_backup: bool,
                     wait: bool) -> None:
     """Restore a backup of TENANT_ID in place, or as a new tenant."""
-    ctx = _context()
+    ctx = context()
     op = restores.request_restore(ctx, SYSTEM, tenant_id, backup_id=backup_id,
                                   mode=restores.NEW_TENANT if new_tenant_id else restores.IN_PLACE,
                                   new_tenant_id=new_tenant_id, safety_backup=safety_backup)
-    _started(ctx, op, wait)
+    started(ctx, op, wait)
 
 
 @backups_group.command("prune")
@@ -118,7 +118,7 @@ def backups_prune(tenant_ids: tuple[str, ...]) -> None:
     """Expire what the retention policies no longer keep; drop retired databases past their grace period."""
     from control_plane.services.retention import prune_backups
 
-    report = prune_backups(_context(), tenant_ids=list(tenant_ids) or None)
+    report = prune_backups(context(), tenant_ids=list(tenant_ids) or None)
     click.echo(json.dumps(vars(report), indent=2))
 
 
@@ -130,7 +130,7 @@ def backups_prune(tenant_ids: tuple[str, ...]) -> None:
 def backups_policy(tenant_id: str, keep_last: int | None, keep_daily_days: int | None,
                    scheduled: bool | None) -> None:
     """Show, or with options change, a tenant's retention policy."""
-    ctx = _context()
+    ctx = context()
     if keep_last is None and keep_daily_days is None and scheduled is None:
         policy = backups.get_policy(ctx, SYSTEM, tenant_id)
     else:
@@ -153,7 +153,7 @@ def keys_rotate() -> None:
     """
     from control_plane.services.backup_keys import rotate_keys
 
-    ctx = _context()
+    ctx = context()
     counts = rotate_keys(ctx, SYSTEM.actor)
     click.echo(json.dumps({"keyring_key_id": ctx.keyring.current_key_id, "rewrapped": counts}, indent=2))
 
@@ -169,7 +169,7 @@ def scheduler_command(once: bool, interval: int) -> None:
     from control_plane.services.retention import prune_backups
 
     if once:
-        ctx = _context()
+        ctx = context()
         started = schedule_due_backups(ctx)
         report = prune_backups(ctx)
         click.echo(json.dumps({"started": started, "pruned": vars(report)}, indent=2))

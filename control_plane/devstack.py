@@ -1048,7 +1048,7 @@ def cmd_stop() -> int:
     """Stop private servers a killed `run` or `test` left behind; a live session's servers are left alone."""
     root = devstack_dir()
     stopped, busy = 0, 0
-    for base in (root / "dev", root / "test"):
+    for base in (root / "dev", root / "test", root / "bench"):
         if not base.is_dir():
             continue
         try:
@@ -1064,17 +1064,27 @@ def cmd_stop() -> int:
 
 def cmd_test(pytest_args: Sequence[str]) -> int:
     """pytest with the settings of a fresh, fsync-less private stack under `<devstack dir>/test`."""
+    return _run_in_stack("test", [sys.executable, "-m", "pytest", *pytest_args], fast=True)
+
+
+def cmd_bench(name: str, bench_args: Sequence[str]) -> int:
+    """`python -m benchmarks.<name>` on a fresh, durable private stack under `<devstack dir>/bench`
+    (durable: the baselines each benchmark measures run on the same server, with fsync on as in production)."""
+    return _run_in_stack("bench", [sys.executable, "-m", f"benchmarks.{name}", *bench_args], fast=False)
+
+
+def _run_in_stack(kind: str, cmd: Sequence[str], *, fast: bool) -> int:
     ensure_system_packages()
     root = devstack_dir(create=True)
     scratch = root / "tmp"
     # Until the child runs, a signal unwinds through the clean-ups below.
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with dev_environment(root / "test", fast=True, fresh=True) as settings:
+        with dev_environment(root / kind, fast=fast, fresh=True) as settings:
             try:
                 _clear_scratch(scratch)
                 env = {**os.environ, **settings, "DEVSTACK_DIR": str(root)}
-                return _run_foreground([sys.executable, "-m", "pytest", *pytest_args], env)
+                return _run_foreground(cmd, env)
             finally:
                 _clear_scratch(scratch)
     except _Stop as stop:
@@ -1120,6 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage = (
         "usage: python -m control_plane.devstack run [--host H] [--port P]\n"
         "       python -m control_plane.devstack test [pytest args...]\n"
+        "       python -m control_plane.devstack bench NAME [args...]\n"
         "       python -m control_plane.devstack stop   (stop private servers left under the devstack dir)"
     )
     if not args or args[0] in ("-h", "--help"):
@@ -1135,6 +1146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(options.host, options.port)
         if command == "test":
             return cmd_test(rest)
+        if command == "bench" and rest:
+            return cmd_bench(rest[0], rest[1:])
         if command == "stop":
             return cmd_stop()
     except DevstackError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import psycopg
 from psycopg import sql
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
