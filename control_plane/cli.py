@@ -10,7 +10,7 @@ from marshmallow import ValidationError as MarshmallowValidationError
 
 from control_plane.cli_backups import backups_group, keys_group, scheduler_command
 from control_plane.cli_migrations import migrations as migrations_group
-from control_plane.cli_support import context, started
+from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TenantStatus, TokenRole
 from control_plane.errors import ControlPlaneError
@@ -174,12 +174,12 @@ def operations_group() -> None:
 
 @operations_group.command("show")
 @click.argument("operation_id")
-@click.option("--follow", is_flag=True)
-def operations_show(operation_id: str, follow: bool) -> None:
+@click.option("--follow", "follow_progress", is_flag=True, help="Show progress until it finishes.")
+def operations_show(operation_id: str, follow_progress: bool) -> None:
     from control_plane.api.schemas import OperationSchema
 
     ctx = context()
-    if follow:
+    if follow_progress:
         follow(ctx, operation_id)
     else:
         click.echo(json.dumps(OperationSchema().dump(operations.get_operation(ctx, SYSTEM, operation_id)), indent=2))
