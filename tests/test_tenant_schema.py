@@ -42,12 +42,9 @@ HEAD_TABLES = REV1_TABLES | {"appointments"}
 
 
 @pytest.fixture
-def admin_url() -> URL:
-    """The superuser URL of the test server, from TENANT_DB_ADMIN_URL."""
-    value = os.environ.get("TENANT_DB_ADMIN_URL")
-    if not value:
-        pytest.skip("TENANT_DB_ADMIN_URL is not set (a superuser DSN of a test PostgreSQL)")
-    return make_url(value)
+def admin_url(admin_url: str) -> URL:
+    """conftest's admin URL of the test server (TENANT_DB_ADMIN_URL), as a SQLAlchemy URL."""
+    return make_url(admin_url)
 
 
 def _libpq_dsn(url: URL) -> str:
