@@ -115,6 +115,16 @@ def _write_private(path: Path, value: str) -> None:
     os.replace(tmp, path)
 
 
+def _read_secret(path: Path, remedy: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        value = ""
+    if not value:
+        raise DevstackError(f"{path} is missing: {remedy}")
+    return value
+
+
 def _read_or_create_secret(path: Path, factory: Callable[[], str]) -> str:
     if path.exists():
         value = path.read_text(encoding="utf-8").strip()
@@ -313,13 +323,7 @@ class PostgresServer:
 
     @property
     def password(self) -> str:
-        try:
-            value = self.password_file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            value = ""
-        if not value:
-            raise DevstackError(f"{self.password_file} is missing: delete {self.root} to create a new cluster")
-        return value
+        return _read_secret(self.password_file, f"delete {self.root} to create a new cluster")
 
     @property
     def url(self) -> str:
@@ -602,13 +606,7 @@ class RedisServer:
 
     @property
     def password(self) -> str:
-        try:
-            value = self.password_file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            value = ""
-        if not value:
-            raise DevstackError(f"{self.password_file} is missing: start() the server first")
-        return value
+        return _read_secret(self.password_file, "start() the server first")
 
     @property
     def url(self) -> str:

@@ -14,26 +14,61 @@ from control_plane.naming import server_acl_lock_key
 log = logging.getLogger(__name__)
 
 
+def _server_error(exc: psycopg.Error) -> DatabaseServerError:
+    # The message is PostgreSQL's; it never contains the DSN or its password.
+    return DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}")
+
+
 class PostgresAdmin:
-    """Every identifier goes through `sql.Identifier`; every value through a bound parameter."""
+    """Every identifier goes through `sql.Identifier`; every value through a bound parameter.
+
+    Used as a context manager (`with admin:`), it keeps one connection to the maintenance database for
+    all the calls inside the block: a provisioning makes a dozen administrative calls, and a new
+    authenticated session for each would cost more than the work itself. Outside a block, each call
+    opens and closes its own connection.
+    """
 
     def __init__(self, admin_url: str, connect_timeout: int = 10) -> None:
         self._url = admin_url
         self._connect_timeout = connect_timeout
+        self._held: psycopg.Connection | None = None
 
-    @contextmanager
-    def connect(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+    @property
+    def url(self) -> str:
+        """The admin DSN (a secret: never log it)."""
+        return self._url
+
+    def __enter__(self) -> "PostgresAdmin":
+        self._held = self._open(None)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
+    def _open(self, dbname: str | None) -> psycopg.Connection:
         # CREATE/DROP DATABASE refuse a transaction block: autocommit throughout.
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": self._connect_timeout,
                                   "application_name": "tenant-control-plane"}
         if dbname:
             kwargs["dbname"] = dbname
         try:
-            with psycopg.connect(self._url, **kwargs) as conn:
-                yield conn
+            return psycopg.connect(self._url, **kwargs)
         except psycopg.Error as exc:
-            # The message is PostgreSQL's; it never contains the DSN or its password.
-            raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
+            raise _server_error(exc) from exc
+
+    @contextmanager
+    def connect(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+        held = self._held if dbname is None and self._held is not None and not self._held.closed else None
+        conn = held or self._open(dbname)
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise _server_error(exc) from exc
+        finally:
+            if conn is not held:
+                conn.close()
 
     def fetch_one(self, query: sql.Composable | str, params: tuple = ()) -> Any:
         with self.connect() as conn:

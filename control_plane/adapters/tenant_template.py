@@ -27,9 +27,8 @@ class TenantTemplate:
     template database itself must not belong to the role whose objects are handed to each tenant.
     """
 
-    def __init__(self, admin_url: str) -> None:
-        self._url = admin_url
-        self._admin = PostgresAdmin(admin_url)
+    def __init__(self, admin: PostgresAdmin) -> None:
+        self._admin = admin
 
     def ensure(self, revision: str) -> str:
         """The template's name for `revision`, built first if it doesn't exist (once per server)."""
@@ -65,7 +64,7 @@ class TenantTemplate:
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
         with self._admin.connect(name) as conn:
             conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(owner))
-        engine = create_engine(sqlalchemy_url(self._url).set(database=name), poolclass=NullPool,
+        engine = create_engine(sqlalchemy_url(self._admin.url).set(database=name), poolclass=NullPool,
                                connect_args={"options": f"-c role={TEMPLATE_OWNER_ROLE}"})
         try:
             with engine.connect() as conn:

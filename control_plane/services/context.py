@@ -26,6 +26,8 @@ class TenantLocks(Protocol):
 
 
 class ServerAdmin(Protocol):
+    def __enter__(self) -> "ServerAdmin": ...  # holds one connection for the calls inside the block
+    def __exit__(self, *exc_info: object) -> None: ...
     def ping(self) -> None: ...
     def ensure_role(self, role: str, password: str) -> None: ...
     def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool: ...
@@ -63,7 +65,7 @@ class ServiceContext:
     locks: TenantLocks
     server_admin: Callable[[str], ServerAdmin]  # admin URL → admin adapter
     tenant_database: Callable[[str, int, str, str, str], TenantDatabasePort]  # host, port, db, role, password
-    tenant_template: Callable[[str], TemplatePort]  # admin URL → template of that server
+    tenant_template: Callable[[ServerAdmin], TemplatePort]  # a server's admin → its template
     # Hook point for the backups feature: called before a tenant's database is dropped.
     final_backup: Callable[[Tenant, Any], None] = lambda tenant, operation: None
     # Backups (services.backups): the store new backups go to, a store by URL (backups taken under an
@@ -84,7 +86,7 @@ class ServiceContext:
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
 
     def template_for(self, server: DatabaseServer) -> TemplatePort:
-        return self.tenant_template(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
+        return self.tenant_template(self.admin_for(server))
 
     def database_of(self, tenant: Tenant) -> TenantDatabasePort:
         assert tenant.server is not None, "tenant has not been placed on a server"

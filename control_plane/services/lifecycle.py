@@ -29,23 +29,23 @@ def provision(ctx: ServiceContext, session: Session, op: Operation, tenant: Tena
     if tenant.server_name is None:
         tenant.server = choose_server(session)
         session.commit()
-    admin = ctx.admin_for(tenant.server)
+    with ctx.admin_for(tenant.server) as admin:  # one admin session for all the server-side steps
+        report("create_role", 15)
+        admin.ensure_role(tenant.role_name,
+                          ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id)))
 
-    report("create_role", 15)
-    admin.ensure_role(tenant.role_name, ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id)))
+        report("create_database", 30)
+        if ctx.settings.provision_from_template:
+            template = ctx.tenant_template(admin)
+            admin.ensure_database(tenant.database_name, owner=tenant.role_name,
+                                  template=template.ensure(tenant_migrations.head_revision()))
+            template.hand_over(tenant.database_name, tenant.role_name)
+        else:
+            admin.ensure_database(tenant.database_name, owner=tenant.role_name)
 
-    report("create_database", 30)
-    if ctx.settings.provision_from_template:
-        template = ctx.template_for(tenant.server)
-        admin.ensure_database(tenant.database_name, owner=tenant.role_name,
-                              template=template.ensure(tenant_migrations.head_revision()))
-        template.hand_over(tenant.database_name, tenant.role_name)
-    else:
-        admin.ensure_database(tenant.database_name, owner=tenant.role_name)
-
-    report("restrict_access", 40)
-    admin.restrict_connect(tenant.database_name, tenant.role_name)
-    admin.close_other_databases()
+        report("restrict_access", 40)
+        admin.restrict_connect(tenant.database_name, tenant.role_name)
+        admin.close_other_databases()
 
     report("migrate_schema", 55)  # a no-op after a clone of the template at head, unless head moved since
     database = ctx.database_of(tenant)
