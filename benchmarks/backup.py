@@ -12,12 +12,11 @@ backup compresses depends on this mix: free text alone stores at about 0.26 of t
 - restore time: our in-place RESTORE job (copy, verify every chunk, pg_restore from the stream,
   checks, swap) vs raw `pg_restore` of a local archive file into a fresh database.
 
-Usage: scripts/bench backup [SIZE_MB ...]   (default 150 450; needs TENANT_DB_ADMIN_URL and REDIS_URL)
+Usage: scripts/bench backup [SIZE_MB ...]   (default 150 450)
 Set BACKUP_STORE_URL to measure another store (default: a file:// directory under /tmp).
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
@@ -33,7 +32,6 @@ from urllib.parse import urlparse
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy import make_url, text
 
 REPEATS = 3
 RESTORE_REPEATS = 2
@@ -162,108 +160,101 @@ def timed(args: list[str], env: dict, **kwargs) -> float:
 
 def main(argv: list[str]) -> None:
     sizes = [int(a) for a in argv] or [150, 450]
-    admin_url = os.environ["TENANT_DB_ADMIN_URL"]
-    catalog_db = f"bench_catalog_{uuid.uuid4().hex[:8]}"
+    # Imported here, not at the top: the child process (`_run`) imports only what a work horse needs.
+    from benchmarks._catalog import throwaway_catalog
+
     work = tempfile.mkdtemp(prefix="bench-backup-")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(catalog_db)))
-    os.environ.update({
-        "CATALOG_DATABASE_URL": make_url(admin_url).set(database=catalog_db).render_as_string(hide_password=False),
-        "BACKUP_STORE_URL": os.environ.get("BACKUP_STORE_URL") or f"file://{work}/store",
-        "KEYRING": f"bench:{base64.b64encode(os.urandom(32)).decode()}",
-        "QUEUE_NAME": f"bench-{uuid.uuid4().hex[:8]}",
-    })
+    store = {} if os.environ.get("BACKUP_STORE_URL") else {"BACKUP_STORE_URL": f"file://{work}/store"}
+    try:
+        with throwaway_catalog("backup", pool_size=2, **store) as ctx:
+            measure(ctx, sizes, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        store_url = urlparse(os.environ["BACKUP_STORE_URL"])
+        if store_url.scheme == "file" and not store_url.path.startswith(work):
+            shutil.rmtree(os.path.join(store_url.path, TENANT), ignore_errors=True)
+
+
+def measure(ctx, sizes: list[int], work: str) -> None:
     from control_plane.adapters.pg_backup import choose_client
     from control_plane.catalog.backup_models import Backup
     from control_plane.catalog.models import Tenant
-    from control_plane.bootstrap import build_context, dispose
-    from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
     from control_plane.services import backups, restores, tenants
     from control_plane.services.auth import SYSTEM
     from control_plane.services.context import role_secret_context
     from control_plane.services.runner import execute_operation
-    from control_plane.services.servers import ensure_default_server
-    from control_plane.settings import Settings
 
-    engine = create_catalog_engine(os.environ["CATALOG_DATABASE_URL"])
-    upgrade_catalog(engine)
-    engine.dispose()
-    ctx = build_context(Settings.from_env(), pool_size=2)
+    admin_url = os.environ["TENANT_DB_ADMIN_URL"]
     rows = []
-    try:
-        ensure_default_server(ctx)
-        op = tenants.request_tenant(ctx, SYSTEM, tenant_id=TENANT, name="Benchmark clinic",
-                                    admin_email="owner@bench.example")
-        execute_operation(ctx, op.id)
+    op = tenants.request_tenant(ctx, SYSTEM, tenant_id=TENANT, name="Benchmark clinic",
+                                admin_email="owner@bench.example")
+    execute_operation(ctx, op.id)
+    with ctx.sessions() as session:
+        record = session.get(Tenant, TENANT)
+        database, role = record.database_name, record.role_name
+        password = ctx.keyring.decrypt(record.role_password_encrypted, role_secret_context(TENANT))
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        major = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
+    client = choose_client(major)
+    env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": password}
+    conninfo = client_args(admin_url, database, role)
+    rng = random.Random(20261129)
+    raw_archive = os.path.join(work, "raw.pgdump")
+
+    for target in sizes:
+        with psycopg.connect(admin_url, dbname=database) as data:
+            db_size = grow(data, rng, target)
+        dump = [client.pg_dump, "--format=custom", "--compress=0", "--no-password", f"--dbname={conninfo}"]
+        raw_times, ours, fast, backup_ids = [], [], [], []
+        for _ in range(REPEATS):  # interleaved, so all see the same cache and load
+            with open(os.devnull, "wb") as null:
+                raw_times.append(timed(dump, env, stdout=null))
+            op = backups.request_backup(ctx, SYSTEM, TENANT)
+            ours.append(in_child(op.id))
+            backup_ids.append(finished(ctx, op.id).result["backup_id"])
+            op = backups.request_backup(ctx, SYSTEM, TENANT)
+            fast.append(in_child(op.id, BACKUP_ZSTD_LEVEL="1"))
+            fast_id = finished(ctx, op.id).result["backup_id"]
+        timed([*dump, f"--file={raw_archive}"], env)
+        archive_size = os.path.getsize(raw_archive)
         with ctx.sessions() as session:
-            record = session.get(Tenant, TENANT)
-            database, role = record.database_name, record.role_name
-            password = ctx.keyring.decrypt(record.role_password_encrypted, role_secret_context(TENANT))
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            major = int(admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
-        client = choose_client(major)
-        env = {"PATH": os.environ.get("PATH", ""), "PGPASSWORD": password}
-        conninfo = client_args(admin_url, database, role)
-        rng = random.Random(20261129)
-        raw_archive = os.path.join(work, "raw.pgdump")
+            backup = session.get(Backup, backup_ids[-1])
+            stored, ours_archive = backup.stored_bytes, backup.archive_bytes
+            stored_fast = session.get(Backup, fast_id).stored_bytes
 
-        for target in sizes:
-            with psycopg.connect(admin_url, dbname=database) as data:
-                db_size = grow(data, rng, target)
-            dump = [client.pg_dump, "--format=custom", "--compress=0", "--no-password", f"--dbname={conninfo}"]
-            raw_times, ours, fast, backup_ids = [], [], [], []
-            for _ in range(REPEATS):  # interleaved, so all see the same cache and load
-                with open(os.devnull, "wb") as null:
-                    raw_times.append(timed(dump, env, stdout=null))
-                op = backups.request_backup(ctx, SYSTEM, TENANT)
-                ours.append(in_child(op.id))
-                backup_ids.append(finished(ctx, op.id).result["backup_id"])
-                op = backups.request_backup(ctx, SYSTEM, TENANT)
-                fast.append(in_child(op.id, BACKUP_ZSTD_LEVEL="1"))
-                fast_id = finished(ctx, op.id).result["backup_id"]
-            timed([*dump, f"--file={raw_archive}"], env)
-            archive_size = os.path.getsize(raw_archive)
-            with ctx.sessions() as session:
-                backup = session.get(Backup, backup_ids[-1])
-                stored, ours_archive = backup.stored_bytes, backup.archive_bytes
-                stored_fast = session.get(Backup, fast_id).stored_bytes
-
-            # Restore: raw pg_restore of the local file into a fresh database, vs our in-place restore.
-            raw_restores, restored = [], []
-            for _ in range(RESTORE_REPEATS):
-                scratch = f"bench_raw_restore_{uuid.uuid4().hex[:6]}"
+        # Restore: raw pg_restore of the local file into a fresh database, vs our in-place restore.
+        raw_restores, restored = [], []
+        for _ in range(RESTORE_REPEATS):
+            scratch = f"bench_raw_restore_{uuid.uuid4().hex[:6]}"
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(scratch),
+                                                                           sql.Identifier(role)))
+            try:
+                raw_restores.append(timed([client.pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
+                                           "--no-password", f"--dbname={client_args(admin_url, scratch, role)}",
+                                           raw_archive], env))
+            finally:
                 with psycopg.connect(admin_url, autocommit=True) as admin:
-                    admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(scratch),
-                                                                               sql.Identifier(role)))
-                try:
-                    raw_restores.append(timed([client.pg_restore, "--no-owner", "--no-privileges", "--exit-on-error",
-                                               "--no-password", f"--dbname={client_args(admin_url, scratch, role)}",
-                                               raw_archive], env))
-                finally:
-                    with psycopg.connect(admin_url, autocommit=True) as admin:
-                        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                            sql.Identifier(scratch)))
-                op = restores.request_restore(ctx, SYSTEM, TENANT, backup_id=backup_ids[-1], safety_backup=False)
-                restored.append(in_child(op.id))
-                finished(ctx, op.id)
+                    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(scratch)))
+            op = restores.request_restore(ctx, SYSTEM, TENANT, backup_id=backup_ids[-1], safety_backup=False)
+            restored.append(in_child(op.id))
+            finished(ctx, op.id)
 
-            rows.append({
-                "target_mb": target, "db_mb": db_size / 2**20, "archive_mb": archive_size / 2**20,
-                "ours_archive_mb": ours_archive / 2**20, "stored_mb": stored / 2**20,
-                "raw_dump_s": min(raw_times), "raw_dump_all": raw_times, "backup_s": min(r["seconds"] for r in ours),
-                "backup_all": [r["seconds"] for r in ours],
-                "fast_s": min(r["seconds"] for r in fast), "fast_all": [r["seconds"] for r in fast],
-                "fast_stored_mb": stored_fast / 2**20, "fast_rss_mb": max(r["maxrss_kb"] for r in fast) / 1024,
-                "backup_rss_mb": max(r["maxrss_kb"] for r in ours) / 1024,
-                "idle_rss_mb": max(r["rss_after_imports_kb"] for r in ours) / 1024,
-                "raw_restore_s": min(raw_restores), "restore_s": min(r["seconds"] for r in restored),
-                "restore_rss_mb": max(r["maxrss_kb"] for r in restored) / 1024,
-            })
-            print_row(rows[-1], flush=True)
-        print_summary(rows, client.version, ctx.settings.backup_zstd_level)
-    finally:
-        cleanup(ctx, admin_url, catalog_db, work)
-        dispose(ctx)
+        rows.append({
+            "target_mb": target, "db_mb": db_size / 2**20, "archive_mb": archive_size / 2**20,
+            "ours_archive_mb": ours_archive / 2**20, "stored_mb": stored / 2**20,
+            "raw_dump_s": min(raw_times), "raw_dump_all": raw_times, "backup_s": min(r["seconds"] for r in ours),
+            "backup_all": [r["seconds"] for r in ours],
+            "fast_s": min(r["seconds"] for r in fast), "fast_all": [r["seconds"] for r in fast],
+            "fast_stored_mb": stored_fast / 2**20, "fast_rss_mb": max(r["maxrss_kb"] for r in fast) / 1024,
+            "backup_rss_mb": max(r["maxrss_kb"] for r in ours) / 1024,
+            "idle_rss_mb": max(r["rss_after_imports_kb"] for r in ours) / 1024,
+            "raw_restore_s": min(raw_restores), "restore_s": min(r["seconds"] for r in restored),
+            "restore_rss_mb": max(r["maxrss_kb"] for r in restored) / 1024,
+        })
+        print_row(rows[-1], flush=True)
+    print_summary(rows, client.version, ctx.settings.backup_zstd_level)
 
 
 def finished(ctx, operation_id: str):
@@ -313,23 +304,6 @@ def print_summary(rows: list[dict], client_version: str, level: int) -> None:
     print("all runs (s): " + "; ".join(
         f"{r['target_mb']}MB raw {['%.2f' % t for t in r['raw_dump_all']]} backup {['%.2f' % t for t in r['backup_all']]}"
         f" zstd-1 {['%.2f' % t for t in r['fast_all']]}" for r in rows))
-
-
-def cleanup(ctx, admin_url: str, catalog_db: str, work: str) -> None:
-    with ctx.sessions() as session:
-        names = session.execute(text("SELECT database_name, role_name FROM tenants")).all()
-        retired = session.execute(text("SELECT database_name FROM retired_databases")).scalars().all()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        for database in retired:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-        for database, role in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(catalog_db)))
-    shutil.rmtree(work, ignore_errors=True)
-    store = urlparse(os.environ["BACKUP_STORE_URL"])
-    if store.scheme == "file" and not store.path.startswith(work):
-        shutil.rmtree(os.path.join(store.path, TENANT), ignore_errors=True)
 
 
 if __name__ == "__main__":

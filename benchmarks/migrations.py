@@ -3,12 +3,10 @@ RQ worker processes) vs a sequential loop running the `alembic upgrade head` com
 in the same run on the same server. Prints; asserts nothing.
 
 Usage: scripts/bench migrations [N] [--workers W] [--concurrency C]
-       (needs TENANT_DB_ADMIN_URL and REDIS_URL, as the tests do)
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import shutil
 import subprocess
@@ -19,31 +17,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import psycopg
-from psycopg import sql
 from rq import Queue, Worker
-from sqlalchemy import func, make_url, select, text
+from sqlalchemy import func, make_url, select
 
 import tenant_migrations
-from control_plane.bootstrap import build_context, dispose, redis_client
-from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
+from benchmarks._catalog import throwaway_catalog
+from control_plane.bootstrap import redis_client
 from control_plane.catalog.migration_run_models import MigrationRunStatus
 from control_plane.catalog.models import Tenant, TenantStatus
-from control_plane.services import migration_runs, servers, tenants
+from control_plane.services import migration_runs, tenants
 from control_plane.services.auth import SYSTEM
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.migration_runs import RunRequest
-from control_plane.settings import Settings
 
 HEAD = tenant_migrations.head_revision()
 FIRST = tenant_migrations.known_revisions()[0]
 ALEMBIC_INI = Path(tenant_migrations.PACKAGE_DIR) / "alembic.ini"
 WORKER = ("from control_plane.jobs.worker import run_worker; from control_plane.settings import Settings; "
           "run_worker(Settings.from_env())")
-
-
-def _admin(url: str) -> psycopg.Connection:
-    return psycopg.connect(url, autocommit=True)
 
 
 def _wait(predicate, what: str, timeout: float = 600, every: float = 0.05) -> None:
@@ -149,63 +140,36 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="the run's concurrency limit")
     args = parser.parse_args(argv)
 
-    admin_url = os.environ["TENANT_DB_ADMIN_URL"]
     tag = uuid.uuid4().hex[:6]
-    catalog_db = f"bench_mr_catalog_{tag}"
-    with _admin(admin_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(catalog_db)))
-    os.environ.update({
-        "CATALOG_DATABASE_URL": make_url(admin_url).set(database=catalog_db).render_as_string(hide_password=False),
-        "BACKUP_STORE_URL": os.environ.get("BACKUP_STORE_URL", "file:///tmp/bench-backups"),
-        "KEYRING": f"bench:{base64.b64encode(os.urandom(32)).decode()}",
-        "QUEUE_NAME": f"bench-{tag}",
-        # Plain CREATE DATABASE + migrations: no template shared with other processes on this server.
-        "PROVISION_FROM_TEMPLATE": "false",
-    })
-    engine = create_catalog_engine(os.environ["CATALOG_DATABASE_URL"])
-    upgrade_catalog(engine)
-    engine.dispose()
-    ctx = build_context(Settings.from_env())
-    servers.ensure_default_server(ctx)
-    ids = [f"bench-mr-{tag}-{n:04d}" for n in range(args.tenants)]
-    try:
-        print(f"migrations: {len(ids)} tenants, {FIRST} -> {HEAD}, one PostgreSQL server, {os.cpu_count()} CPUs",
-              flush=True)
-        with running_workers(ctx, args.workers):
-            provision(ctx, ids)
-            reset_to_first(ctx, ids)
-            baseline = alembic_loop(ctx, ids)
-            verify_db = [ctx.database_of(t).current_revision() for t in _tenants(ctx, ids[:3])]
-            assert verify_db == [HEAD] * len(verify_db), verify_db
-            reset_to_first(ctx, ids)
-            elapsed, info = runner(ctx, ids, args.concurrency)
-        verify_at_head(ctx, ids)
-        n = len(ids)
-        print(f"  {'sequential `alembic upgrade head` loop':<44} {baseline:7.1f} s  {n / baseline:6.1f} tenants/s  "
-              f"{baseline / n * 1000:6.0f} ms/tenant")
-        print(f"  {f'runner: {args.workers} workers, concurrency {args.concurrency}':<44} {elapsed:7.1f} s  "
-              f"{n / elapsed:6.1f} tenants/s  {elapsed / n * 1000:6.0f} ms/tenant  "
-              f"(peak {info['peak']} at once)")
-        print(f"  speed-up: {baseline / elapsed:.1f}x the baseline (same run, same tenants, same server)")
-    finally:
-        cleanup(ctx, admin_url, catalog_db)
+    # Plain CREATE DATABASE + migrations: no template shared with other processes on this server.
+    with throwaway_catalog("mr", PROVISION_FROM_TEMPLATE="false") as ctx:
+        run(ctx, args, [f"bench-mr-{tag}-{n:04d}" for n in range(args.tenants)])
+
+
+def run(ctx: ServiceContext, args: argparse.Namespace, ids: list[str]) -> None:
+    print(f"migrations: {len(ids)} tenants, {FIRST} -> {HEAD}, one PostgreSQL server, {os.cpu_count()} CPUs",
+          flush=True)
+    with running_workers(ctx, args.workers):
+        provision(ctx, ids)
+        reset_to_first(ctx, ids)
+        baseline = alembic_loop(ctx, ids)
+        verify_db = [ctx.database_of(t).current_revision() for t in _tenants(ctx, ids[:3])]
+        assert verify_db == [HEAD] * len(verify_db), verify_db
+        reset_to_first(ctx, ids)
+        elapsed, info = runner(ctx, ids, args.concurrency)
+    verify_at_head(ctx, ids)
+    n = len(ids)
+    print(f"  {'sequential `alembic upgrade head` loop':<44} {baseline:7.1f} s  {n / baseline:6.1f} tenants/s  "
+          f"{baseline / n * 1000:6.0f} ms/tenant")
+    print(f"  {f'runner: {args.workers} workers, concurrency {args.concurrency}':<44} {elapsed:7.1f} s  "
+          f"{n / elapsed:6.1f} tenants/s  {elapsed / n * 1000:6.0f} ms/tenant  "
+          f"(peak {info['peak']} at once)")
+    print(f"  speed-up: {baseline / elapsed:.1f}x the baseline (same run, same tenants, same server)")
 
 
 def _tenants(ctx: ServiceContext, ids: list[str]) -> list[Tenant]:
     with ctx.sessions() as session:
         return [session.get(Tenant, tenant_id) for tenant_id in ids]
-
-
-def cleanup(ctx: ServiceContext, admin_url: str, catalog_db: str) -> None:
-    with ctx.sessions() as session:
-        names = session.execute(text("SELECT database_name, role_name FROM tenants")).all()
-    Queue(ctx.settings.queue_name, connection=redis_client(ctx.settings)).empty()
-    dispose(ctx)
-    with _admin(admin_url) as conn:
-        for database, role in names:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(catalog_db)))
 
 
 if __name__ == "__main__":
