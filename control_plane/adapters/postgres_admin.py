@@ -81,9 +81,6 @@ class PostgresAdmin:
     def ping(self) -> None:
         self.fetch_one("SELECT 1")
 
-    def role_exists(self, role: str) -> bool:
-        return bool(self.fetch_one("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)))
-
     def database_exists(self, database: str) -> bool:
         return bool(self.fetch_one("SELECT 1 FROM pg_database WHERE datname = %s", (database,)))
 
@@ -163,9 +160,3 @@ class PostgresAdmin:
     def drop_role(self, role: str) -> None:
         with self.connect() as conn:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
-    def databases_owned_by(self, role: str) -> list[str]:
-        with self.connect() as conn:
-            rows = conn.execute("SELECT datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
-                                "WHERE r.rolname = %s ORDER BY 1", (role,)).fetchall()
-            return [row[0] for row in rows]
