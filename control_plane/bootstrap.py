@@ -56,6 +56,7 @@ def attach_backups(ctx: ServiceContext) -> ServiceContext:
                                  sse_kms_key_id=settings.s3_sse_kms_key_id)
 
     ctx.backup_store = open_store(settings.backup_store_url)
+    ctx.copy_store = open_store(settings.backup_copy_store_url) if settings.backup_copy_store_url else None
     ctx.open_backup_store = open_store
     ctx.backup_tools = partial(PostgresBackupTools, bin_dir=settings.pg_bin_dir)
     ctx.final_backup = partial(backups.final_backup, ctx)

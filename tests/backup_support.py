@@ -55,7 +55,8 @@ def backup_cleanup(request, admin_url):
     settings = request.getfixturevalue("settings")
     with psycopg.connect(settings.catalog_database_url, autocommit=True) as catalog:
         live = {row[0] for row in catalog.execute("SELECT database_name FROM tenants")}
-        catalog.execute("TRUNCATE backups, tenant_backup_keys, backup_policies, retired_databases")
+        catalog.execute("TRUNCATE backups, backup_copies, tenant_backup_keys, backup_policies, retired_databases, "
+                        "restore_drills")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         # Retired (dated) and scratch databases of this session's tenants: owned by tenant roles,
         # which clean_world drops next. Other sessions' databases carry another RUN.

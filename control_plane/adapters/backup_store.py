@@ -37,6 +37,7 @@ class BackupStore(Protocol):
     def list(self, prefix: str) -> list[str]: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def ping(self) -> None: ...
+    def copy_from(self, source: "BackupStore", key: str) -> str: ...
 
 
 def _sha256_of(stream: BinaryIO) -> tuple[int, str]:
@@ -46,6 +47,15 @@ def _sha256_of(stream: BinaryIO) -> tuple[int, str]:
         digest.update(block)
         size += len(block)
     return size, digest.hexdigest()
+
+
+def _stream_copy(source: BackupStore, target: BackupStore, key: str) -> str:
+    stream = source.open(key)
+    try:
+        target.put(key, stream)
+    finally:
+        stream.close()
+    return "streamed"
 
 
 class FileBackupStore:
@@ -138,6 +148,10 @@ class FileBackupStore:
                 break
             parent = parent.parent
         return count
+
+    def copy_from(self, source: BackupStore, key: str) -> str:
+        """Copy `key` from another store (streamed: never whole in memory). Returns how: "streamed"."""
+        return _stream_copy(source, self, key)
 
     def ping(self) -> None:
         probe = self.root
@@ -295,6 +309,21 @@ class S3BackupStore:
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("deleting under", prefix, exc) from exc
         return deleted
+
+    def copy_from(self, source: BackupStore, key: str) -> str:
+        """Copy `key` from another store: server-side (the managed multipart copy, no bytes through us)
+        when both are buckets of one S3 service, streamed otherwise. Returns "server-side" or "streamed"."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        from boto3.exceptions import S3UploadFailedError
+
+        if not isinstance(source, S3BackupStore) or source._endpoint_url != self._endpoint_url:
+            return _stream_copy(source, self, key)
+        try:
+            self.client.copy({"Bucket": source.bucket, "Key": source._key(key)}, self.bucket, self._key(key),
+                             ExtraArgs=self._extra or None, Config=self._transfer_config())
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            raise self._fail("copying to", key, exc) from exc
+        return "server-side"
 
     def ping(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -174,6 +174,57 @@ class _Prefetch:
         self._thread.join(timeout=10)
 
 
+_TABLES = sql.SQL(
+    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' "
+    "ORDER BY 1, 2")
+
+
+def _count_rows(conn: psycopg.Connection) -> dict[str, int]:
+    """`{"schema.table": rows}` for every ordinary table (partitions counted on their own)."""
+    counts = {}
+    for schema, table in conn.execute(_TABLES).fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        counts[f"{schema}.{table}"] = conn.execute(query).fetchone()[0]
+    return counts
+
+
+class _RowCounts:
+    """Counts every table's rows on the snapshot's connection, in a thread, while pg_dump reads."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self._conn = conn
+        self._result: dict[str, int] | BaseException = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = _count_rows(self._conn)
+        except BaseException as exc:  # handed to whoever asks for the counts
+            self._result = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> dict[str, int]:
+        self.join()
+        if isinstance(self._result, BaseException):
+            raise DatabaseServerError(f"counting rows in the dump's snapshot failed: {self._result}")
+        return self._result
+
+
+@dataclass
+class DumpStream:
+    archive: BinaryIO
+    client: PgClient
+    _counts: _RowCounts
+
+    def row_counts(self) -> dict[str, int]:
+        """Exact row count per table in the snapshot the archive was read from."""
+        return self._counts.result()
+
+
 class PostgresBackupTools:
     def __init__(self, admin_url: str, bin_dir: str | None = None) -> None:
         self._admin_url = admin_url
@@ -230,34 +281,79 @@ class PostgresBackupTools:
     # -- pg_dump / pg_restore ----------------------------------------------------------------------
 
     @contextmanager
-    def dump(self, database: str, role: str, password: str) -> Iterator[tuple[BinaryIO, PgClient]]:
+    def dump(self, database: str, role: str, password: str) -> Iterator["DumpStream"]:
         """pg_dump's custom-format archive (uncompressed: we compress) as a stream, read to its end by the caller.
 
-        One pg_dump is one snapshot: the archive is consistent under concurrent writes. A non-zero
+        The archive is read in a snapshot exported by a transaction of our own, in which every table's
+        exact row count is taken too (`DumpStream.row_counts()`, once the archive has been read): the
+        counts describe exactly the data in the archive, whatever writes happen meanwhile. A non-zero
         exit status raises when the block ends, so a cut-short archive is never taken for a whole one.
         """
         major, _ = self.server_version()
         client = choose_client(major, self._bin_dir)
-        args = [client.pg_dump, "--format=custom", "--compress=0", "--no-password",
-                f"--lock-wait-timeout={_LOCK_WAIT}", f"--dbname={self._conninfo(database, role)}"]
         try:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env(password))
-        except OSError as exc:
-            raise BackupToolError(f"could not start pg_dump: {exc.strerror}") from exc
-        stderr = _StderrTail(proc.stderr)
-        archive = _Prefetch(proc.stdout)
+            snapshot = psycopg.connect(self._conninfo(database, role), password=password,
+                                       autocommit=False)
+        except psycopg.Error as exc:
+            raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
+        with snapshot:
+            # The exporting transaction must stay open until pg_dump has imported its snapshot: it ends
+            # with this block, after pg_dump exits.
+            snapshot.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            snapshot.read_only = True
+            snapshot_id = snapshot.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            args = [client.pg_dump, "--format=custom", "--compress=0", "--no-password",
+                    f"--lock-wait-timeout={_LOCK_WAIT}", f"--snapshot={snapshot_id}",
+                    f"--dbname={self._conninfo(database, role)}"]
+            try:
+                proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=self._env(password))
+            except OSError as exc:
+                raise BackupToolError(f"could not start pg_dump: {exc.strerror}") from exc
+            stderr = _StderrTail(proc.stderr)
+            archive = _Prefetch(proc.stdout)
+            # Counted while pg_dump reads: the snapshot connection belongs to the counting thread until joined.
+            counts = _RowCounts(snapshot)
+            try:
+                yield DumpStream(archive, client, counts)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                archive.close()
+                proc.stdout.close()
+                counts.join()
+            status = proc.wait()
+            if status != 0:
+                raise BackupToolError(f"pg_dump of {database} exited with status {status}: {stderr.text()}")
+
+    @contextmanager
+    def dump_own_database(self) -> Iterator["DumpStream"]:
+        """`dump` of the database the URL names, as its own user (the catalog backs itself up this way)."""
+        params = conninfo_to_dict(self._admin_url)
+        with self.dump(params.get("dbname") or params.get("user") or "postgres", params.get("user") or "",
+                       params.get("password") or "") as stream:
+            yield stream
+
+    def restore_own_database(self, feed: Callable[[BinaryIO], None], archive_major: int = 0) -> None:
+        """`restore` into the (empty) database the URL names, as its own user."""
+        params = conninfo_to_dict(self._admin_url)
+        self.restore(params.get("dbname") or params.get("user") or "postgres", params.get("user") or "",
+                     params.get("password") or "", feed, archive_major)
+
+    def row_counts(self, database: str, role: str, password: str) -> dict[str, int]:
+        """Every table's exact row count now (what a restored database is checked against)."""
         try:
-            yield archive, client
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            archive.close()
-            proc.stdout.close()
-        status = proc.wait()
-        if status != 0:
-            raise BackupToolError(f"pg_dump of {database} exited with status {status}: {stderr.text()}")
+            with psycopg.connect(self._conninfo(database, role), password=password) as conn:
+                return _count_rows(conn)
+        except psycopg.Error as exc:
+            raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
+
+    def own_row_counts(self) -> dict[str, int]:
+        params = conninfo_to_dict(self._admin_url)
+        return self.row_counts(params.get("dbname") or params.get("user") or "postgres", params.get("user") or "",
+                               params.get("password") or "")
 
     def restore(self, database: str, role: str, password: str, feed: Callable[[BinaryIO], None],
                 archive_major: int = 0) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from control_plane.catalog.backup_models import BackupStatus, BackupTrigger
+from control_plane.catalog.backup_models import BackupStatus, BackupTrigger, CopyStatus
 from control_plane.naming import tenant_id_problem
 
 
@@ -16,6 +16,16 @@ class BackupRequestSchema(Schema):
 class BackupQuerySchema(Schema):
     status = fields.Enum(BackupStatus, by_value=True)
     trigger = fields.Enum(BackupTrigger, by_value=True)
+
+
+class BackupCopySchema(Schema):
+    location = fields.String()
+    status = fields.Enum(CopyStatus, by_value=True)
+    method = fields.String(allow_none=True, metadata={"description": "server-side or streamed"})
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    completed_at = fields.DateTime(allow_none=True)
+    deleted_at = fields.DateTime(allow_none=True)
 
 
 class BackupSchema(Schema):
@@ -39,6 +49,8 @@ class BackupSchema(Schema):
     completed_at = fields.DateTime(allow_none=True)
     expires_at = fields.DateTime(allow_none=True)
     deleted_at = fields.DateTime(allow_none=True)
+    copies = fields.List(fields.Nested(BackupCopySchema), metadata={
+        "description": "The backup's other locations (BACKUP_COPY_STORE_URL), each verified by SHA-256"})
 
 
 class BackupManifestSchema(BackupSchema):

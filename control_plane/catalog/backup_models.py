@@ -1,4 +1,5 @@
-"""Catalog tables of the backup feature: backups, tenant backup keys, retention policies, retired databases.
+"""Catalog tables of the backup feature: backups and their copies, tenant backup keys, retention policies,
+retired databases, restore drills.
 
 No foreign key points at `tenants` or `operations`: backups outlive the rows they came from (a deleted
 tenant's final backup, an operation history that is trimmed), and are found by tenant id.
@@ -9,8 +10,8 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from control_plane.catalog.models import Base, _enum, _json, new_id, utcnow
 from control_plane.errors import IllegalTransitionError
@@ -63,9 +64,17 @@ class Backup(Base):
     # When the objects were deleted (expired, purged, or a failed attempt's leftovers).
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # Second copies (BACKUP_COPY_STORE_URL), each with its own status and retention.
+    copies: Mapped[list["BackupCopy"]] = relationship(back_populates="backup", lazy="selectin",
+                                                      order_by="BackupCopy.created_at")
+
     @property
     def location(self) -> str:
         return f"{self.store_url.rstrip('/')}/{self.object_prefix}"
+
+    @property
+    def usable_copies(self) -> list["BackupCopy"]:
+        return [copy for copy in self.copies if copy.status is CopyStatus.COMPLETED]
 
     def _require(self, allowed: set[BackupStatus], action: str) -> None:
         if self.status not in allowed:
@@ -93,7 +102,37 @@ class Backup(Base):
 
     @property
     def restorable(self) -> bool:
-        return self.status is BackupStatus.COMPLETED
+        """Completed, or expired from the primary store while its copy is still kept (a longer retention)."""
+        return self.status is BackupStatus.COMPLETED or (self.status is BackupStatus.EXPIRED and bool(self.usable_copies))
+
+
+class CopyStatus(str, enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"   # copied and its SHA-256 read back from the copy store matches the backup's
+    FAILED = "failed"
+    EXPIRED = "expired"       # the copy store's retention no longer keeps it: objects deleted
+    DELETED = "deleted"       # purged with its tenant
+
+
+class BackupCopy(Base):
+    """A backup's objects in another store (BACKUP_COPY_STORE_URL when it was copied), same folder."""
+
+    __tablename__ = "backup_copies"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    backup_id: Mapped[str] = mapped_column(ForeignKey("backups.id", ondelete="CASCADE"), index=True)
+    store_url: Mapped[str] = mapped_column(Text)
+    status: Mapped[CopyStatus] = mapped_column(_enum(CopyStatus, "backup_copy_status"), default=CopyStatus.RUNNING)
+    method: Mapped[str | None] = mapped_column(String(16))  # server-side or streamed
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    backup: Mapped[Backup] = relationship(back_populates="copies", lazy="joined")
+
+    @property
+    def location(self) -> str:
+        return f"{self.store_url.rstrip('/')}/{self.backup.object_prefix}"
 
 
 class TenantBackupKey(Base):
@@ -141,6 +180,8 @@ class BackupPolicy(Base):
     keep_last: Mapped[int] = mapped_column(Integer)
     keep_daily_days: Mapped[int] = mapped_column(Integer)
     scheduled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Recovery point objective: the newest completed backup must never be older than this.
+    rpo_hours: Mapped[int] = mapped_column(Integer, default=24, server_default="24")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
@@ -157,3 +198,35 @@ class RetiredDatabase(Base):
     retired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     drop_after: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     dropped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DrillResult(str, enum.Enum):
+    RUNNING = "running"
+    PASSED = "passed"
+    FAILED = "failed"
+
+
+class RestoreDrill(Base):
+    """One restore drill: a tenant's newest backup restored into a scratch database and checked.
+
+    `rpo_seconds` is the backup's age when drilled (the recovery point achieved), `rto_seconds` the time
+    from the start of the download to a checked database (the recovery time achieved).
+    """
+
+    __tablename__ = "restore_drills"
+    __table_args__ = (Index("ix_restore_drills_tenant_started", "tenant_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(40))
+    operation_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    backup_id: Mapped[str | None] = mapped_column(String(36))
+    result: Mapped[DrillResult] = mapped_column(_enum(DrillResult, "drill_result"), default=DrillResult.RUNNING)
+    reason: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(16))  # primary or copy
+    server_name: Mapped[str | None] = mapped_column(String(63))
+    backup_completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rpo_seconds: Mapped[float | None] = mapped_column(Float)
+    rto_seconds: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any] | None] = mapped_column(_json)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

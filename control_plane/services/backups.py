@@ -21,7 +21,8 @@ from control_plane.adapters.backup_format import (CHUNK_SIZE, CIPHER, COMPRESSIO
                                                   BackupHeader, IterReader, OpenedBackup, SealStats, new_key, seal,
                                                   wrap_data_key)
 from control_plane.backup_errors import BackupIntegrityError, BackupNotFoundError, BackupStoreError
-from control_plane.catalog.backup_models import (Backup, BackupPolicy, BackupStatus, BackupTrigger, RetiredDatabase)
+from control_plane.catalog.backup_models import (Backup, BackupPolicy, BackupStatus, BackupTrigger, CopyStatus,
+                                                 RetiredDatabase)
 from control_plane.catalog.db import transaction
 from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, Tenant, TenantStatus, new_id,
                                           utcnow)
@@ -143,11 +144,13 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
                               chunk_size=CHUNK_SIZE)
         stats = SealStats()
         level = ctx.settings.backup_zstd_level
-        with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as (archive, client):
+        with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as dump:
             # threads=1: zstd compresses in its own thread while this one reads, encrypts and writes.
-            pieces = seal(archive, header, secret, stats, level=level, threads=1,
+            pieces = seal(dump.archive, header, secret, stats, level=level, threads=1,
                           on_progress=_Heartbeat(ctx, operation_id))
             store.put(data_key(backup), IterReader(pieces))
+        client = dump.client
+        table_rows = dump.row_counts()
         if stats.archive_head != PG_ARCHIVE_MAGIC:
             raise BackupIntegrityError("pg_dump did not produce a custom-format archive")
         finished_at = utcnow()
@@ -159,6 +162,8 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
             "trigger": trigger.value,
             "operation_id": operation_id,
             "schema_revision": revision,
+            # Exact, taken in the snapshot pg_dump read: what a drill checks a restored copy against.
+            "tables": table_rows,
             "postgresql": {"server_version": server_version, "pg_dump_version": client.version},
             "archive": {"format": "pg_dump custom (-Fc -Z0)", "bytes": stats.archive_bytes},
             "compression": {"algorithm": COMPRESSION, "level": level, "bytes": stats.compressed_bytes},
@@ -200,6 +205,9 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
         raise
     log.info("tenant %s operation %s: backup %s completed (%d → %d bytes)", tenant.id, operation_id, backup_id,
              backup.archive_bytes, backup.stored_bytes)
+    from control_plane.services.backup_copies import copy_backup
+
+    copy_backup(ctx, session, backup)
     return backup
 
 
@@ -241,8 +249,12 @@ def run_backup(ctx: ServiceContext, session: Session, op: Operation, tenant: Ten
     report("backup", 10)
     backup = perform_backup(ctx, session, tenant, BackupTrigger(op.params.get("trigger", "manual")), op.id,
                             expires_in_days=op.params.get("expires_in_days"))
-    return {"backup_id": backup.id, "location": backup.location, "archive_bytes": backup.archive_bytes,
-            "stored_bytes": backup.stored_bytes, "sha256": backup.sha256}
+    result = {"backup_id": backup.id, "location": backup.location, "archive_bytes": backup.archive_bytes,
+              "stored_bytes": backup.stored_bytes, "sha256": backup.sha256}
+    for copy in backup.copies:
+        result["copy"] = {"location": copy.location, "status": copy.status.value, "method": copy.method,
+                          "error": copy.error}
+    return result
 
 
 def backup_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
@@ -439,7 +451,9 @@ def purge_backups(ctx: ServiceContext, session: Session, tenant_id: str, operati
                  key_destroyed=destroyed, backups=len(backups))
     session.commit()  # the key is gone before any object is touched
     deleted = 0
-    stores = {b.store_url for b in backups} | {ctx.backup_store.url}
+    stores = {b.store_url for b in backups} | {c.store_url for b in backups for c in b.copies} | {ctx.backup_store.url}
+    if ctx.copy_store is not None:
+        stores.add(ctx.copy_store.url)
     for url in stores:
         store = ctx.backup_store if url == ctx.backup_store.url else ctx.open_backup_store(url)
         try:
@@ -451,6 +465,9 @@ def purge_backups(ctx: ServiceContext, session: Session, tenant_id: str, operati
     now = utcnow()
     for backup in backups:
         backup.deleted_at = backup.deleted_at or now
+        for copy in backup.copies:
+            copy.status = CopyStatus.DELETED
+            copy.deleted_at = copy.deleted_at or now
     session.commit()
     return {"backups": len(backups), "objects": deleted}
 

@@ -72,6 +72,8 @@ class ServiceContext:
     # earlier BACKUP_STORE_URL), pg_dump/pg_restore tools of a server (admin URL → adapter), and the hook
     # run after the final backup, before a tenant's database and role are dropped.
     backup_store: Any = None
+    # The second store (BACKUP_COPY_STORE_URL) every completed backup is copied to; None: no copies.
+    copy_store: Any = None
     open_backup_store: Callable[[str], Any] | None = None
     backup_tools: Callable[[str], Any] | None = None
     before_drop: Callable[[Tenant, Any], None] = lambda tenant, operation: None

@@ -26,8 +26,9 @@ from control_plane.catalog.models import Operation, OperationKind, Tenant, Tenan
 from control_plane.errors import IllegalTransitionError, TenantExistsError, TenantNotFoundError, ValidationError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
-from control_plane.services.backups import (Report, check_read, data_key, load_manifest, open_backup,
-                                            perform_backup, require_restorable, store_for, tools_for)
+from control_plane.services.backup_copies import fetch_verified
+from control_plane.services.backups import (Report, check_read, open_backup, perform_backup, require_restorable,
+                                            tools_for)
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
 from control_plane.services.servers import choose_server
@@ -131,19 +132,10 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
     if not in_place and tenant.status is not TenantStatus.PROVISIONING:
         raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore a backup into it")
 
-    report("verify_manifest", 5)
-    store = store_for(ctx, backup)
-    manifest = load_manifest(store, backup)
     scratch = naming.restore_database_name(tenant.id, op.id)
     with tempfile.TemporaryFile(prefix="tcp-restore-") as encrypted:  # ciphertext only: never plaintext on disk
-        report("download", 10)
-        store.fetch(data_key(backup), encrypted)
-
-        report("verify", 25)
-        encrypted.seek(0)
-        opened = open_backup(ctx, session, backup, encrypted)
-        opened.authenticate()
-        check_read(opened, backup)
+        report("download_verify", 10)
+        manifest, where = fetch_verified(ctx, session, backup, encrypted)
 
         password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
         if not in_place:
@@ -181,7 +173,7 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
 
     result: dict[str, Any] = {"backup_id": backup.id, "mode": params["mode"], "tenant_id": tenant.id,
                               "database": tenant.database_name, "backup_schema_revision": from_revision,
-                              "schema_revision": revision}
+                              "schema_revision": revision, **where}
     if not in_place:
         report("activate", 90)
         tools.rename(scratch, tenant.database_name)

@@ -15,7 +15,8 @@ from urllib.parse import urlparse
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from control_plane.catalog.backup_models import Backup, BackupPolicy, BackupStatus, RetiredDatabase
+from control_plane.catalog.backup_models import (Backup, BackupCopy, BackupPolicy, BackupStatus, CopyStatus,
+                                                 RetiredDatabase)
 from control_plane.catalog.models import Operation, Tenant, TenantStatus, utcnow
 from control_plane.errors import TenantBusyError
 from control_plane.services import audit
@@ -78,6 +79,8 @@ class PruneReport:
     cleaned: list[str] = field(default_factory=list)          # failed or abandoned attempts' leftovers
     dropped_databases: list[str] = field(default_factory=list)
     skipped_tenants: list[str] = field(default_factory=list)  # busy: pruned next time
+    copied: list[str] = field(default_factory=list)           # backups whose missing copy was made
+    expired_copies: list[str] = field(default_factory=list)
 
 
 def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: list[str] | None = None) -> PruneReport:
@@ -85,6 +88,7 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
 
     Runs per tenant under the tenant's lock, so it never deletes a backup a restore is reading.
     """
+    from control_plane.services.backup_copies import sync_copies
     from control_plane.services.backups import delete_objects, drop_retired_database
 
     now = now or utcnow()
@@ -96,7 +100,8 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
              & Backup.deleted_at.is_(None)))).distinct()
         retired = select(RetiredDatabase.tenant_id).where(RetiredDatabase.dropped_at.is_(None),
                                                           RetiredDatabase.drop_after <= now).distinct()
-        candidates = sorted(set(session.scalars(query)) | set(session.scalars(retired)))
+        copied = select(Backup.tenant_id).join(BackupCopy).where(BackupCopy.status == CopyStatus.COMPLETED).distinct()
+        candidates = sorted(set(session.scalars(query)) | set(session.scalars(retired)) | set(session.scalars(copied)))
     if tenant_ids is not None:
         candidates = [t for t in candidates if t in set(tenant_ids)]
 
@@ -118,6 +123,10 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
                                  keep_last=policy.keep_last, keep_daily_days=policy.keep_daily_days)
                 report.expired.extend(b.id for b in expired)
                 session.commit()  # decided: from here on these are expired, whatever happens to the objects
+
+                copies = sync_copies(ctx, session, tenant_id, policy, now, deleted)
+                report.copied.extend(copies["copied"])
+                report.expired_copies.extend(copies["expired_copies"])
 
                 # Objects of expired backups, and of attempts that failed or whose job is gone.
                 leftovers = session.scalars(select(Backup).where(
