@@ -10,6 +10,7 @@ from marshmallow import ValidationError as MarshmallowValidationError
 
 from control_plane.cli_backups import backups_group, keys_group, scheduler_command
 from control_plane.cli_migrations import migrations as migrations_group
+from control_plane.cli_recovery import catalog_backup, catalog_backups_list, catalog_restore, fleet_group
 from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TenantStatus, TokenRole
@@ -228,8 +229,10 @@ def servers_drain(name: str, undo: bool) -> None:
     click.echo(servers.set_draining(context(), SYSTEM.actor, name, not undo).status.value)
 
 
-for feature_group in (backups_group, keys_group, scheduler_command, migrations_group):
+for feature_group in (backups_group, keys_group, scheduler_command, migrations_group, fleet_group):
     cli.add_command(feature_group)
+for catalog_command in (catalog_backup, catalog_backups_list, catalog_restore):
+    catalog.add_command(catalog_command)
 
 
 def main() -> None:

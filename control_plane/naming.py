@@ -82,6 +82,15 @@ def tenant_backups_prefix(tenant_id: str) -> str:
     return f"{tenant_id}/"
 
 
+# Catalog backups live beside the tenants' folders; a tenant id never starts with "_".
+CATALOG_BACKUPS_PREFIX = "_catalog/"
+CATALOG_BACKUP_SUBJECT = "_catalog"  # the "tenant" a catalog backup's object header names
+
+
+def catalog_backup_prefix(backup_id: str) -> str:
+    return f"{CATALOG_BACKUPS_PREFIX}{backup_id}/"
+
+
 def restore_database_name(tenant_id: str, operation_id: str) -> str:
     """The scratch database a restore fills before it is swapped in (one per operation: retries reuse it)."""
     return f"tenant_{_slug(tenant_id)}_rs_{operation_id.replace('-', '')[:8]}"

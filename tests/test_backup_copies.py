@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from backup_support import (active_tenant, back_up, backup_cleanup, db, fingerprint, moto_endpoint, restore,  # noqa: F401
+from backup_support import (active_tenant, back_up, backup_cleanup, fingerprint, moto_endpoint, restore,  # noqa: F401
                             s3_bucket, s3_settings, tid, write_rows)
 from control_plane.app import create_app
 from control_plane.bootstrap import build_context, dispose

@@ -29,8 +29,22 @@ def prune_backups() -> dict[str, Any]:
         dispose(ctx)
 
 
+def backup_catalog() -> str:
+    """The daily catalog backup (store and copy store), then the catalog backups' retention."""
+    from control_plane.services.catalog_backups import backup_catalog as back_up, prune_catalog_backups
+
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        backup_id = back_up(ctx)["backup_id"]
+        prune_catalog_backups(ctx)
+        return backup_id
+    finally:
+        dispose(ctx)
+
+
 def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
-    """RQ's cron scheduler with the backup schedule: a tick every `interval` seconds, a prune every hour.
+    """RQ's cron scheduler with the backup schedule: a tick every `interval` seconds, a prune every hour,
+    a catalog backup every day (00:41 UTC, before the default backup window).
 
     The scheduler only enqueues; workers run the jobs. The catalog decides what a tick starts, so
     several schedulers (or a restarted one) never start a tenant's daily backup twice.
@@ -40,4 +54,6 @@ def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
                   name=f"{settings.queue_name}:schedule-backups")
     cron.register(prune_backups, queue_name=settings.queue_name, cron="17 * * * *", job_timeout=settings.job_timeout,
                   name=f"{settings.queue_name}:prune-backups")
+    cron.register(backup_catalog, queue_name=settings.queue_name, cron="41 0 * * *", job_timeout=settings.job_timeout,
+                  name=f"{settings.queue_name}:backup-catalog")
     return cron

@@ -8,7 +8,6 @@ and retried by the hourly prune until the copy store's retention would drop it a
 from __future__ import annotations
 
 import logging
-from contextlib import closing
 from datetime import datetime
 from typing import Any, BinaryIO
 

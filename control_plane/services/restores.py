@@ -37,20 +37,26 @@ log = logging.getLogger(__name__)
 
 IN_PLACE = "in_place"
 NEW_TENANT = "new_tenant"
+# After a disaster: the tenant's database is gone from its server; restore it there under its own name.
+RECOVER = "recover"
 RESTORABLE_IN_PLACE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
 
 
 def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *, backup_id: str,
                     mode: str = IN_PLACE, new_tenant_id: str | None = None, new_tenant_name: str | None = None,
-                    safety_backup: bool = True, idempotency_key: str | None = None) -> Operation:
-    """Record a RESTORE operation and enqueue it.
+                    safety_backup: bool = True, idempotency_key: str | None = None,
+                    enqueue: bool = True) -> Operation:
+    """Record a RESTORE operation and enqueue it (unless the caller runs it itself: `enqueue=False`).
 
     In place: the tenant's admins or a super admin; the tenant stays usable until the swap.
     New tenant: super admins only; the new tenant is recorded now (provisioning) with its own role.
+    Recover: super admins only; the tenant's database is missing from its server (after a disaster).
     """
     principal.require_tenant(tenant_id)
-    if mode not in (IN_PLACE, NEW_TENANT):
+    if mode not in (IN_PLACE, NEW_TENANT, RECOVER):
         raise ValidationError("mode", "must be in_place or new_tenant")
+    if mode == RECOVER:
+        principal.require_super_admin()
     if mode == NEW_TENANT:
         principal.require_super_admin()
         if not new_tenant_id:
@@ -63,7 +69,7 @@ def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *
         params["safety_backup"] = safety_backup
     else:
         params["new_tenant_id"] = new_tenant_id
-    target_id = tenant_id if mode == IN_PLACE else new_tenant_id
+    target_id = new_tenant_id if mode == NEW_TENANT else tenant_id
     request_fingerprint = fingerprint(OperationKind.RESTORE, target_id, params)
     try:
         with transaction(ctx.sessions) as session:
@@ -74,7 +80,7 @@ def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *
             if backup is None or backup.tenant_id != tenant_id:
                 raise BackupNotFoundError(backup_id)
             require_restorable(backup)
-            if mode == IN_PLACE:
+            if mode in (IN_PLACE, RECOVER):
                 tenant = session.get(Tenant, tenant_id, with_for_update=True)
                 if tenant is None:
                     raise TenantNotFoundError(tenant_id)
@@ -103,7 +109,8 @@ def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *
         if replay is not None:
             return replay
         raise TenantExistsError(target_id) from exc
-    dispatch(ctx, op.id)
+    if enqueue:
+        dispatch(ctx, op.id)
     return op
 
 
@@ -123,14 +130,17 @@ def _major(version: str | None) -> int:
 def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
     params = op.params
     in_place = params["mode"] == IN_PLACE
+    recover = params["mode"] == RECOVER
     backup = session.get(Backup, params["backup_id"])
     if backup is None or backup.tenant_id != params["source_tenant_id"]:
         raise BackupNotFoundError(params["backup_id"])
     require_restorable(backup)
-    if in_place and tenant.status not in RESTORABLE_IN_PLACE:
+    if (in_place or recover) and tenant.status not in RESTORABLE_IN_PLACE:
         raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore")
-    if not in_place and tenant.status is not TenantStatus.PROVISIONING:
+    if not (in_place or recover) and tenant.status is not TenantStatus.PROVISIONING:
         raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore a backup into it")
+    if recover and tools_for(ctx, tenant.server).database_exists(tenant.database_name):
+        raise IllegalTransitionError("tenant", tenant.id, "with its database present", "recover (restore in place)")
 
     scratch = naming.restore_database_name(tenant.id, op.id)
     with tempfile.TemporaryFile(prefix="tcp-restore-") as encrypted:  # ciphertext only: never plaintext on disk
@@ -174,6 +184,15 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
     result: dict[str, Any] = {"backup_id": backup.id, "mode": params["mode"], "tenant_id": tenant.id,
                               "database": tenant.database_name, "backup_schema_revision": from_revision,
                               "schema_revision": revision, **where}
+    if recover:
+        report("activate", 90)
+        tools.rename(scratch, tenant.database_name)
+        tenant.schema_revision = revision
+        audit.record(session, "system", "tenant.recovered", tenant.id, op.id, backup_id=backup.id,
+                     source=where["source"])
+        session.commit()
+        ctx.events.publish(tenant.id, "restored", database=tenant.database_name)
+        return result
     if not in_place:
         report("activate", 90)
         tools.rename(scratch, tenant.database_name)
@@ -227,7 +246,9 @@ def restore_failed(ctx: ServiceContext, session, op: Operation, tenant: Tenant) 
             tools_for(ctx, tenant.server).drop_database(naming.restore_database_name(tenant.id, op.id))
         except Exception:  # the server may be what failed; a retry recreates the scratch database anyway
             log.warning("tenant %s operation %s: could not drop the scratch database", tenant.id, op.id, exc_info=True)
-    if op.params.get("mode") == IN_PLACE:
+    if op.params.get("mode") == RECOVER:
+        pass  # nothing was live: the tenant keeps its status, its database is still missing
+    elif op.params.get("mode") == IN_PLACE:
         if tenant.status is TenantStatus.RESTORING:
             _back_to_previous_status(tenant, op)
         ctx.events.publish(tenant.id, "status", status=tenant.status.value)
@@ -238,7 +259,7 @@ def restore_failed(ctx: ServiceContext, session, op: Operation, tenant: Tenant) 
 
 
 def retry_restore(tenant: Tenant, op: Operation) -> None:
-    if op.params.get("mode") == IN_PLACE:
+    if op.params.get("mode") in (IN_PLACE, RECOVER):
         if tenant.status not in RESTORABLE_IN_PLACE:
             raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore")
     else:

@@ -1,0 +1,104 @@
+"""`tenantctl catalog backup|backups|restore` and `tenantctl fleet recover`: disaster recovery."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from control_plane.bootstrap import build_context, dispose
+from control_plane.cli_support import context
+from control_plane.services import catalog_backups, recovery, servers
+from control_plane.services.auth import SYSTEM
+from control_plane.settings import Settings
+
+
+def _human(size: int) -> str:
+    from control_plane.cli_backups import _human as human
+
+    return human(size)
+
+
+@click.command("backup")
+def catalog_backup() -> None:
+    """Back the catalog up (encrypted, verified) to the store and the copy store."""
+    ctx = context()
+    try:
+        manifest = catalog_backups.backup_catalog(ctx)
+    finally:
+        dispose(ctx)
+    click.echo(f"catalog backup {manifest['backup_id']}: {manifest['tenants']} tenants, "
+               f"{_human(manifest['object']['bytes'])} in {', '.join(manifest['locations'])}", err=True)
+    click.echo(manifest["backup_id"])
+
+
+@click.command("backups")
+@click.option("--json", "as_json", is_flag=True)
+def catalog_backups_list(as_json: bool) -> None:
+    """Catalog backups in the store and the copy store, newest first (reads the stores, not the catalog)."""
+    ctx = build_context(Settings.from_env(), pool_size=1)  # the catalog may be gone: never touch it
+    try:
+        found = catalog_backups.list_catalog_backups(ctx)
+    finally:
+        dispose(ctx)
+    if as_json:
+        click.echo(json.dumps([{k: m[k] for k in ("backup_id", "finished_at", "tenants", "schema_revision",
+                                                  "sources", "object")} for m in found], indent=2))
+        return
+    click.echo(f"{'ID':<36}  {'FINISHED':<32}  {'TENANTS':>7}  {'STORED':>9}  WHERE")
+    for m in found:
+        click.echo(f"{m['backup_id']:<36}  {m['finished_at']:<32}  {m['tenants']:>7}  "
+                   f"{_human(m['object']['bytes']):>9}  {','.join(m['sources'])}")
+    click.echo(f"{len(found)} catalog backups", err=True)
+
+
+@click.command("restore")
+@click.argument("backup_id")
+def catalog_restore(backup_id: str) -> None:
+    """Restore catalog backup BACKUP_ID (or `latest`) into the empty database CATALOG_DATABASE_URL names.
+
+    Verifies it first (SHA-256, every chunk), checks every table's row count and the schema revision
+    after, then brings the schema to head and registers TENANT_DB_ADMIN_URL as the default server.
+    """
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        result = catalog_backups.restore_catalog(ctx, backup_id)
+        servers.ensure_default_server(ctx)
+    finally:
+        dispose(ctx)
+    click.echo(json.dumps(result, indent=2))
+
+
+@click.group("fleet")
+def fleet_group() -> None:
+    """The fleet of tenant database servers."""
+
+
+@fleet_group.command("recover")
+@click.option("--server", "server_name", required=True, help="The server whose missing databases to restore.")
+@click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 32),
+              help="Restores at a time.")
+@click.option("--json", "as_json", is_flag=True)
+def fleet_recover(server_name: str, parallel: int, as_json: bool) -> None:
+    """Restore the newest backup of every tenant whose database is missing on SERVER (after a catalog restore).
+
+    Backups in the store that the restored catalog does not know (taken after its backup) are adopted
+    first. Exits 1 if any tenant could not be recovered.
+    """
+    settings = Settings.from_env()
+    ctx = build_context(settings, pool_size=2 * parallel + 1)
+    try:
+        servers.ensure_default_server(ctx)
+        recoveries = recovery.recover_server(ctx, SYSTEM, server_name, parallel=parallel)
+    finally:
+        dispose(ctx)
+    if as_json:
+        click.echo(json.dumps(recovery.as_dicts(recoveries), indent=2))
+    else:
+        click.echo(f"{'TENANT':<40} {'STATUS':<10} {'BACKUP AGE':>11} {'SECONDS':>8} {'FROM':<8} BACKUP / ERROR")
+        for r in recoveries:
+            age = f"{r.backup_age_seconds / 3600:.1f} h" if r.backup_age_seconds is not None else "-"
+            took = f"{r.seconds:.1f}" if r.seconds is not None else "-"
+            click.echo(f"{r.tenant_id:<40} {r.status:<10} {age:>11} {took:>8} {r.source or '-':<8} "
+                       f"{r.error or r.backup_id or ''}")
+    if any(r.status in ("failed", "no_backup") for r in recoveries):
+        raise SystemExit(1)
