@@ -4,12 +4,13 @@ from __future__ import annotations
 from flask import Flask, request
 from flask_smorest import Api
 
-from control_plane.api import errors
+from control_plane.api import errors, request_context
 from control_plane.api.auth import authenticate_request
 from control_plane.api.backups import blp as backups_blp
 from control_plane.api.health import blp as health_blp
 from control_plane.api.migration_runs import blp as migration_runs_blp
 from control_plane.api.operations import blp as operations_blp
+from control_plane.api.queues import blp as queues_blp
 from control_plane.api.servers import blp as servers_blp
 from control_plane.api.tenants import blp as tenants_blp
 from control_plane.bootstrap import build_context
@@ -43,7 +44,10 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         api.register_blueprint(blueprint)
     api.register_blueprint(migration_runs_blp)
     api.register_blueprint(backups_blp)
+    api.register_blueprint(queues_blp)
     app.register_blueprint(health_blp)
+
+    request_context.register(app)  # before authentication: a refused request has its id too
 
     @app.before_request
     def _authenticate() -> None:

@@ -12,6 +12,7 @@ from control_plane.adapters.job_queue import RqJobQueue
 from control_plane.adapters.locks import PostgresTenantLocks
 from control_plane.adapters.pg_backup import PostgresBackupTools
 from control_plane.adapters.migration_job_queue import RqMigrationJobs
+from control_plane.adapters.queue_monitor import RqQueueMonitor
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.adapters.tenant_template import TenantTemplate
@@ -39,6 +40,7 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         tenant_database=TenantDatabase,
         tenant_template=TenantTemplate,
         migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
+        queue_monitor=RqQueueMonitor(client, [settings.queue_name]),
     )
     attach_backups(ctx)
     return ctx

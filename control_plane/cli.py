@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import click
@@ -15,17 +14,25 @@ from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TenantStatus, TokenRole
 from control_plane.errors import ControlPlaneError
+from control_plane.logs import configure_logging
 from control_plane.services import operations, servers, tenants
 from control_plane.services.auth import SYSTEM, create_token
 from control_plane.settings import Settings
+
+
+PROCESSES = ("serve", "worker", "scheduler")
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def cli(verbose: bool) -> None:
     """Operate the database-per-tenant control plane."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The long-running processes (serve, worker, scheduler) log at INFO; other commands only warn.
+    process = click.get_current_context().invoked_subcommand in PROCESSES
+    try:
+        configure_logging("INFO" if verbose or process else "WARNING")
+    except ControlPlaneError as exc:
+        raise click.UsageError(exc.detail) from exc
 
 
 @cli.group()
@@ -54,11 +61,15 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve the API with gunicorn (each gunicorn worker builds its own app after the fork)."""
     from gunicorn.app.base import BaseApplication
 
+    from control_plane.gunicorn_conf import access_log_format as ACCESS_LOG_FORMAT
+
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
+            self.cfg.set("logger_class", "control_plane.logs.GunicornLogger")
 
         def load(self):
             from control_plane.app import create_app
@@ -74,7 +85,6 @@ def worker(burst: bool) -> None:
     """Run an RQ worker on the project's queue."""
     from control_plane.jobs.worker import run_worker
 
-    logging.getLogger().setLevel(logging.INFO)
     run_worker(Settings.from_env(), burst=burst)
 
 

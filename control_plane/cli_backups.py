@@ -163,22 +163,20 @@ def keys_rotate() -> None:
 @click.option("--interval", default=60, show_default=True, type=click.IntRange(10, 3600),
               help="Seconds between schedule ticks.")
 def scheduler_command(once: bool, interval: int) -> None:
-    """Daily staggered backups of every active tenant, and hourly pruning (RQ's cron scheduler enqueues
-    the ticks; workers run them)."""
-    from control_plane.services.backup_schedule import schedule_due_backups
+    """Daily staggered backups of every active tenant, hourly pruning and stale-backup warnings (RQ's
+    cron scheduler enqueues the ticks; workers run them)."""
+    from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
     from control_plane.services.retention import prune_backups
 
     if once:
         ctx = context()
         started = schedule_due_backups(ctx)
         report = prune_backups(ctx)
-        click.echo(json.dumps({"started": started, "pruned": vars(report)}, indent=2))
+        stale = [state.tenant_id for state in report_stale_backups(ctx)]
+        click.echo(json.dumps({"started": started, "pruned": vars(report), "stale_backups": stale}, indent=2))
         return
-
-    import logging
 
     from control_plane.jobs.backups import build_cron
     from control_plane.settings import Settings
 
-    logging.getLogger().setLevel(logging.INFO)
     build_cron(Settings.from_env(), interval).start()

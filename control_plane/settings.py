@@ -56,6 +56,8 @@ class Settings:
     backup_copy_store_url: str | None = None
     backup_copy_keep_daily_days: int = 90
     catalog_backup_keep_days: int = 30
+    # /metrics answers only requests bearing `Authorization: Bearer <METRICS_TOKEN>` when it is set.
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -84,7 +86,21 @@ class Settings:
             backup_copy_store_url=read_setting("BACKUP_COPY_STORE_URL", environ),
             backup_copy_keep_daily_days=_int_setting("BACKUP_COPY_KEEP_DAILY_DAYS", environ, 90),
             catalog_backup_keep_days=_int_setting("CATALOG_BACKUP_KEEP_DAYS", environ, 30),
+            metrics_token=read_setting("METRICS_TOKEN", environ),
         )
+
+
+def logging_settings(environ: Mapping[str, str] | None = None, default_level: str = "INFO") -> tuple[str, str]:
+    """(LOG_FORMAT, LOG_LEVEL): read apart from Settings because logging starts before anything else."""
+    import logging
+
+    log_format = (read_setting("LOG_FORMAT", environ, "text") or "text").lower()
+    level = (read_setting("LOG_LEVEL", environ, default_level) or default_level).upper()
+    if log_format not in ("json", "text"):
+        raise ConfigurationError(f"LOG_FORMAT must be json or text, got {log_format!r}")
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigurationError(f"LOG_LEVEL must be a logging level (DEBUG, INFO, WARNING...), got {level!r}")
+    return log_format, level
 
 
 def _int_setting(name: str, environ: Mapping[str, str] | None, default: int) -> int:

@@ -160,3 +160,17 @@ class PostgresAdmin:
     def drop_role(self, role: str) -> None:
         with self.connect() as conn:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+    def usage(self) -> dict[str, Any]:
+        """Connections in use, `max_connections`, and the size in bytes of every tenant database.
+
+        One round trip. `pg_database_size` stats every file of a database: callers cache this for minutes.
+        """
+        with self.connect() as conn:
+            in_use, limit = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),"
+                " current_setting('max_connections')::int").fetchone()
+            sizes = dict(conn.execute(
+                "SELECT datname, pg_database_size(oid) FROM pg_database "
+                "WHERE datname LIKE 'tenant\\_%%\\_db' AND datallowconn").fetchall())
+        return {"connections": in_use, "max_connections": limit, "database_sizes": sizes}

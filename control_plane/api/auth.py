@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
+from control_plane import logs
 from control_plane.services.auth import Principal, authenticate
 
 
@@ -11,6 +12,7 @@ def authenticate_request() -> None:
     scheme, _, token = header.partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
     g.principal = authenticate(current_app.extensions["control_plane"], bearer)
+    logs.bind(actor=g.principal.actor)
 
 
 def principal() -> Principal:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, request
 
+from control_plane import logs
 from control_plane.catalog.models import Operation
 from control_plane.services.context import ServiceContext
 
@@ -18,6 +19,7 @@ def idempotency_key() -> str | None:
 
 def accepted(operation: Operation) -> tuple[Operation, int, dict[str, str]]:
     """The answer to a request that started work: 202, the operation, and where to watch it."""
+    logs.bind(operation_id=operation.id, tenant_id=operation.tenant_id)
     return operation, 202, {"Location": f"/v1/operations/{operation.id}"}
 
 

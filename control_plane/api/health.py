@@ -1,11 +1,14 @@
-"""Liveness, readiness and Prometheus metrics (no authentication: they reveal no tenant data)."""
+"""Liveness, readiness and Prometheus metrics (outside /v1: no API token; /metrics may need METRICS_TOKEN)."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+import hmac
+
+from flask import Blueprint, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from control_plane.api.common import services
+from control_plane.api.errors import problem
+from control_plane.metrics import render
 from control_plane.services import fleet
 
 blp = Blueprint("health", __name__)
@@ -37,25 +40,13 @@ def _store_ping(ctx) -> None:
         store.ping()
 
 
-class _CatalogCollector:
-    """Tenants and operations by status, read from the catalog at scrape time."""
-
-    def __init__(self, ctx) -> None:
-        self._ctx = ctx
-
-    def collect(self):
-        tenants = GaugeMetricFamily("control_plane_tenants", "Tenants by status", labels=["status"])
-        ops = GaugeMetricFamily("control_plane_operations", "Operations by kind and status", labels=["kind", "status"])
-        for status, count in fleet.tenants_by_status(self._ctx).items():
-            tenants.add_metric([status], count)
-        for (kind, status), count in fleet.operations_by_kind_and_status(self._ctx).items():
-            ops.add_metric([kind, status], count)
-        yield tenants
-        yield ops
-
-
 @blp.get("/metrics")
 def metrics():
-    registry = CollectorRegistry()
-    registry.register(_CatalogCollector(services()))
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    """Prometheus text exposition; with METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>`."""
+    ctx = services()
+    expected = ctx.settings.metrics_token
+    if expected:
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), expected.encode()):
+            return problem(401, "Unauthorized", "/metrics needs the METRICS_TOKEN bearer token")
+    return Response(render(ctx), mimetype=CONTENT_TYPE_LATEST)

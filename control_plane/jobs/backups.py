@@ -6,7 +6,7 @@ from typing import Any
 from rq.cron import CronScheduler
 
 from control_plane.bootstrap import build_context, dispose, redis_client
-from control_plane.services.backup_schedule import schedule_due_backups
+from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
 from control_plane.services.retention import prune_backups as prune
 from control_plane.settings import Settings
 
@@ -42,9 +42,18 @@ def backup_catalog() -> str:
         dispose(ctx)
 
 
+def warn_stale_backups() -> list[str]:
+    """Log a warning for each tenant whose newest backup is past its RPO (the alert's log-side twin)."""
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        return [state.tenant_id for state in report_stale_backups(ctx)]
+    finally:
+        dispose(ctx)
+
+
 def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
-    """RQ's cron scheduler with the backup schedule: a tick every `interval` seconds, a prune every hour,
-    a catalog backup every day (00:41 UTC, before the default backup window).
+    """RQ's cron scheduler with the backup schedule: a tick every `interval` seconds, a prune and a
+    stale-backup warning every hour, a catalog backup every day (00:41 UTC, before the default backup window).
 
     The scheduler only enqueues; workers run the jobs. The catalog decides what a tick starts, so
     several schedulers (or a restarted one) never start a tenant's daily backup twice.
@@ -56,4 +65,6 @@ def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
                   name=f"{settings.queue_name}:prune-backups")
     cron.register(backup_catalog, queue_name=settings.queue_name, cron="41 0 * * *", job_timeout=settings.job_timeout,
                   name=f"{settings.queue_name}:backup-catalog")
+    cron.register(warn_stale_backups, queue_name=settings.queue_name, cron="47 * * * *", job_timeout=600,
+                  name=f"{settings.queue_name}:warn-stale-backups")
     return cron

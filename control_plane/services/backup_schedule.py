@@ -20,7 +20,10 @@ from control_plane.catalog.models import Operation, Tenant, TenantStatus, TokenR
 from control_plane.errors import ConfigurationError, ConflictError, TenantNotFoundError
 from control_plane.services.auth import Principal
 from control_plane.services.backups import request_backup
+from control_plane.logs import log_context
+from control_plane.services import fleet
 from control_plane.services.context import ServiceContext
+from control_plane.services.fleet import TenantBackupState
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +103,17 @@ def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit
         started.append(op.id)
         log.info("tenant %s operation %s: scheduled backup for %s started", tenant_id, op.id, slot.isoformat())
     return started
+
+
+def report_stale_backups(ctx: ServiceContext, now: datetime | None = None) -> list[TenantBackupState]:
+    """Log a warning for every tenant whose newest backup is older than its RPO; returns them.
+
+    The metric `control_plane_tenant_last_backup_age_seconds` and the alert TenantBackupStale say the same
+    to Prometheus; this line is what an operator finds in the scheduler's log (run hourly).
+    """
+    stale = [state for state in fleet.tenant_backup_states(ctx, now) if state.age_seconds > state.rpo_seconds]
+    for state in stale:
+        with log_context(tenant_id=state.tenant_id):
+            log.warning("tenant %s: newest backup is %.1f h old, past its RPO of %.1f h", state.tenant_id,
+                        state.age_seconds / 3600, state.rpo_seconds / 3600)
+    return stale

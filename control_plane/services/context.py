@@ -84,6 +84,10 @@ class ServiceContext:
     # None means there is no backups feature: runs then refuse `backup_first` rather than skip it silently.
     pre_migration_backup: Callable[[Tenant, Any], dict | None] | None = None
 
+    # Read-only state of the job queues, workers and schedulers (adapters.queue_monitor), for /metrics and
+    # the super admin's queue view.
+    queue_monitor: Any = None
+
     def admin_for(self, server: DatabaseServer) -> ServerAdmin:
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.catalog.models import Operation, OperationKind, Tenant
 from control_plane.errors import ControlPlaneError, OperationNotFoundError
+from control_plane.logs import log_context
 from control_plane.services import backups, lifecycle, restores
 from control_plane.services.context import ServiceContext
 
@@ -52,7 +53,8 @@ def execute_operation(ctx: ServiceContext, operation_id: str) -> None:
         tenant_id = op.tenant_id
 
     # The lock serialises everything done to one tenant (a retried job, a duplicate dispatch, another kind).
-    with ctx.locks.hold(tenant_id), ctx.sessions() as session:
+    with log_context(operation_id=operation_id, tenant_id=tenant_id), ctx.locks.hold(tenant_id), \
+            ctx.sessions() as session:
         op = session.get(Operation, operation_id, populate_existing=True)
         if op.status.finished:  # finished by another job while we waited for the lock
             return

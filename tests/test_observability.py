@@ -1,0 +1,208 @@
+"""Metrics, alert rules, dashboard, request ids and the queue view; what an operator sees of a stale backup."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from rq import Queue, Worker
+
+from backup_support import active_tenant, back_up, backup_cleanup, tid  # noqa: F401
+from control_plane import metrics
+from control_plane.app import create_app
+from control_plane.catalog.models import TokenRole
+from control_plane.logs import ContextFilter, JsonLineFormatter
+from control_plane.services.auth import create_token
+from control_plane.services.backup_schedule import report_stale_backups
+from helpers import create_tenant, one
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+DASHBOARD = ROOT / "deploy" / "grafana" / "control-plane.json"
+STALE = tid("stale")
+FRESH = tid("fresh")
+WATCHED = tid("watched")
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool") or str(ROOT / ".devstack" / "tools" / "bin" / "promtool")
+    assert Path(found).exists(), "promtool is missing: ./scripts/test installs it"
+    return found
+
+
+def _samples(text: str) -> dict[str, list]:
+    """Sample name → samples, from a /metrics answer (parsed by prometheus_client's own parser)."""
+    found: dict[str, list] = {}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "gaugehistogram": ("_bucket", "_gcount", "_gsum")}
+    for family in text_string_to_metric_families(text):
+        # A family without samples yet still declares the series names it will have.
+        for name in (family.name, *(family.name + suffix for suffix in suffixes.get(family.type, ()))):
+            found.setdefault(name, [])
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample)
+    return found
+
+
+def _metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\b(control_plane_[a-z0-9_]+)\b", expression))
+
+
+def test_alert_rules_pass_their_promtool_tests():
+    result = subprocess.run([_promtool(), "test", "rules", "alerts_test.yml"], cwd=PROMETHEUS,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    tests = (PROMETHEUS / "alerts_test.yml").read_text()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert f"alertname: {rule['alert']}\n" in tests, f"{rule['alert']} has no promtool test"
+
+
+def test_rules_and_dashboard_use_only_exported_metrics(client, auth):
+    create_tenant(client, auth, WATCHED)
+    client.get("/v1/tenants", headers=auth)
+    exported = set(_samples(client.get("/metrics").get_data(as_text=True)))
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    used = {name for group in rules["groups"] for rule in group["rules"] for name in _metric_names(rule["expr"])}
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert queries, "the dashboard has no queries"
+    for query in queries:
+        used |= _metric_names(query)
+    assert used - exported == set(), f"not exported by /metrics: {sorted(used - exported)}"
+
+
+def test_metrics_report_http_queue_servers_and_tenants(client, auth, ctx, settings, redis_conn, run_jobs,
+                                                       monkeypatch):
+    monkeypatch.setattr(metrics, "SERVER_USAGE_TTL", 0)  # servers are asked at every scrape, not from a cache
+    active_tenant(client, auth, run_jobs, WATCHED)
+    client.get("/v1/tenants/no-such-tenant", headers=auth)
+    # A worker alive on our queue, as a running `tenantctl worker` registers itself.
+    worker = Worker([Queue(settings.queue_name, connection=redis_conn)], connection=redis_conn,
+                    name=f"observed-{STALE}")
+    worker.register_birth()
+    try:
+        samples = _samples(client.get("/metrics").get_data(as_text=True))
+    finally:
+        worker.register_death()
+
+    def value(name: str, **labels) -> float:
+        matching = [s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items())]
+        assert len(matching) == 1, (name, labels, samples.get(name))
+        return matching[0]
+
+    assert value("control_plane_http_requests_total", method="GET", route="/v1/tenants/<tenant_id>",
+                 status="404") >= 1
+    assert value("control_plane_http_request_duration_seconds_count", method="GET",
+                 route="/v1/tenants/<tenant_id>") >= 1
+    assert value("control_plane_workers") >= 1
+    assert value("control_plane_queue_jobs", queue=settings.queue_name, state="queued") == 0
+    assert value("control_plane_server_up", server="default") == 1
+    assert value("control_plane_server_tenants", server="default") == 1
+    assert 0 < value("control_plane_server_connections", server="default") <= value(
+        "control_plane_server_max_connections", server="default")
+    database_size = one(settings.tenant_db_admin_url, "SELECT pg_database_size(datname) FROM pg_database "
+                        "WHERE datname = %s", f"tenant_{WATCHED.replace('-', '_')}_db")
+    assert database_size * 0.9 < value("control_plane_tenant_database_size_bytes", tenant_id=WATCHED) < database_size * 1.1
+    assert value("control_plane_operations_finished_last_hour", kind="provision", status="succeeded") == 1
+    assert value("control_plane_operation_duration_seconds_bucket", kind="provision", le="+Inf") == 1
+    assert {s.labels["source"]: s.value for s in samples["control_plane_metrics_source_up"]} == {
+        "catalog": 1, "backups": 1, "queue": 1, "servers": 1}
+
+
+def test_metrics_token_protects_metrics(ctx):
+    guarded = create_app(ctx=replace(ctx, settings=replace(ctx.settings, metrics_token="scrape-secret")))
+    client = guarded.test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    answer = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert answer.status_code == 200 and b"control_plane_tenants" in answer.data
+
+
+def test_request_id_is_echoed_or_generated(client, auth):
+    echoed = client.get("/v1/tenants", headers={**auth, "X-Request-ID": "req-42.a:b"})
+    assert echoed.headers["X-Request-ID"] == "req-42.a:b"
+    generated = client.get("/healthz", headers={"X-Request-ID": "not acceptable\u00e9 " * 20})
+    assert re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-ID"])
+    refused = client.get("/v1/tenants")  # a 401 has its id too
+    assert refused.status_code == 401 and re.fullmatch(r"[0-9a-f]{32}", refused.headers["X-Request-ID"])
+
+
+def test_queue_view_is_for_super_admins(client, auth, ctx, settings, redis_conn, run_jobs):
+    create_tenant(client, auth, WATCHED)  # one queued job
+    worker = Worker([Queue(settings.queue_name, connection=redis_conn)], connection=redis_conn,
+                    name=f"listed-{STALE}")
+    worker.register_birth()
+    try:
+        workers = client.get("/v1/workers", headers=auth)
+        queues = client.get("/v1/queues", headers=auth).get_json()
+    finally:
+        worker.register_death()
+    assert workers.status_code == 200
+    assert [w["queues"] for w in workers.get_json() if w["name"] == f"listed-{STALE}"] == [[settings.queue_name]]
+    ours = [q for q in queues["queues"] if q["name"] == settings.queue_name]
+    assert ours[0]["jobs"]["queued"] == 1 and ours[0]["oldest_queued_age_seconds"] >= 0
+    assert isinstance(queues["schedulers"], list)
+    tenant_token = create_token(ctx, TokenRole.TENANT_ADMIN, "tenant", WATCHED)[1]
+    assert client.get("/v1/queues", headers={"Authorization": f"Bearer {tenant_token}"}).status_code == 403
+    assert client.get("/v1/workers").status_code == 401
+    run_jobs()
+
+
+def test_a_stale_backup_shows_as_metric_alert_and_log_line(client, auth, ctx, settings, run_jobs, caplog, tmp_path):
+    """What an operator sees when a tenant's backup goes stale: metric, alert (promtool), log line."""
+    for tenant_id in (STALE, FRESH):
+        active_tenant(client, auth, run_jobs, tenant_id)
+        back_up(client, auth, run_jobs, tenant_id)
+    # The stale tenant's newest backup is made 27 hours old, as if a day of scheduled backups failed.
+    one(settings.catalog_database_url, "UPDATE backups SET completed_at = completed_at - interval '27 hours' "
+        "WHERE tenant_id = %s RETURNING id", STALE)
+    one(settings.catalog_database_url, "UPDATE tenants SET last_backup_at = last_backup_at - interval '27 hours' "
+        "WHERE id = %s RETURNING id", STALE)
+
+    text = client.get("/metrics").get_data(as_text=True)
+    lines = [line for line in text.splitlines() if line.startswith("control_plane_tenant_") and (
+        STALE in line or FRESH in line) and "backup" in line]
+    print("\n/metrics:\n" + "\n".join(lines))
+    samples = _samples(text)
+    age = {s.labels["tenant_id"]: s.value for s in samples["control_plane_tenant_last_backup_age_seconds"]}
+    rpo = {s.labels["tenant_id"]: s.value for s in samples["control_plane_tenant_backup_rpo_seconds"]}
+    assert age[STALE] > 27 * 3600 > rpo[STALE] and age[FRESH] < 3600 < rpo[FRESH]
+
+    # The scraped values, fed to Prometheus' own rule engine: TenantBackupStale fires for STALE only.
+    series = [{"series": f'{name}{{job="control-plane",instance="api-1",tenant_id="{tenant}"}}',
+               "values": f"{values[tenant]:.0f}+60x20"}
+              for name, values in (("control_plane_tenant_last_backup_age_seconds", age),
+                                   ("control_plane_tenant_backup_rpo_seconds", rpo)) for tenant in (STALE, FRESH)]
+    for item in series:
+        if "rpo" in item["series"]:
+            item["values"] = item["values"].replace("+60x20", "x20")
+    scraped = {"rule_files": [str(PROMETHEUS / "alerts.yml")], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": "ALERTS{alertname=\"TenantBackupStale\",alertstate=\"firing\"}",
+                              "eval_time": "11m",
+                              "exp_samples": [{"labels": f'ALERTS{{alertname="TenantBackupStale",'
+                                                         f'alertstate="firing",job="control-plane",'
+                                                         f'severity="critical",tenant_id="{STALE}"}}',
+                                               "value": 1}]}]}]}
+    (tmp_path / "scraped_test.yml").write_text(yaml.safe_dump(scraped))
+    result = subprocess.run([_promtool(), "test", "rules", "scraped_test.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    print(f"promtool: {result.stdout.strip()} ALERTS{{alertname=\"TenantBackupStale\",alertstate=\"firing\","
+          f"tenant_id=\"{STALE}\",severity=\"critical\"}} at 11m")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    caplog.handler.addFilter(ContextFilter())  # what the processes' handler adds: the bound ids
+    with caplog.at_level("WARNING", logger="control_plane.services.backup_schedule"):
+        stale = report_stale_backups(ctx)
+    assert [state.tenant_id for state in stale] == [STALE]
+    warnings = [r for r in caplog.records if r.name == "control_plane.services.backup_schedule"]
+    assert len(warnings) == 1 and warnings[0].tenant_id == STALE and "past its RPO" in warnings[0].getMessage()
+    print("log: " + JsonLineFormatter().format(warnings[0]))
