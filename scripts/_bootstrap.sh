@@ -1,5 +1,8 @@
-# Sourced by scripts/run and scripts/test: go to the repository root, make sure .venv exists and
-# holds the project as pyproject.toml currently describes it. Sets REPO_ROOT and VENV_PYTHON.
+# Sourced by scripts/run, scripts/test and scripts/bench: go to the repository root, install the system
+# packages the dev stack needs (apt-get, as root), make sure .venv exists and holds the project as
+# pyproject.toml currently describes it. Sets REPO_ROOT, VENV_PYTHON and PYTHONPATH (scripts/, for
+# `python -m devstack`). A script that needs more packages sets EXTRA_PACKAGES ("command:package ...")
+# before sourcing this file.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$REPO_ROOT"
@@ -8,6 +11,7 @@ VENV="$REPO_ROOT/.venv"
 VENV_PYTHON="$VENV/bin/python"
 STAMP="$VENV/.devstack-install-stamp"
 PYTHON="${PYTHON:-python3}"
+export PYTHONPATH="$REPO_ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}"
 
 _bootstrap_log() { printf '%s\n' "[bootstrap] $*" >&2; }
 
@@ -21,8 +25,21 @@ _bootstrap_apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
 }
 
-if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    _bootstrap_apt_install python3 python3-venv
+_bootstrap_has_postgres() {
+    command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir 2>/dev/null)/initdb" ] && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+# "command:package" pairs: the package is installed when the command is missing. PostgreSQL's server
+# binaries are not on PATH on Debian, hence the special case. (Debian's postgresql package starts a
+# system cluster on 5432; nothing here uses it.)
+_bootstrap_missing=()
+_bootstrap_has_postgres || _bootstrap_missing+=(postgresql)
+for _pair in python3:python3 redis-server:redis-server psql:postgresql-client ${EXTRA_PACKAGES:-}; do
+    command -v "${_pair%%:*}" >/dev/null 2>&1 || _bootstrap_missing+=("${_pair#*:}")
+done
+if [ "${#_bootstrap_missing[@]}" -gt 0 ]; then
+    _bootstrap_apt_install "${_bootstrap_missing[@]}"
 fi
 
 # A venv is usable when its python runs and has pip; anything less (an interrupted creation) is redone.

@@ -1,4 +1,4 @@
-"""The private servers of control_plane.devstack, started for real: passwords required, restarts keep port and data."""
+"""The private servers of the dev stack (scripts/devstack), started for real: passwords required, restarts keep port and data."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from control_plane import devstack
+import devstack
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from control_plane import devstack
+import devstack
 from helpers import create_tenant, databases, tenant, tenant_login
 
 
