@@ -129,9 +129,10 @@ def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[s
 @click.option("--status", type=click.Choice([s.value for s in TenantStatus]))
 @click.option("--server")
 @click.option("-q", "query")
-def tenants_list(status: str | None, server: str | None, query: str | None) -> None:
+@click.option("--backup-stale", is_flag=True, default=None, help="Only tenants whose newest backup is older than their RPO.")
+def tenants_list(status: str | None, server: str | None, query: str | None, backup_stale: bool | None) -> None:
     items, total = tenants.list_tenants(context(), SYSTEM, status=TenantStatus(status) if status else None,
-                                        server=server, q=query, limit=10_000)
+                                        server=server, q=query, backup_stale=backup_stale, limit=10_000)
     click.echo(f"{'ID':<40} {'STATUS':<13} {'SERVER':<12} REVISION")
     for t in items:
         click.echo(f"{t.id:<40} {t.status.value:<13} {t.server_name or '-':<12} {t.schema_revision or '-'}")

@@ -127,15 +127,16 @@ def backups_prune(tenant_ids: tuple[str, ...]) -> None:
 @click.option("--keep-last", type=click.IntRange(1, 1000))
 @click.option("--keep-daily-days", type=click.IntRange(0, 3650))
 @click.option("--scheduled/--not-scheduled", default=None)
+@click.option("--rpo-hours", type=click.IntRange(1, 24 * 90), help="Recovery point objective (default 24).")
 def backups_policy(tenant_id: str, keep_last: int | None, keep_daily_days: int | None,
-                   scheduled: bool | None) -> None:
+                   scheduled: bool | None, rpo_hours: int | None) -> None:
     """Show, or with options change, a tenant's retention policy."""
     ctx = context()
-    if keep_last is None and keep_daily_days is None and scheduled is None:
+    if keep_last is None and keep_daily_days is None and scheduled is None and rpo_hours is None:
         policy = backups.get_policy(ctx, SYSTEM, tenant_id)
     else:
         policy = backups.set_policy(ctx, SYSTEM, tenant_id, keep_last=keep_last, keep_daily_days=keep_daily_days,
-                                    scheduled=scheduled)
+                                    scheduled=scheduled, rpo_hours=rpo_hours)
     click.echo(json.dumps(vars(policy), indent=2))
 
 

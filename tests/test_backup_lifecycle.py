@@ -133,7 +133,8 @@ def test_a_backup_under_concurrent_writes_is_one_snapshot(client, auth, run_jobs
 def test_retention_keeps_exactly_what_the_policy_says(client, auth, run_jobs, ctx, settings):
     active_tenant(client, auth, run_jobs, KEEP)
     policy = client.put(f"/v1/tenants/{KEEP}/backup-policy", json={"keep_last": 1, "keep_daily_days": 5}, headers=auth)
-    assert policy.status_code == 200 and policy.get_json() == {"keep_last": 1, "keep_daily_days": 5, "scheduled": True}
+    assert policy.status_code == 200 and policy.get_json() == {"keep_last": 1, "keep_daily_days": 5, "scheduled": True,
+                                                             "rpo_hours": 24}
     made = {name: back_up(client, auth, run_jobs, KEEP)["id"]
             for name in ("old", "day3", "day1_early", "day1_late", "today")}
     pinned = back_up(client, auth, run_jobs, KEEP, expires_in_days=30)["id"]

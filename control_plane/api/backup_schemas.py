@@ -83,3 +83,6 @@ class BackupPolicySchema(Schema):
     keep_last = fields.Integer(validate=validate.Range(min=1, max=1000))
     keep_daily_days = fields.Integer(validate=validate.Range(min=0, max=3650))
     scheduled = fields.Boolean()
+    rpo_hours = fields.Integer(validate=validate.Range(min=1, max=24 * 90), metadata={
+        "description": "Recovery point objective: scheduled backups keep the newest one younger than this "
+                       "(several a day below 24); older is `backup_stale`"})

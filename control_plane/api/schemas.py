@@ -64,6 +64,8 @@ class TenantQuerySchema(Schema):
     status = fields.Enum(TenantStatus, by_value=True)
     server = fields.String(validate=validate.Length(max=63))
     q = fields.String(validate=validate.Length(min=1, max=100))
+    backup_stale = fields.Boolean(metadata={"description": "true: tenants with data (active, suspended, busy) "
+                                                           "whose newest backup is older than their RPO (rpo_hours)"})
 
 
 class DeleteQuerySchema(Schema):

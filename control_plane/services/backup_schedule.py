@@ -1,9 +1,14 @@
-"""Daily scheduled backups: every active tenant once a day, each at its own time within the backup
-window (staggered by a hash of its id), so a fleet does not start all its pg_dumps at once.
+"""Scheduled backups that keep each tenant's recovery point objective (`rpo_hours`, default 24).
 
-The catalog decides what is due: a tenant's backup for a day is an operation with the idempotency
-key `scheduled-backup:<tenant>:<day>`, so ticks from several scheduler replicas, or repeated ticks,
-start each backup once.
+With an RPO of a day or more: once a day, each tenant at its own time within the backup window
+(staggered by a hash of its id), so a fleet does not start all its pg_dumps at once. With a shorter
+RPO: around the clock, every ¾ of the RPO (at least 30 min), at a per-tenant offset.
+
+The catalog decides what is due: a tenant's backup for a slot is an operation with the idempotency
+key `scheduled-backup:<tenant>:<slot>`, so ticks from several scheduler replicas, or repeated ticks,
+start each backup once. A scheduled backup that failed is retried with exponential backoff (2 min,
+doubling, at most an hour apart) until it succeeds or the next slot's backup takes over: never
+skipped silently (a backup older than the RPO is `backup_stale` and alerts).
 """
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.catalog.backup_models import BackupPolicy, BackupTrigger
-from control_plane.catalog.models import Operation, Tenant, TenantStatus, TokenRole, utcnow
+from control_plane.catalog.models import (Operation, OperationKind, OperationStatus, Tenant, TenantStatus, TokenRole,
+                                          utcnow)
 from control_plane.errors import ConfigurationError, ConflictError, TenantNotFoundError
 from control_plane.services.auth import Principal
 from control_plane.services.backups import request_backup
@@ -24,6 +30,7 @@ from control_plane.logs import log_context
 from control_plane.services import fleet
 from control_plane.services.context import ServiceContext
 from control_plane.services.fleet import TenantBackupState
+from control_plane.services.rpo import DEFAULT_RPO_HOURS
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +72,30 @@ class BackupWindow:
         return slot - timedelta(days=1)  # a window crossing midnight, with today's slot tomorrow
 
 
-def _key(tenant_id: str, slot: datetime) -> str:
-    return f"scheduled-backup:{tenant_id}:{slot:%Y-%m-%d}"
+def _key(tenant_id: str, slot: datetime, daily: bool = True) -> str:
+    return f"scheduled-backup:{tenant_id}:{slot:%Y-%m-%d}" if daily else f"scheduled-backup:{tenant_id}:{slot:%Y-%m-%dT%H:%M}"
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+RETRY_FIRST = timedelta(minutes=2)
+RETRY_MAX = timedelta(hours=1)
+
+
+def sub_daily_period(rpo_hours: int) -> timedelta:
+    """How often to back up to keep an RPO under a day: ¾ of it (room for the backup itself), ≥ 30 min."""
+    return max(timedelta(minutes=30), timedelta(minutes=rpo_hours * 45))
+
+
+def latest_periodic_slot(tenant_id: str, period: timedelta, now: datetime) -> datetime:
+    """The tenant's most recent slot at or before `now` on a grid of `period`, shifted by its own offset."""
+    seconds = int(period.total_seconds())
+    offset = zlib.crc32(f"backup-slot:{tenant_id}".encode()) % seconds
+    elapsed = int((now - _EPOCH).total_seconds()) - offset
+    return _EPOCH + timedelta(seconds=offset + (elapsed // seconds) * seconds)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    return min(RETRY_MAX, RETRY_FIRST * (2 ** max(0, attempts - 1)))
 
 
 def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit: int = 100) -> list[str]:
@@ -76,13 +105,22 @@ def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit
     window = BackupWindow.parse(ctx.settings.backup_window)
     with ctx.sessions() as session:
         tenants = session.execute(select(Tenant.id, Tenant.created_at).where(Tenant.status == TenantStatus.ACTIVE)).all()
-        opted_out = set(session.scalars(select(BackupPolicy.tenant_id).where(BackupPolicy.scheduled.is_(False))))
+        policies = {row.tenant_id: row for row in session.scalars(select(BackupPolicy))}
         due = []
         for tenant_id, created_at in tenants:
-            slot = window.latest_slot(tenant_id, now)
+            policy = policies.get(tenant_id)
+            if policy is not None and not policy.scheduled:
+                continue
+            rpo_hours = policy.rpo_hours if policy is not None else DEFAULT_RPO_HOURS
+            if rpo_hours >= 24:
+                slot = window.latest_slot(tenant_id, now)
+                key = _key(tenant_id, slot)
+            else:
+                slot = latest_periodic_slot(tenant_id, sub_daily_period(rpo_hours), now)
+                key = _key(tenant_id, slot, daily=False)
             # A tenant created after its slot waits for the next one (mass provisioning stays staggered).
-            if tenant_id not in opted_out and created_at <= slot:
-                due.append((slot, tenant_id, _key(tenant_id, slot)))
+            if created_at <= slot:
+                due.append((slot, tenant_id, key))
         keys = [key for _, _, key in due]
         started_before = set(session.scalars(select(Operation.idempotency_key).where(
             Operation.requested_by == SCHEDULER.token_id, Operation.idempotency_key.in_(keys)))) if keys else set()
@@ -102,7 +140,38 @@ def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit
             continue  # another scheduler replica started it a moment ago
         started.append(op.id)
         log.info("tenant %s operation %s: scheduled backup for %s started", tenant_id, op.id, slot.isoformat())
-    return started
+    return started + retry_failed_backups(ctx, now)
+
+
+def retry_failed_backups(ctx: ServiceContext, now: datetime | None = None) -> list[str]:
+    """Retry each active tenant's newest scheduled backup if it failed and its backoff has passed.
+
+    Only the newest scheduled one per tenant: once the next slot's backup has started, it takes over.
+    """
+    from control_plane.services.operations import retry_operation
+
+    now = now or utcnow()
+    newest = (select(Operation.tenant_id, func.max(Operation.created_at).label("created_at"))
+              .where(Operation.kind == OperationKind.BACKUP, Operation.requested_by == SCHEDULER.token_id)
+              .group_by(Operation.tenant_id).subquery())
+    with ctx.sessions() as session:
+        failed = session.scalars(select(Operation).join(newest, (Operation.tenant_id == newest.c.tenant_id)
+                                                        & (Operation.created_at == newest.c.created_at))
+                                 .join(Tenant, Tenant.id == Operation.tenant_id)
+                                 .where(Operation.status == OperationStatus.FAILED,
+                                        Operation.requested_by == SCHEDULER.token_id,
+                                        Tenant.status == TenantStatus.ACTIVE)).all()
+        due = [op.id for op in failed if op.finished_at is None or op.finished_at + retry_delay(op.attempts) <= now]
+    retried = []
+    for op_id in due:
+        try:
+            retry_operation(ctx, SCHEDULER, op_id)
+        except (ConflictError, TenantNotFoundError) as exc:
+            log.info("operation %s: scheduled backup not retried: %s", op_id, exc.detail)
+            continue
+        retried.append(op_id)
+        log.warning("operation %s: scheduled backup failed; retrying (backoff)", op_id)
+    return retried
 
 
 def report_stale_backups(ctx: ServiceContext, now: datetime | None = None) -> list[TenantBackupState]:

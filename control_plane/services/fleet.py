@@ -10,14 +10,8 @@ from control_plane.catalog.backup_models import Backup, BackupStatus
 from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunStatus
 from control_plane.catalog.models import DatabaseServer, Operation, OperationStatus, Tenant, TenantStatus, utcnow
 from control_plane.services.context import ServiceContext
+from control_plane.services.rpo import BACKED_UP_STATUSES, rpo_hours_of_tenant
 
-# How old a tenant's newest backup may be before its recovery point objective is lost. Per-tenant RPOs
-# (the disaster-recovery work) replace this default where they exist.
-DEFAULT_BACKUP_RPO = timedelta(hours=26)
-
-# Tenants whose data exists and must be backed up.
-BACKED_UP_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.MIGRATING, TenantStatus.RESTORING,
-                      TenantStatus.MOVING)
 
 
 def ping_catalog(ctx: ServiceContext) -> None:
@@ -87,7 +81,7 @@ def tenant_backup_states(ctx: ServiceContext, now: datetime | None = None) -> li
     """Every tenant that must be backed up, with how old its newest backup is. One query per table."""
     now = now or utcnow()
     with ctx.sessions() as session:
-        tenants = session.execute(select(Tenant.id, Tenant.created_at, Tenant.last_backup_at)
+        tenants = session.execute(select(Tenant.id, Tenant.created_at, Tenant.last_backup_at, rpo_hours_of_tenant())
                                   .where(Tenant.status.in_(BACKED_UP_STATUSES))).all()
         completed = Backup.status == BackupStatus.COMPLETED
         newest_at = (select(Backup.tenant_id, func.max(Backup.completed_at).label("at"))
@@ -97,11 +91,11 @@ def tenant_backup_states(ctx: ServiceContext, now: datetime | None = None) -> li
                   .where(completed))
         latest = {tenant_id: (completed_at, size) for tenant_id, completed_at, size in session.execute(newest)}
     states = []
-    for tenant_id, created_at, last_backup_at in tenants:
+    for tenant_id, created_at, last_backup_at, rpo_hours in tenants:
         completed_at, size = latest.get(tenant_id, (None, None))
         since = max(filter(None, (completed_at, last_backup_at)), default=created_at)
         states.append(TenantBackupState(tenant_id, max(0.0, (now - since).total_seconds()),
-                                        DEFAULT_BACKUP_RPO.total_seconds(), size))
+                                        rpo_hours * 3600.0, size))
     return states
 
 

@@ -94,6 +94,10 @@ def adopt_stored_backups(ctx: ServiceContext, session: Session, tenant_id: str) 
             adopted[backup_id] = backup
     if adopted:
         audit.record(session, "system", "backups.adopted", tenant_id, None, backup_ids=list(adopted))
+        tenant = session.get(Tenant, tenant_id)
+        newest = max(b.completed_at for b in adopted.values())
+        if tenant is not None and (tenant.last_backup_at is None or tenant.last_backup_at < newest):
+            tenant.last_backup_at = newest
     session.commit()
     return list(adopted)
 

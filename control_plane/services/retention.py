@@ -30,6 +30,7 @@ class Policy:
     keep_last: int
     keep_daily_days: int
     scheduled: bool = True
+    rpo_hours: int = 24  # recovery point objective: the newest backup must be younger than this
 
 
 def default_policy(store_url: str) -> Policy:
@@ -41,7 +42,7 @@ def policy_of(ctx: ServiceContext, session: Session, tenant_id: str) -> Policy:
     row = session.get(BackupPolicy, tenant_id)
     if row is None:
         return default_policy(ctx.settings.backup_store_url)
-    return Policy(row.keep_last, row.keep_daily_days, row.scheduled)
+    return Policy(row.keep_last, row.keep_daily_days, row.scheduled, row.rpo_hours)
 
 
 class _Dated(Protocol):

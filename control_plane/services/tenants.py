@@ -14,13 +14,14 @@ from control_plane import naming
 from control_plane.adapters.crypto import random_password
 from control_plane.adapters.passwords import hash_password
 from control_plane.catalog.db import page, transaction
-from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantDomain, TenantStatus
+from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantDomain, TenantStatus, utcnow
 from control_plane.errors import (DomainTakenError, IllegalTransitionError, TenantExistsError, TenantNotFoundError,
                                   ValidationError)
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, operation_secret_context, role_secret_context
 from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+from control_plane.services.rpo import backup_stale_clause
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,12 @@ def get_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Ten
 
 
 def list_tenants(ctx: ServiceContext, principal: Principal, *, status: TenantStatus | None = None,
-                 server: str | None = None, q: str | None = None, offset: int = 0, limit: int = 50
-                 ) -> tuple[list[Tenant], int]:
+                 server: str | None = None, q: str | None = None, backup_stale: bool | None = None,
+                 offset: int = 0, limit: int = 50) -> tuple[list[Tenant], int]:
     query = select(Tenant)
+    if backup_stale is not None:
+        stale = backup_stale_clause(utcnow())
+        query = query.where(stale if backup_stale else ~stale)
     if not principal.is_super_admin:
         query = query.where(Tenant.id == principal.tenant_id)
     if status:

@@ -1,0 +1,93 @@
+"""Recovery point objective per tenant: staleness, sub-daily schedules, retries of failed scheduled backups."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from backup_support import backup_cleanup, tid  # noqa: F401
+from control_plane import naming
+from control_plane.catalog.backup_models import BackupPolicy
+from control_plane.catalog.models import Operation, OperationStatus, Tenant, TenantStatus, utcnow
+from control_plane.services.backup_schedule import retry_failed_backups, schedule_due_backups
+from control_plane.services.context import role_secret_context
+
+FRESH = tid("rpo-fresh")
+NEVER = tid("rpo-never")
+HOURLY = tid("rpo-hourly")
+GONE = tid("rpo-gone")
+
+
+def _tenant(ctx, tenant_id: str, *, created_ago: timedelta, backed_up_ago: timedelta | None = None,
+            rpo_hours: int | None = None) -> None:
+    """A catalog row only (no database): enough for what the scheduler and the staleness filter decide."""
+    now = utcnow()
+    with ctx.sessions() as session:
+        session.add(Tenant(id=tenant_id, name=tenant_id, status=TenantStatus.ACTIVE, server_name="default",
+                           database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
+                           role_password_encrypted=ctx.keyring.encrypt("x", role_secret_context(tenant_id)),
+                           created_at=now - created_ago,
+                           last_backup_at=now - backed_up_ago if backed_up_ago is not None else None))
+        if rpo_hours is not None:
+            session.add(BackupPolicy(tenant_id=tenant_id, keep_last=7, keep_daily_days=7, scheduled=True,
+                                     rpo_hours=rpo_hours))
+        session.commit()
+
+
+def test_backup_stale_lists_tenants_whose_newest_backup_is_older_than_their_rpo(client, auth, ctx):
+    _tenant(ctx, FRESH, created_ago=timedelta(days=3), backed_up_ago=timedelta(hours=20))
+    _tenant(ctx, NEVER, created_ago=timedelta(days=2))
+    _tenant(ctx, HOURLY, created_ago=timedelta(days=3), backed_up_ago=timedelta(hours=2), rpo_hours=1)
+    stale = client.get("/v1/tenants?backup_stale=true", headers=auth)
+    assert stale.status_code == 200
+    assert sorted(t["id"] for t in stale.get_json()) == sorted([NEVER, HOURLY])
+    assert [t["id"] for t in client.get("/v1/tenants?backup_stale=false", headers=auth).get_json()] == [FRESH]
+    assert client.get("/v1/tenants?backup_stale=maybe", headers=auth).status_code == 422
+    policy = client.put(f"/v1/tenants/{HOURLY}/backup-policy", json={"rpo_hours": 0}, headers=auth)
+    assert policy.status_code == 422 and "rpo_hours" in policy.get_json()["errors"]["json"]
+    policy = client.put(f"/v1/tenants/{HOURLY}/backup-policy", json={"rpo_hours": 3}, headers=auth)
+    assert policy.status_code == 200 and policy.get_json()["rpo_hours"] == 3
+    assert HOURLY not in {t["id"] for t in client.get("/v1/tenants?backup_stale=true", headers=auth).get_json()}
+
+
+def test_a_short_rpo_is_kept_with_several_backups_a_day(ctx):
+    _tenant(ctx, HOURLY, created_ago=timedelta(days=3), rpo_hours=4)
+    _tenant(ctx, FRESH, created_ago=timedelta(days=3))
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    started = []
+    for step in range(48):  # a tick every 30 min for a day
+        started += schedule_due_backups(ctx, now=start + timedelta(minutes=30 * step))
+    with ctx.sessions() as session:
+        ops = [session.get(Operation, op_id) for op_id in started]
+    slots = [datetime.fromisoformat(op.idempotency_key.rsplit(":", 2)[1] + ":" + op.idempotency_key.rsplit(":", 1)[1])
+             for op in ops if op.tenant_id == HOURLY]
+    # Every 3 h (¾ of the RPO, leaving room for the backup itself): 8 slots in the day, plus the one
+    # before the first tick.
+    assert len(slots) in (8, 9) and {b - a for a, b in zip(slots, slots[1:])} == {timedelta(hours=3)}
+    assert [op.tenant_id for op in ops].count(FRESH) in (1, 2)  # daily: today's slot, and tomorrow's if in range
+
+
+def test_a_failed_scheduled_backup_is_retried_with_backoff_until_the_next_slot_takes_over(ctx, run_jobs):
+    _tenant(ctx, GONE, created_ago=timedelta(days=3))  # its database does not exist: every backup fails
+    now = utcnow() + timedelta(days=1)
+    [op_id] = schedule_due_backups(ctx, now=now)
+    run_jobs()
+
+    def failed() -> Operation:
+        with ctx.sessions() as session:
+            op = session.get(Operation, op_id)
+            assert op.status is OperationStatus.FAILED, op.error
+            return op
+
+    first = failed().finished_at
+    assert retry_failed_backups(ctx, now=first + timedelta(minutes=1)) == []  # backoff: 2 min
+    assert retry_failed_backups(ctx, now=first + timedelta(minutes=3)) == [op_id]
+    run_jobs()
+    second = failed()
+    assert second.attempts == 2
+    assert retry_failed_backups(ctx, now=second.finished_at + timedelta(minutes=3)) == []  # then 4 min
+    assert retry_failed_backups(ctx, now=second.finished_at + timedelta(minutes=5)) == [op_id]
+    run_jobs()
+    # The next day's slot starts a new backup; the old one is no longer retried.
+    later = schedule_due_backups(ctx, now=now + timedelta(days=1))
+    assert len(later) == 1 and later[0] != op_id
+    run_jobs()
+    assert retry_failed_backups(ctx, now=utcnow() + timedelta(days=3)) == [later[0]]
