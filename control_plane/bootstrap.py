@@ -10,6 +10,7 @@ from control_plane.adapters.crypto import Keyring
 from control_plane.adapters.events import RedisTenantEvents
 from control_plane.adapters.job_queue import RqJobQueue
 from control_plane.adapters.locks import PostgresTenantLocks
+from control_plane.adapters.logical_replication import PostgresLogicalReplication
 from control_plane.adapters.pg_backup import PostgresBackupTools
 from control_plane.adapters.migration_job_queue import RqMigrationJobs
 from control_plane.adapters.queue_monitor import RqQueueMonitor
@@ -41,6 +42,7 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         tenant_template=TenantTemplate,
         migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
         queue_monitor=RqQueueMonitor(client, [settings.queue_name]),
+        logical_replication=PostgresLogicalReplication,
     )
     attach_backups(ctx)
     return ctx

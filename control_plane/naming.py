@@ -101,6 +101,16 @@ def retired_database_name(tenant_id: str, when) -> str:
     return f"tenant_{_slug(tenant_id)}_{when:%Y%m%d_%H%M%S}"
 
 
+def move_object_name(operation_id: str) -> str:
+    """Publication, subscription, replication slot and source login role of one online move."""
+    return f"cp_move_{operation_id.replace('-', '')[:16]}"
+
+
+def moved_database_name(tenant_id: str, operation_id: str) -> str:
+    """What a move renames the source database to, kept (connections refused) for the grace period."""
+    return f"tenant_{_slug(tenant_id)}_mv_{operation_id.replace('-', '')[:8]}"
+
+
 def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
     """RQ job id of one claim of a migration run item: a re-claim gets a new job, a stale one is recognisable."""
     return f"migration-item-{item_id}-{dispatch_token}"

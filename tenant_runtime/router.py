@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _NAMEDATALEN = 63
 _GONE = frozenset({"deleted", "deleting"})
+# A tenant being cut over to another server: new checkouts wait (bounded) for its next change event.
+_HELD = frozenset({"moving"})
+_HELD_RECHECK = 0.25
 _ROUTERS: "weakref.WeakSet[TenantRouter]" = weakref.WeakSet()
 
 
@@ -120,6 +123,7 @@ class TenantRouter:
         self._started = False
         self._stop = threading.Event()
         self._to_close: queue.SimpleQueue[PoolEntry | None] = queue.SimpleQueue()
+        self._changed = threading.Condition()  # notified on every tenant change event
         self._janitor: threading.Thread | None = None
         self._listener: TenantEventListener | None = None
         self._registry = PoolRegistry(max_connections=self.settings.max_connections,
@@ -265,7 +269,7 @@ class TenantRouter:
 
     def _acquire(self, tenant_id: str, started: float, deadline: float) -> Lease:
         for _ in range(3):  # a pool retired under us (event, eviction) is looked up again
-            route = self._directory.route(tenant_id)
+            route = self._settled_route(tenant_id, deadline)
             self._require_serving(route)
             registry = self._registry
             entry = registry.checkout(tenant_id, route.fingerprint, lambda e: self._make_pool(e, route))
@@ -295,6 +299,17 @@ class TenantRouter:
             return Lease(self, entry, conn)
         raise TenantDatabaseUnavailableError(f"tenant {tenant_id!r}: its pool kept being replaced; try again",
                                              tenant_id=tenant_id)
+
+    def _settled_route(self, tenant_id: str, deadline: float) -> Route:
+        """The tenant's route; while it is being cut over (`moving`), wait up to `deadline` for its next
+        change (a request then waits out the move's write freeze instead of failing)."""
+        route = self._directory.route(tenant_id)
+        while route.info.status in _HELD and monotonic() < deadline:
+            with self._changed:
+                self._changed.wait(timeout=min(_HELD_RECHECK, max(deadline - monotonic(), 0)))
+            self._directory.invalidate_tenant(tenant_id)  # the event's, or a re-read in case it was lost
+            route = self._directory.route(tenant_id)
+        return route
 
     def _budget_error(self, entry: PoolEntry) -> ConnectionBudgetExceededError:
         cap = self.settings.max_connections_per_tenant
@@ -401,6 +416,8 @@ class TenantRouter:
         # Status, server, database or credentials changed: its connections may point at the wrong
         # place or serve a tenant that must be refused. New ones follow the catalog.
         self._registry.retire_tenant(tenant_id, "event")
+        with self._changed:
+            self._changed.notify_all()
         log.debug("tenant %s: %s event, pool retired", tenant_id, event.get("change"))
 
     def _on_events_live(self, live: bool, recovered: bool) -> None:

@@ -218,10 +218,11 @@ class _RowCounts:
 class DumpStream:
     archive: BinaryIO
     client: PgClient
-    _counts: _RowCounts
+    _counts: _RowCounts | None
 
     def row_counts(self) -> dict[str, int]:
         """Exact row count per table in the snapshot the archive was read from."""
+        assert self._counts is not None, "dumped with count_rows=False"
         return self._counts.result()
 
 
@@ -281,7 +282,8 @@ class PostgresBackupTools:
     # -- pg_dump / pg_restore ----------------------------------------------------------------------
 
     @contextmanager
-    def dump(self, database: str, role: str, password: str) -> Iterator["DumpStream"]:
+    def dump(self, database: str, role: str, password: str, *, schema_only: bool = False,
+             count_rows: bool = True) -> Iterator["DumpStream"]:
         """pg_dump's custom-format archive (uncompressed: we compress) as a stream, read to its end by the caller.
 
         The archive is read in a snapshot exported by a transaction of our own, in which every table's
@@ -305,6 +307,8 @@ class PostgresBackupTools:
             args = [client.pg_dump, "--format=custom", "--compress=0", "--no-password",
                     f"--lock-wait-timeout={_LOCK_WAIT}", f"--snapshot={snapshot_id}",
                     f"--dbname={self._conninfo(database, role)}"]
+            if schema_only:
+                args.append("--schema-only")
             try:
                 proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=self._env(password))
@@ -313,7 +317,7 @@ class PostgresBackupTools:
             stderr = _StderrTail(proc.stderr)
             archive = _Prefetch(proc.stdout)
             # Counted while pg_dump reads: the snapshot connection belongs to the counting thread until joined.
-            counts = _RowCounts(snapshot)
+            counts = _RowCounts(snapshot) if count_rows else None
             try:
                 yield DumpStream(archive, client, counts)
             except BaseException:
@@ -323,7 +327,8 @@ class PostgresBackupTools:
             finally:
                 archive.close()
                 proc.stdout.close()
-                counts.join()
+                if counts is not None:
+                    counts.join()
             status = proc.wait()
             if status != 0:
                 raise BackupToolError(f"pg_dump of {database} exited with status {status}: {stderr.text()}")
@@ -364,7 +369,8 @@ class PostgresBackupTools:
         """
         major, _ = self.server_version()
         client = choose_client(max(major, archive_major), self._bin_dir)
-        args = [client.pg_restore, "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
+        args = [client.pg_restore, "--no-owner", "--no-privileges", "--no-publications", "--no-subscriptions",
+                "--exit-on-error", "--no-password",
                 f"--dbname={self._conninfo(database, role)}"]
         try:
             proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -386,6 +392,22 @@ class PostgresBackupTools:
         message = stderr.text()
         if status != 0:
             raise BackupToolError(f"pg_restore into {database} exited with status {status}: {message}")
+
+    def copy_into(self, target: "PostgresBackupTools", database: str, role: str, password: str, *,
+                  schema_only: bool = False) -> int:
+        """Stream `database` (pg_dump as this server's admin) into the same-named empty database on `target`
+        (pg_restore as `role`, who then owns every object); returns the archive's size in bytes."""
+        params = conninfo_to_dict(self._admin_url)
+        copied = 0
+        with self.dump(database, params.get("user") or "", params.get("password") or "",
+                       schema_only=schema_only, count_rows=False) as stream:
+            def feed(stdin: BinaryIO) -> None:
+                nonlocal copied
+                while block := stream.archive.read(1 << 20):
+                    stdin.write(block)
+                    copied += len(block)
+            target.restore(database, role, password, feed, archive_major=stream.client.major)
+        return copied
 
     # -- the swap ----------------------------------------------------------------------------------
 

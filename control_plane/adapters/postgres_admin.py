@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -126,6 +127,38 @@ class PostgresAdmin:
             db = sql.Identifier(database)
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
             conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, sql.Identifier(role)))
+
+    def grant_connect(self, database: str, role: str) -> None:
+        with self.connect() as conn, self._acl_lock(conn):
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database),
+                                                                            sql.Identifier(role)))
+
+    def set_login(self, role: str, allowed: bool) -> None:
+        """Let the role log in, or refuse its new sessions (open ones stay until ended)."""
+        with self.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} WITH {}").format(
+                sql.Identifier(role), sql.SQL("LOGIN" if allowed else "NOLOGIN")))
+
+    def end_sessions(self, database: str, role: str, timeout: float = 10) -> None:
+        """End `role`'s sessions on `database` and wait until they are gone."""
+        deadline = time.monotonic() + timeout
+        with self.connect() as conn:
+            while conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                               "WHERE datname = %s AND usename = %s AND pid <> pg_backend_pid()",
+                               (database, role)).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise DatabaseServerError(f"sessions of {role} on {database} did not end within {timeout:g} s")
+                time.sleep(0.005)
+
+    def retire_database(self, database: str, retired: str) -> None:
+        """Rename `database` to `retired` and refuse connections to it (kept for a grace period)."""
+        with self.connect() as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                return  # renamed already (a retried move)
+            db = sql.Identifier(database)
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(db))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(db, sql.Identifier(retired)))
 
     def close_other_databases(self) -> None:
         """Revoke PUBLIC's CONNECT on every other connectable database of the server (postgres, template1...).

@@ -77,6 +77,11 @@ class MigrateSchema(Schema):
     target = fields.String(load_default="head", validate=validate.Length(min=1, max=64))
 
 
+class MoveSchema(Schema):
+    server = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9-]{0,62}$"))
+    mode = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["online", "offline"]))
+
+
 class OperationSchema(Schema):
     id = fields.String()
     kind = fields.Enum(OperationKind, by_value=True)

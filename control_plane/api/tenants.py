@@ -6,9 +6,9 @@ from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
 from control_plane.api.common import accepted, idempotency_key, services
-from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, OperationSchema, TenantCreateSchema,
-                                       TenantQuerySchema, TenantSchema, TenantUpdateSchema)
-from control_plane.services import tenants
+from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, MoveSchema, OperationSchema,
+                                       TenantCreateSchema, TenantQuerySchema, TenantSchema, TenantUpdateSchema)
+from control_plane.services import moves, tenants
 
 blp = Blueprint("tenants", __name__, url_prefix="/v1/tenants", description="Tenants and their lifecycle")
 
@@ -93,3 +93,19 @@ class MigrateTenant(MethodView):
         """Bring the tenant's schema to `head` or to a given revision (upgrade or downgrade)."""
         return accepted(tenants.request_migration(services(), principal(), tenant_id, body["target"],
                                                   idempotency_key=idempotency_key()))
+
+
+@blp.route("/<tenant_id>/move")
+class MoveTenant(MethodView):
+    @blp.arguments(MoveSchema)
+    @blp.response(202, OperationSchema, headers=_202)
+    @blp.alt_response(404, description="No such tenant or server")
+    @blp.alt_response(409, description="The tenant's status forbids a move, or the server takes no tenants")
+    @blp.alt_response(422, description="Invalid input, the tenant is already there, or an online move is impossible "
+                                       "(`detail` says why)")
+    def post(self, body, tenant_id):
+        """Move the tenant's database to another server: `online` (logical replication, a write freeze under a
+        second), `offline` (pg_dump | pg_restore while the tenant is held) or, without `mode`, online when the
+        servers allow it. The chosen mode is in the operation's `result.mode`."""
+        return accepted(moves.request_move(services(), principal(), tenant_id, server=body["server"],
+                                           mode=body["mode"], idempotency_key=idempotency_key()))

@@ -105,6 +105,7 @@ _TENANT_TRANSITIONS: dict[str, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "resume": (frozenset({TenantStatus.SUSPENDED, TenantStatus.ACTIVE}), TenantStatus.ACTIVE),
     "migrate": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.MIGRATING),
     "restore": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED}), TenantStatus.RESTORING),
+    "move": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.MOVING}), TenantStatus.MOVING),
     "delete": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.FAILED,
                           TenantStatus.DELETING}), TenantStatus.DELETING),
     "mark_deleted": (frozenset({TenantStatus.DELETING, TenantStatus.DELETED}), TenantStatus.DELETED),
@@ -166,6 +167,9 @@ class Tenant(Base):
 
     def begin_restore(self) -> None:
         self._transition("restore")
+
+    def begin_move(self) -> None:
+        self._transition("move")
 
     def begin_deletion(self) -> None:
         self._transition("delete")

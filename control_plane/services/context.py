@@ -88,8 +88,15 @@ class ServiceContext:
     # the super admin's queue view.
     queue_monitor: Any = None
 
+    # Online moves: (source admin URL, target admin URL, source host, source port) → replication adapter.
+    logical_replication: Callable[[str, str, str, int], Any] | None = None
+
     def admin_for(self, server: DatabaseServer) -> ServerAdmin:
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
+
+    def admin_url_of(self, server: DatabaseServer) -> str:
+        """The server's admin DSN (a secret: never log it)."""
+        return self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name))
 
     def template_for(self, server: DatabaseServer) -> TemplatePort:
         return self.tenant_template(self.admin_for(server))

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from control_plane.catalog.models import Operation, OperationKind, Tenant
 from control_plane.errors import ControlPlaneError, OperationNotFoundError
 from control_plane.logs import log_context
-from control_plane.services import backups, lifecycle, restores
+from control_plane.services import backups, lifecycle, moves, restores
 from control_plane.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ HANDLERS: dict[OperationKind, Handler] = {
     OperationKind.DELETE: Handler(lifecycle.delete, lifecycle.delete_failed, lifecycle.retry_delete),
     OperationKind.BACKUP: Handler(backups.run_backup, backups.backup_failed, backups.retry_backup),
     OperationKind.RESTORE: Handler(restores.run_restore, restores.restore_failed, restores.retry_restore),
+    OperationKind.MOVE: Handler(moves.run_move, moves.move_failed, moves.retry_move),
 }
 
 

@@ -113,16 +113,18 @@ class PostgresServer(PrivateServer):
 
     The superuser is `cp_admin` with a random password kept 0600 in `root/superuser-password`; the
     port is remembered in `root/port` and reused while free. `fast=True` (tests only) turns off
-    fsync, synchronous_commit and full_page_writes for this start; the default is durable. When the
-    process runs as root, initdb/pg_ctl run as the `postgres` OS user, which then owns `root`.
+    fsync, synchronous_commit and full_page_writes for this start; the default is durable. `logical=True`
+    sets `wal_level = logical` (source or target of online tenant moves). When the process runs as root,
+    initdb/pg_ctl run as the `postgres` OS user, which then owns `root`.
     """
 
     password_file_name = "superuser-password"
 
-    def __init__(self, root: Path, port: int | None = None, *, fast: bool = False) -> None:
+    def __init__(self, root: Path, port: int | None = None, *, fast: bool = False, logical: bool = False) -> None:
         super().__init__(root, port)
         self.missing_password_remedy = f"delete {self.root} to create a new cluster"
         self.fast = fast
+        self.logical = logical
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "socket"
         self.log_file = self.root / "postgres.log"
@@ -311,6 +313,10 @@ class PostgresServer(PrivateServer):
         if self.fast:
             # Tests only: a crash may lose or corrupt data, which a throwaway cluster can afford.
             lines += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+        if self.logical:
+            lines += ["wal_level = logical", "max_replication_slots = 20", "max_wal_senders = 20",
+                      "max_logical_replication_workers = 20", "max_worker_processes = 32",
+                      "max_sync_workers_per_subscription = 8"]
         target = self.data_dir / "devstack.conf"
         target.write_text("\n".join(lines) + "\n", encoding="utf-8")
         target.chmod(0o600)

@@ -1,0 +1,291 @@
+"""Moving a tenant's database to another server, online or offline.
+
+Online: the target is filled and kept in step by logical replication while the tenant stays served;
+the cut-over then freezes writes for well under a second (tenant `moving`, the source refuses the
+tenant role's sessions, the target confirms the source's final position, sequences are carried over)
+and the catalog switches the tenant to the target. Offline: the tenant is held (`moving`) while
+`pg_dump | pg_restore` copies it. Until the catalog switch commits, the source is the tenant's only
+database and every failure, kill or cancel is undone by dropping what was built on the target; after
+it, the target is, and a retry only finishes the clean-up. The source database is kept under a dated
+name, connections refused, and dropped by the prune job after the grace period.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane import naming
+from control_plane.adapters.crypto import random_password
+from control_plane.catalog.backup_models import RetiredDatabase
+from control_plane.catalog.db import transaction
+from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, ServerStatus, Tenant,
+                                          TenantStatus, utcnow)
+from control_plane.errors import (ConflictError, IllegalTransitionError, ServerNotFoundError, TenantNotFoundError,
+                                  ValidationError)
+from control_plane.services import audit
+from control_plane.services.auth import Principal
+from control_plane.services.context import ServiceContext, role_secret_context
+from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str, int], None]
+
+ONLINE, OFFLINE = "online", "offline"
+MOVABLE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
+# The cut-over starts once the target is this close behind the source (WAL bytes it has yet to confirm).
+CUT_OVER_LAG_BYTES = 1 << 20
+# Longest the cut-over waits for the target to confirm the source's final position before giving up
+# (and giving the tenant back to the source).
+CATCH_UP_SECONDS = 30.0
+_POLL = 0.2
+
+
+def _replication(ctx: ServiceContext, source: DatabaseServer, target: DatabaseServer):
+    return ctx.logical_replication(ctx.admin_url_of(source), ctx.admin_url_of(target), source.host, source.port)
+
+
+def _server(session: Session, name: str) -> DatabaseServer:
+    server = session.get(DatabaseServer, name)
+    if server is None:
+        raise ServerNotFoundError(name)
+    return server
+
+
+def request_move(ctx: ServiceContext, principal: Principal, tenant_id: str, *, server: str,
+                 mode: str | None = None, idempotency_key: str | None = None) -> Operation:
+    """Check the move can happen, choose its mode when none is given, record it and enqueue it."""
+    principal.require_super_admin()
+    if mode not in (None, ONLINE, OFFLINE):
+        raise ValidationError("mode", "must be online or offline")
+    request = {"server": server, "mode": mode}
+    request_fingerprint = fingerprint(OperationKind.MOVE, tenant_id, request)
+    with ctx.sessions() as session:
+        replay = find_replay(session, principal, idempotency_key, request_fingerprint)
+        if replay is not None:
+            return replay
+        tenant = session.get(Tenant, tenant_id)
+        if tenant is None:
+            raise TenantNotFoundError(tenant_id)
+        if tenant.status not in MOVABLE:
+            raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "move")
+        target = _server(session, server)
+        if tenant.server_name == server:
+            raise ValidationError("server", f"tenant {tenant_id!r} is already on server {server!r}")
+        if target.status is not ServerStatus.ACTIVE:
+            raise ConflictError(f"database server {server!r} is {target.status.value}: it takes no tenants")
+        obstacle = None
+        if mode != OFFLINE:
+            obstacle = _replication(ctx, tenant.server, target).obstacle(tenant.database_name)
+        if mode == ONLINE and obstacle:
+            raise ValidationError("mode", f"an online move is impossible: {obstacle}")
+    chosen = mode or (OFFLINE if obstacle else ONLINE)
+    params: dict[str, Any] = {"server": server, "from_server": tenant.server_name, "mode": chosen,
+                              "mode_chosen": mode is None}
+    if obstacle and mode is None:
+        params["online_obstacle"] = obstacle
+    with transaction(ctx.sessions) as session:
+        replay = find_replay(session, principal, idempotency_key, request_fingerprint)
+        if replay is not None:
+            return replay
+        tenant = session.get(Tenant, tenant_id, with_for_update=True)
+        if tenant.status not in MOVABLE:
+            raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "move")
+        params["previous_status"] = tenant.status.value
+        op = new_operation(principal, OperationKind.MOVE, tenant_id, params, idempotency_key, request_fingerprint)
+        op.result = {key: params[key] for key in ("mode", "server", "from_server")}  # shown while it runs
+        session.add(op)
+        session.flush()
+        audit.record(session, principal.actor, "tenant.move_requested", tenant_id, op.id, **params)
+    dispatch(ctx, op.id)
+    return op
+
+
+def _publish(ctx: ServiceContext, tenant: Tenant) -> None:
+    ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
+                       database=tenant.database_name)
+
+
+def _back_to_previous_status(tenant: Tenant, op: Operation) -> None:
+    if tenant.status is TenantStatus.MOVING:
+        tenant.activate()
+        if op.params.get("previous_status") == TenantStatus.SUSPENDED.value:
+            tenant.suspend()
+
+
+def _hold(ctx: ServiceContext, session: Session, tenant: Tenant) -> float:
+    """The tenant goes `moving` (runtimes hold its new checkouts); returns when that was published."""
+    tenant.begin_move()
+    session.commit()
+    _publish(ctx, tenant)
+    return time.monotonic()
+
+
+def run_move(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
+    params = op.params
+    target = _server(session, params["server"])
+    source = _server(session, params["from_server"])
+    if tenant.server_name != target.name:
+        if tenant.server_name != source.name:
+            raise ConflictError(f"tenant {tenant.id!r} is on server {tenant.server_name!r}, not on "
+                                f"{source.name!r} where this move started")
+        _reset(ctx, session, op, tenant, source, target)
+        if params["mode"] == ONLINE:
+            timings = _copy_online(ctx, session, op, tenant, source, target, report)
+        else:
+            timings = _copy_offline(ctx, session, op, tenant, source, target, report)
+        # The switch: from this commit on, the target is the tenant's database.
+        tenant.server = target
+        _back_to_previous_status(tenant, op)
+        audit.record(session, "system", "tenant.moved", tenant.id, op.id, from_server=source.name,
+                     to_server=target.name, mode=params["mode"])
+        session.commit()
+        _publish(ctx, tenant)
+        timings["freeze_ms"] = round((time.monotonic() - timings.pop("held_at")) * 1000, 1)
+    else:
+        timings = {}
+    report("clean_up", 95)
+    retired = _retire_source(ctx, session, op, tenant, source, target)
+    return {"tenant_id": tenant.id, "server": target.name, "from_server": source.name, "mode": params["mode"],
+            "retired_database": retired, **timings}
+
+
+def _reset(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,
+           source: DatabaseServer, target: DatabaseServer) -> None:
+    """Back to the state before the move (a retried or resumed attempt starts clean)."""
+    if tenant.status is TenantStatus.MOVING:  # an earlier attempt died during its cut-over
+        ctx.admin_for(source).set_login(tenant.role_name, True)
+        _back_to_previous_status(tenant, op)
+        session.commit()
+        _publish(ctx, tenant)
+    _undo_target(ctx, op, tenant, source, target)
+
+
+def _undo_target(ctx: ServiceContext, op: Operation, tenant: Tenant, source: DatabaseServer,
+                 target: DatabaseServer) -> None:
+    if op.params["mode"] == ONLINE:
+        _replication(ctx, source, target).cleanup(tenant.database_name, tenant.database_name,
+                                                  naming.move_object_name(op.id))
+    admin = ctx.admin_for(target)
+    admin.drop_database(tenant.database_name)
+
+
+def _prepare_target(ctx: ServiceContext, tenant: Tenant, target: DatabaseServer, password: str):
+    with ctx.admin_for(target) as admin:
+        admin.ensure_role(tenant.role_name, password)
+        admin.ensure_database(tenant.database_name, owner=tenant.role_name)
+        admin.restrict_connect(tenant.database_name, tenant.role_name)
+        admin.close_other_databases()
+    return ctx.backup_tools(ctx.admin_url_of(target))
+
+
+def _copy_online(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, source: DatabaseServer,
+                 target: DatabaseServer, report: Report) -> dict[str, Any]:
+    password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+    database, name = tenant.database_name, naming.move_object_name(op.id)
+    report("prepare_target", 5)
+    target_tools = _prepare_target(ctx, tenant, target, password)
+    report("copy_schema", 10)
+    replication = _replication(ctx, source, target)
+    replication.prepare_source(database, name, replication_password := random_password())
+    ctx.backup_tools(ctx.admin_url_of(source)).copy_into(target_tools, database, tenant.role_name, password,
+                                                         schema_only=True)
+    report("start_replication", 15)
+    replication.subscribe(database, name, replication_password)
+    started = time.monotonic()
+    while True:
+        done, tables = replication.copy_progress(database, name)
+        if tables and done == tables:
+            break
+        report("copy_data", 15 + (60 * done // tables if tables else 0))
+        time.sleep(_POLL)
+    copied_at = time.monotonic()
+    report("catch_up", 78)
+    while (lag := replication.lag_bytes(name)) is None or lag > CUT_OVER_LAG_BYTES:
+        report("catch_up", 78)
+        time.sleep(_POLL)
+
+    report("cut_over", 85)
+    with replication.cut_over(database, name) as cut:
+        held_at = _hold(ctx, session, tenant)
+        try:
+            cut.refuse_sessions(tenant.role_name)
+            cut.catch_up(CATCH_UP_SECONDS)
+            cut.stop_apply()
+            sequences = cut.sync_sequences()
+        except BaseException:
+            # Nothing was switched: the source is still the tenant's database. Give it back at once.
+            ctx.admin_for(source).set_login(tenant.role_name, True)
+            _back_to_previous_status(tenant, op)
+            session.commit()
+            _publish(ctx, tenant)
+            raise
+    return {"held_at": held_at, "copy_seconds": round(copied_at - started, 2), "sequences": sequences}
+
+
+def _copy_offline(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, source: DatabaseServer,
+                  target: DatabaseServer, report: Report) -> dict[str, Any]:
+    password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+    report("prepare_target", 5)
+    target_tools = _prepare_target(ctx, tenant, target, password)
+    report("hold", 10)
+    source_admin = ctx.admin_for(source)
+    held_at = _hold(ctx, session, tenant)
+    try:
+        source_admin.set_login(tenant.role_name, False)
+        source_admin.end_sessions(tenant.database_name, tenant.role_name)
+        report("copy_data", 20)
+        copied = ctx.backup_tools(ctx.admin_url_of(source)).copy_into(target_tools, tenant.database_name,
+                                                                      tenant.role_name, password)
+    except BaseException:
+        source_admin.set_login(tenant.role_name, True)
+        _back_to_previous_status(tenant, op)
+        session.commit()
+        _publish(ctx, tenant)
+        raise
+    return {"held_at": held_at, "archive_bytes": copied}
+
+
+def _retire_source(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,
+                   source: DatabaseServer, target: DatabaseServer) -> str:
+    """After the switch: replication objects gone, the source database kept under a dated name."""
+    retired = naming.moved_database_name(tenant.id, op.id)
+    if op.params["mode"] == ONLINE:
+        current = tenant.database_name if ctx.admin_for(source).database_exists(tenant.database_name) else retired
+        _replication(ctx, source, target).cleanup(current, tenant.database_name, naming.move_object_name(op.id))
+    recorded = session.scalars(select(RetiredDatabase).where(RetiredDatabase.operation_id == op.id,
+                                                             RetiredDatabase.database_name == retired)).first()
+    if recorded is None:
+        # Recorded before the rename that creates it, so the prune job can never miss it.
+        now = utcnow()
+        session.add(RetiredDatabase(tenant_id=tenant.id, server_name=source.name, database_name=retired,
+                                    operation_id=op.id, retired_at=now,
+                                    drop_after=now + timedelta(days=ctx.settings.retired_database_days)))
+        session.commit()
+    ctx.admin_for(source).retire_database(tenant.database_name, retired)
+    return retired
+
+
+def move_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
+    """Undo what the move built, unless its switch committed (then the target stays, a retry finishes)."""
+    params = op.params
+    target, source = session.get(DatabaseServer, params["server"]), session.get(DatabaseServer, params["from_server"])
+    if tenant.server_name == params["from_server"] and source is not None and target is not None:
+        try:
+            _reset(ctx, session, op, tenant, source, target)
+        except Exception:  # a server may be what failed: a retry or cancel resets again before it starts
+            log.warning("tenant %s operation %s: could not undo the move yet", tenant.id, op.id, exc_info=True)
+    _back_to_previous_status(tenant, op)
+    audit.record(session, "system", "tenant.move_failed", tenant.id, op.id, error=op.error)
+    session.commit()
+    _publish(ctx, tenant)
+
+
+def retry_move(tenant: Tenant, op: Operation) -> None:
+    if tenant.status not in MOVABLE and tenant.status is not TenantStatus.MOVING:
+        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "move")

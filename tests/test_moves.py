@@ -1,0 +1,124 @@
+"""Moving tenants between servers: online under a continuous writer, offline, refusals, undo."""
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from fleet_support import Fleet, fleet, logical_servers  # noqa: F401 (fixtures)
+from helpers import databases, one, operation, roles, tenant, tenant_login
+from test_runtime_support import router_factory  # noqa: F401 (fixture)
+
+
+class Writer(threading.Thread):
+    """Inserts leads through tenant_runtime as fast as it can; keeps the id of every acknowledged row."""
+
+    def __init__(self, router, tenant_id: str) -> None:
+        super().__init__(daemon=True)
+        self.router, self.tenant_id = router, tenant_id
+        self.acked: list[tuple[int, float]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                with self.router.connection(self.tenant_id, timeout=10) as conn:
+                    row = conn.execute("INSERT INTO leads (full_name) VALUES (%s) RETURNING id", (f"w{n}",)).fetchone()
+                self.acked.append((row[0], time.monotonic()))
+            except Exception as exc:  # refused or cut off during the cut-over: not acknowledged
+                self.errors.append(type(exc).__name__)
+
+    def longest_gap(self) -> float:
+        times = [at for _, at in self.acked]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def _move(fleet: Fleet, tenant_id: str, **body) -> dict:
+    response = fleet.client.post(f"/v1/tenants/{tenant_id}/move", headers=fleet.auth, json=body)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def _replication_leftovers(url: str) -> list:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return (conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall()
+                + conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'cp\\_move\\_%'").fetchall())
+
+
+def test_online_move_under_a_continuous_writer_loses_no_acknowledged_write(fleet, router_factory, ctx):
+    fleet.place("mover", "pg2")
+    with tenant_login(ctx, "mover") as conn:
+        conn.execute("INSERT INTO leads (full_name) SELECT 'seed ' || g FROM generate_series(1, 2000) g")
+    writer = Writer(router_factory(), "mover")
+    writer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(writer.acked) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        op = _move(fleet, "mover", server="pg3")
+        assert op["result"]["mode"] == "online"
+        fleet.run_jobs()
+        moved_at = len(writer.acked)
+        deadline = time.monotonic() + 30
+        while len(writer.acked) < moved_at + 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        writer.stop.set()
+        writer.join(30)
+
+    done = operation(fleet.client, fleet.auth, op["id"])
+    assert done["status"] == "succeeded", done
+    body = tenant(fleet.client, fleet.auth, "mover")
+    assert body["server"] == "pg3" and body["status"] == "active"
+    acked = {row_id for row_id, _ in writer.acked}
+    with tenant_login(ctx, "mover") as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == fleet.servers["pg3"].port
+        found = {r[0] for r in conn.execute("SELECT id FROM leads WHERE full_name LIKE 'w%%'")}
+        assert conn.execute("SELECT count(*) FROM leads WHERE full_name LIKE 'seed %%'").fetchone()[0] == 2000
+    missing = acked - found
+    assert not missing, f"{len(missing)} acknowledged rows missing on the target"
+    # Writes went on after the cut-over, on the target: its identity sequence was carried past the source's.
+    assert any(at > 0 for _, at in writer.acked[moved_at:])
+    print(f"\nonline move: {len(acked)} acknowledged writes, longest gap {writer.longest_gap() * 1000:.0f} ms, "
+          f"cut-over freeze {done['result']['freeze_ms']} ms, errors {len(writer.errors)}")
+
+    retired = done["result"]["retired_database"]
+    assert databases(fleet.url("pg2"), "tenant\\_mover%") == {retired}
+    assert one(fleet.url("pg2"), "SELECT datallowconn FROM pg_database WHERE datname = %s", retired) is False
+    assert _replication_leftovers(fleet.url("pg2")) == [] and _replication_leftovers(fleet.url("pg3")) == []
+    assert one(fleet.url("pg3"), "SELECT count(*) FROM pg_subscription") == 0
+
+
+def test_offline_move_of_a_suspended_tenant_when_online_is_impossible(fleet, ctx, admin_url):
+    fleet.place("sleeper", "default")
+    with tenant_login(ctx, "sleeper") as conn:
+        conn.execute("INSERT INTO leads (full_name) VALUES ('kept')")
+    assert fleet.client.post("/v1/tenants/sleeper/suspend", headers=fleet.auth).status_code == 200
+
+    refused = fleet.client.post("/v1/tenants/sleeper/move", headers=fleet.auth, json={"server": "pg2", "mode": "online"})
+    assert refused.status_code == 422 and "wal_level" in refused.get_json()["detail"]
+
+    op = _move(fleet, "sleeper", server="pg2")
+    assert op["result"]["mode"] == "offline"  # chosen, since online is impossible from `default`
+    fleet.run_jobs()
+    done = operation(fleet.client, fleet.auth, op["id"])
+    assert done["status"] == "succeeded", done
+    body = tenant(fleet.client, fleet.auth, "sleeper")
+    assert body["server"] == "pg2" and body["status"] == "suspended"
+    with tenant_login(ctx, "sleeper") as conn:
+        assert conn.execute("SELECT full_name FROM leads").fetchall() == [("kept",)]
+    assert databases(admin_url, "tenant\\_sleeper%") == {done["result"]["retired_database"]}
+    assert "tenant_sleeper" in roles(fleet.url("pg2"))
+
+
+def test_move_refusals(fleet):
+    fleet.place("stay", "pg2")
+    cases = [({"server": "pg2"}, 422), ({"server": "nowhere"}, 404), ({"server": "pg3", "mode": "sideways"}, 422)]
+    for body, status in cases:
+        response = fleet.client.post("/v1/tenants/stay/move", headers=fleet.auth, json=body)
+        assert response.status_code == status, (body, response.get_json())
+    assert fleet.client.post("/v1/tenants/ghost/move", headers=fleet.auth, json={"server": "pg3"}).status_code == 404
