@@ -15,7 +15,7 @@ from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TenantStatus, TokenRole
 from control_plane.errors import ControlPlaneError
 from control_plane.logs import configure_logging
-from control_plane.services import operations, servers, tenants
+from control_plane.services import moves, operations, servers, tenants
 from control_plane.services.auth import SYSTEM, create_token
 from control_plane.settings import Settings
 
@@ -166,6 +166,21 @@ def tenants_resume(tenant_id: str) -> None:
 def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
     ctx = context()
     started(ctx, tenants.request_migration(ctx, SYSTEM, tenant_id, target), wait)
+
+
+@tenants_group.command("move")
+@click.argument("tenant_id")
+@click.option("--to", "server", required=True, help="The database server to move the tenant's database to.")
+@click.option("--offline", is_flag=True, help="pg_dump | pg_restore while the tenant is held (no replication).")
+@click.option("--online", is_flag=True, help="Refuse unless an online move (logical replication) is possible.")
+@click.option("--follow/--no-follow", "wait", default=True, show_default=True, help="Show progress until it ends.")
+def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait: bool) -> None:
+    """Move a tenant to another server; without --online/--offline, online where the servers allow it."""
+    if offline and online:
+        raise click.UsageError("--online and --offline exclude each other")
+    ctx = context()
+    mode = "offline" if offline else "online" if online else None
+    started(ctx, moves.request_move(ctx, SYSTEM, tenant_id, server=server, mode=mode), wait)
 
 
 @tenants_group.command("delete")

@@ -1,10 +1,16 @@
 """Moving tenants between servers: online under a continuous writer, offline, refusals, undo."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import psycopg
+from click.testing import CliRunner
+
+from control_plane.cli import cli
+from control_plane.jobs.worker import build_worker
 
 from fleet_support import Fleet, fleet, logical_servers  # noqa: F401 (fixtures)
 from helpers import databases, one, operation, roles, tenant, tenant_login
@@ -84,7 +90,8 @@ def test_online_move_under_a_continuous_writer_loses_no_acknowledged_write(fleet
     # Writes went on after the cut-over, on the target: its identity sequence was carried past the source's.
     assert any(at > 0 for _, at in writer.acked[moved_at:])
     print(f"\nonline move: {len(acked)} acknowledged writes, longest gap {writer.longest_gap() * 1000:.0f} ms, "
-          f"cut-over freeze {done['result']['freeze_ms']} ms, errors {len(writer.errors)}")
+          f"cut-over freeze {done['result']['freeze_ms']} ms, errors {len(writer.errors)}, "
+          f"copy {done['result']['copy_seconds']} s, move {done['finished_at']} - {done['started_at']}")
 
     retired = done["result"]["retired_database"]
     assert databases(fleet.url("pg2"), "tenant\\_mover%") == {retired}
@@ -115,10 +122,79 @@ def test_offline_move_of_a_suspended_tenant_when_online_is_impossible(fleet, ctx
     assert "tenant_sleeper" in roles(fleet.url("pg2"))
 
 
-def test_move_refusals(fleet):
+def test_move_refusals_and_the_cli(fleet):
     fleet.place("stay", "pg2")
-    cases = [({"server": "pg2"}, 422), ({"server": "nowhere"}, 404), ({"server": "pg3", "mode": "sideways"}, 422)]
+    cases = [({"server": "pg2"}, 422), ({"server": "nowhere"}, 404), ({"server": "pg3", "mode": "sideways"}, 422),
+             ({}, 422), ({"server": "pg3", "mode": None, "extra": 1}, 422)]
     for body, status in cases:
         response = fleet.client.post("/v1/tenants/stay/move", headers=fleet.auth, json=body)
         assert response.status_code == status, (body, response.get_json())
     assert fleet.client.post("/v1/tenants/ghost/move", headers=fleet.auth, json={"server": "pg3"}).status_code == 404
+    fleet.client.post("/v1/servers/pg3/drain", headers=fleet.auth, json={})
+    assert fleet.client.post("/v1/tenants/stay/move", headers=fleet.auth, json={"server": "pg3"}).status_code == 409
+    fleet.client.post("/v1/servers/pg3/drain", headers=fleet.auth, json={"draining": False})
+
+    assert CliRunner().invoke(cli, ["tenants", "move", "stay", "--to", "pg3", "--online", "--offline"]).exit_code == 2
+    started = CliRunner().invoke(cli, ["tenants", "move", "stay", "--to", "pg3", "--no-follow"], catch_exceptions=False)
+    assert started.exit_code == 0, started.output
+    fleet.run_jobs()
+    followed = CliRunner().invoke(cli, ["operations", "show", started.stdout.strip().splitlines()[-1], "--follow"])
+    assert followed.exit_code == 0 and '"mode": "online"' in followed.stdout
+    assert tenant(fleet.client, fleet.auth, "stay")["server"] == "pg3"
+
+
+def _kill_horse_at(worker, ctx, operation_id: str, step: str, killed: list) -> None:
+    """Kill -9 the work horse running the operation as soon as it reports `step`."""
+    from control_plane.catalog.models import Operation
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not killed:
+        with ctx.sessions() as session:
+            op = session.get(Operation, operation_id)
+            if op.status.finished:
+                return
+            at = op.step
+        if at == step and worker.horse_pid:
+            os.kill(worker.horse_pid, signal.SIGKILL)
+            killed.append(step)
+            return
+        time.sleep(0.002)
+
+
+def test_kill_9_at_each_phase_is_undone_or_finished_by_retry(fleet, ctx, settings):
+    fleet.place("phoenix", "pg2")
+    with tenant_login(ctx, "phoenix") as conn:
+        conn.execute("INSERT INTO leads (full_name) SELECT 'seed ' || g FROM generate_series(1, 500) g")
+    here, there = "pg2", "pg3"
+    for step in ("copy_schema", "copy_data", "cut_over", "clean_up"):
+        op = _move(fleet, "phoenix", server=there, mode="online")
+        worker = build_worker(settings)
+        killed: list[str] = []
+        killer = threading.Thread(target=_kill_horse_at, args=(worker, ctx, op["id"], step, killed), daemon=True)
+        killer.start()
+        worker.work(burst=True, logging_level="WARNING")
+        killer.join(60)
+        failed = operation(fleet.client, fleet.auth, op["id"])
+        assert killed == [step] and failed["status"] == "failed", (step, failed)
+
+        # Served from exactly one database: the one the catalog names, with every row; the other server
+        # keeps nothing of the tenant but, after the switch, the retired source.
+        body = tenant(fleet.client, fleet.auth, "phoenix")
+        assert body["status"] == "active" and body["server"] in (here, there), (step, body)
+        with tenant_login(ctx, "phoenix") as conn:
+            assert conn.execute("SELECT count(*) FROM leads").fetchone()[0] == 500
+        if body["server"] == here:
+            assert not databases(fleet.url(there), "tenant\\_phoenix\\_db"), step
+            assert _replication_leftovers(fleet.url(here)) == [] and _replication_leftovers(fleet.url(there)) == []
+
+        retried = fleet.client.post(f"/v1/operations/{op['id']}/retry", headers=fleet.auth)
+        assert retried.status_code == 202, retried.get_json()
+        fleet.run_jobs()
+        assert operation(fleet.client, fleet.auth, op["id"])["status"] == "succeeded", step
+        assert tenant(fleet.client, fleet.auth, "phoenix")["server"] == there
+        with tenant_login(ctx, "phoenix") as conn:
+            assert conn.execute("SELECT count(*) FROM leads").fetchone()[0] == 500
+        assert databases(fleet.url(there), "tenant\\_phoenix\\_db") == {"tenant_phoenix_db"}
+        assert not databases(fleet.url(here), "tenant\\_phoenix\\_db")
+        assert _replication_leftovers(fleet.url(here)) == [] and _replication_leftovers(fleet.url(there)) == []
+        here, there = there, here
