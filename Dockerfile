@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY control_plane ./control_plane
 COPY tenant_runtime ./tenant_runtime
 COPY tenant_migrations ./tenant_migrations
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 controlplane
+RUN pip install --no-cache-dir ".[control-plane]" && useradd --system --uid 10001 controlplane
 USER controlplane
 EXPOSE 8000
 CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "4", "--access-logfile", "-", "control_plane.wsgi:app"]

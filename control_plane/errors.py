@@ -1,21 +1,12 @@
-"""The project's error hierarchy: each error carries its HTTP status, a title and its data."""
+"""The project's error hierarchy: each error carries its HTTP status, a title and its data.
+
+Its root and the errors the tenant runtime raises too live in tenant_runtime.errors (the runtime installs
+without the control plane); they are re-exported here, so the control plane imports every error from here.
+"""
 from __future__ import annotations
 
-from typing import Any
-
-
-class ControlPlaneError(Exception):
-    status = 500
-    title = "Internal error"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-
-
-class ConfigurationError(ControlPlaneError):
-    title = "Configuration error"
+from tenant_runtime.errors import ConfigurationError, DecryptionError  # noqa: F401 (re-exported)
+from tenant_runtime.errors import ProjectError as ControlPlaneError
 
 
 class ValidationError(ControlPlaneError):
@@ -109,10 +100,6 @@ class DatabaseServerError(ControlPlaneError):
 
     status = 502
     title = "Database server error"
-
-
-class DecryptionError(ControlPlaneError):
-    title = "Decryption failed"
 
 
 class MigrationRunNotFoundError(NotFoundError):

@@ -1,31 +1,20 @@
-"""Every name derived from a tenant id: databases, roles, lock keys, Redis keys and channels."""
+"""Every name derived from a tenant id: databases, roles, lock keys, Redis keys and channels.
+
+The tenant id's rules and the events channel come from tenant_runtime.naming (shared with tenant apps).
+"""
 from __future__ import annotations
 
 import re
 import zlib
 
-TENANT_ID_PATTERN = r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$"
-_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+from tenant_runtime.naming import (  # noqa: F401 (re-exported: the runtime shares them)
+    TENANT_EVENTS_CHANNEL,
+    TENANT_ID_PATTERN,
+    is_valid_tenant_id,
+    tenant_id_problem,
+)
 
-# Redis pub/sub channel on which every catalog change to a tenant is announced (JSON payload).
-TENANT_EVENTS_CHANNEL = "control-plane:tenant-events"
 APPLICATION_NAME = "tenant-control-plane"
-
-
-def tenant_id_problem(tenant_id: str) -> str | None:
-    """Why `tenant_id` is not a valid tenant id, or None when it is."""
-    if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
-        return (
-            "must be 3-40 characters of lowercase letters, digits and '-', "
-            "start with a letter and end with a letter or digit"
-        )
-    if "--" in tenant_id:
-        return "must not contain '--'"
-    return None
-
-
-def is_valid_tenant_id(tenant_id: str) -> bool:
-    return tenant_id_problem(tenant_id) is None
 
 
 def _slug(tenant_id: str) -> str:

@@ -1,29 +1,13 @@
-"""The one place that reads the environment: every setting, each also as <NAME>_FILE."""
+"""The one place that reads the environment: every setting, each also as <NAME>_FILE (tenant_runtime's read_setting)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from control_plane.errors import ConfigurationError
+from tenant_runtime.settings import read_setting
 
 REQUIRED = ("CATALOG_DATABASE_URL", "REDIS_URL", "TENANT_DB_ADMIN_URL", "BACKUP_STORE_URL", "KEYRING")
-
-
-def read_setting(name: str, environ: Mapping[str, str] | None = None, default: str | None = None) -> str | None:
-    """`NAME` from the environment, else the content of the file named by `NAME_FILE` (Docker secrets)."""
-    env = os.environ if environ is None else environ
-    value = env.get(name)
-    if value:
-        return value
-    path = env.get(f"{name}_FILE")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read().strip()
-        except OSError as exc:
-            raise ConfigurationError(f"{name}_FILE points to an unreadable file: {path} ({exc.strerror})") from exc
-    return default
 
 
 @dataclass(frozen=True)

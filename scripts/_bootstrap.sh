@@ -58,6 +58,6 @@ fi
 wanted="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$wanted" ]; then
     _bootstrap_log "installing the project into .venv (pyproject.toml changed)"
-    "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    "$VENV_PYTHON" -m pip install --quiet --disable-pip-version-check -e '.[control-plane,test]'
     printf '%s\n' "$wanted" > "$STAMP"
 fi

@@ -1,7 +1,8 @@
 """TenantDirectory: reads tenants and domains from the catalog (read-only) and caches them.
 
 Entries live `cache_ttl` while change events arrive from Redis, `fallback_ttl` otherwise; an event
-drops the tenant's entry at once. Concurrent misses for one key share a single catalog query.
+drops the tenant's entry at once. Concurrent misses for one key share a single catalog query. The read
+model is the few catalog columns the runtime needs (the control plane's models own the schema).
 """
 from __future__ import annotations
 
@@ -16,21 +17,23 @@ from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, Callable, Generic, TypeVar
 
-from sqlalchemy import Engine, bindparam, create_engine, select
+from sqlalchemy import URL, Engine, Integer, String, bindparam, column, create_engine, make_url, select, table
 from sqlalchemy.exc import SQLAlchemyError
 
-from control_plane.adapters.crypto import Keyring
-from control_plane.catalog.db import sqlalchemy_url
-from control_plane.catalog.models import DatabaseServer, Tenant, TenantDomain
-from control_plane.errors import DecryptionError
-from control_plane.services.context import role_secret_context
-
-from tenant_runtime.errors import CatalogUnavailableError, TenantNotFoundError
+from tenant_runtime.crypto import Keyring, role_secret_context
+from tenant_runtime.errors import CatalogUnavailableError, DecryptionError, TenantNotFoundError
 from tenant_runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
-_tenants, _servers, _domains = Tenant.__table__, DatabaseServer.__table__, TenantDomain.__table__
+# The read model: lightweight table clauses (no MetaData, nothing to create) naming only what the runtime
+# reads; tests check them against control_plane.catalog.models, which own the schema.
+_tenants = table("tenants", column("id", String), column("status", String), column("server_name", String),
+                 column("database_name", String), column("role_name", String),
+                 column("role_password_encrypted", String))
+_servers = table("database_servers", column("name", String), column("host", String), column("port", Integer))
+_domains = table("tenant_domains", column("domain", String), column("tenant_id", String))
+READ_MODEL = (_tenants, _servers, _domains)
 _TENANT_QUERY = (
     select(_tenants.c.id, _tenants.c.status, _tenants.c.server_name, _tenants.c.database_name,
            _tenants.c.role_name, _tenants.c.role_password_encrypted, _servers.c.host, _servers.c.port)
@@ -38,6 +41,14 @@ _TENANT_QUERY = (
     .where(_tenants.c.id == bindparam("tenant_id"))
 )
 _DOMAIN_QUERY = select(_domains.c.tenant_id).where(_domains.c.domain == bindparam("domain"))
+
+
+def sqlalchemy_url(url: str | URL) -> URL:
+    """A DSN as given by operators (`postgresql://...`) with psycopg 3 as the SQLAlchemy driver."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -211,8 +222,7 @@ class TenantDirectory:
             row = conn.execute(_TENANT_QUERY, {"tenant_id": tenant_id}).one_or_none()
         if row is None:
             return None
-        status = getattr(row.status, "value", row.status)
-        info = TenantInfo(id=row.id, status=status, server=row.server_name, database=row.database_name,
+        info = TenantInfo(id=row.id, status=row.status, server=row.server_name, database=row.database_name,
                           role=row.role_name)
         return Route(info=info, host=row.host, port=row.port, password_encrypted=row.role_password_encrypted)
 

@@ -1,5 +1,36 @@
-"""The runtime's public errors: each carries the HTTP status, title and Retry-After a web app should answer with."""
+"""The runtime's public errors: each carries the HTTP status, title and Retry-After a web app should answer with.
+
+Also the root of the errors shared with the control plane (`ProjectError`, which control_plane.errors
+calls ControlPlaneError) and the two of them raised by code both use (settings, KEYRING): defined here so
+that the runtime installs and imports without the control plane.
+"""
 from __future__ import annotations
+
+from typing import Any
+
+
+class ProjectError(Exception):
+    """Root of the control plane's hierarchy (control_plane.errors.ControlPlaneError is this class)."""
+
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ConfigurationError(ProjectError):
+    """A setting is missing, unreadable or invalid."""
+
+    title = "Configuration error"
+
+
+class DecryptionError(ProjectError):
+    """An encrypted value is malformed, tampered with, or sealed under a key the KEYRING lacks."""
+
+    title = "Decryption failed"
 
 
 class TenantRuntimeError(Exception):

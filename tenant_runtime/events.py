@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from control_plane.naming import TENANT_EVENTS_CHANNEL
+from tenant_runtime.naming import TENANT_EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from time import monotonic
 from typing import Any, Callable
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from tenant_runtime.errors import RouterClosedError
 from tenant_runtime.metrics import AcquireStats
+from tenant_runtime.pool_compat import CompatPool
 
 log = logging.getLogger(__name__)
 
@@ -134,42 +134,10 @@ def _wait_for_eof(sock: socket.socket, timeout: float) -> None:
         sock.close()
 
 
-class TenantPool(ConnectionPool):
-    def close_idle(self, count: int = 1) -> int:
-        """Close up to `count` idle connections and shrink the pool by as many, without replacing them.
-
-        psycopg_pool shrinks by itself only one connection per `max_idle` period (its ShrinkPool task),
-        and every other way it discards a connection opens a replacement. The budget needs a slot back
-        now, so this does what ShrinkPool does, on demand, under the pool's own lock.
-        """
-        with self._lock:
-            taken = []
-            while self._pool and len(taken) < count:
-                taken.append(self._pool.popleft())
-            self._nconns -= len(taken)
-            self._nconns_min = min(self._nconns_min, len(self._pool))
-        for conn in taken:
-            self._close_connection(conn)
-        return len(taken)
-
-    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
-        # psycopg_pool also opens connections nobody is waiting for: replacements of broken or expired
-        # ones, growth for a request that was served meanwhile. With min_size 0 they would only sit
-        # idle on a budget slot: skip them and uncount them, as its ShrinkPool does. Deciding under the
-        # pool's lock keeps this atomic with a request joining the queue (which grows the pool itself).
-        entry: PoolEntry = self.kwargs[ENTRY_KWARG]
-        with self._lock:
-            if entry.retired or not self._waiting:
-                self._nconns -= 1
-                if growing:
-                    self._growing = False
-                return
-        super()._add_connection(attempt, growing=growing)
-
-    @property
-    def waiting(self) -> int:
-        """Requests queued in this pool (read without its lock: a hint)."""
-        return len(self._waiting)
+class TenantPool(CompatPool):
+    def discard_openings(self) -> bool:
+        # A retired pool opens nothing more: its connections would only hold budget slots.
+        return self.kwargs[ENTRY_KWARG].retired
 
 
 @dataclass(eq=False)

@@ -10,14 +10,13 @@ from typing import Any, Callable, Mapping
 
 import jwt
 
-from control_plane.naming import is_valid_tenant_id
-
 from tenant_runtime.errors import (
     InvalidTenantTokenError,
     TenantConflictError,
     TenantNotFoundError,
     TenantResolutionError,
 )
+from tenant_runtime.naming import is_valid_tenant_id
 from tenant_runtime.settings import RuntimeSettings
 
 _HOST = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9_])?")

@@ -18,11 +18,10 @@ from typing import Any, Iterator, Mapping
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
 
-from control_plane.adapters.crypto import Keyring
-from control_plane.errors import ConfigurationError
-
 from tenant_runtime.catalog import Route, TenantDirectory, TenantInfo
+from tenant_runtime.crypto import Keyring
 from tenant_runtime.errors import (
+    ConfigurationError,
     ConnectionBudgetExceededError,
     RouterClosedError,
     RuntimeConfigurationError,

@@ -1,13 +1,31 @@
-"""RuntimeSettings: every knob of the runtime, read from the environment in one place (each also as <NAME>_FILE)."""
+"""RuntimeSettings: every knob of the runtime, read from the environment in one place (each also as <NAME>_FILE).
+
+`read_setting` is shared: control_plane.settings reads its own settings with it.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
-from control_plane.errors import ConfigurationError
-from control_plane.settings import read_setting
+from tenant_runtime.errors import ConfigurationError, RuntimeConfigurationError
 
-from tenant_runtime.errors import RuntimeConfigurationError
+
+def read_setting(name: str, environ: Mapping[str, str] | None = None, default: str | None = None) -> str | None:
+    """`NAME` from the environment, else the content of the file named by `NAME_FILE` (Docker secrets)."""
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if value:
+        return value
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"{name}_FILE points to an unreadable file: {path} ({exc.strerror})") from exc
+    return default
+
 
 STRATEGIES = ("domain", "subdomain", "header", "jwt", "path")
 DEFAULT_STRATEGIES = ("domain", "subdomain", "header", "jwt")

@@ -7,19 +7,12 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Select, create_engine, func, make_url, select
-from sqlalchemy.engine import URL
+from sqlalchemy import Engine, Select, create_engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from tenant_runtime.catalog import sqlalchemy_url  # noqa: F401 (re-exported: shared with the runtime)
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-def sqlalchemy_url(url: str | URL) -> URL:
-    """A DSN as given by operators (`postgresql://...`) with psycopg 3 as the SQLAlchemy driver."""
-    parsed = make_url(url) if isinstance(url, str) else url
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
 
 
 def create_catalog_engine(url: str, **kwargs) -> Engine:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.adapters.crypto import Keyring
 from control_plane.catalog.models import DatabaseServer, Tenant
 from control_plane.settings import Settings
+from tenant_runtime.crypto import role_secret_context  # noqa: F401 (re-exported: the runtime decrypts them)
 
 
 class JobQueue(Protocol):
@@ -106,10 +107,6 @@ class ServiceContext:
         password = self.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
         return self.tenant_database(tenant.server.host, tenant.server.port, tenant.database_name,
                                     tenant.role_name, password)
-
-
-def role_secret_context(tenant_id: str) -> str:
-    return f"tenant-role-password:{tenant_id}"
 
 
 def server_secret_context(server_name: str) -> str:
