@@ -20,7 +20,7 @@ SUPPORTED_BEFORE = (3, 4)
 SUPPORTED = ">=3.2.8,<3.4"
 
 _CLASS_NAMES = ("_close_connection", "_add_connection")
-_INSTANCE_NAMES = ("_lock", "_pool", "_nconns", "_nconns_min", "_waiting", "_growing")
+_INSTANCE_NAMES = ("_pool", "_nconns", "_nconns_min", "_waiting", "_growing")
 
 
 class UnsupportedPsycopgPoolError(ImportError):
@@ -43,6 +43,9 @@ def check(version: str, pool_class: type = ConnectionPool) -> None:
         problems.append("ConnectionPool._add_connection takes no `growing` argument")
     probe = pool_class("", min_size=0, max_size=1, open=False)  # no thread, no connection
     problems += [f"ConnectionPool().{name} is missing" for name in _INSTANCE_NAMES if not hasattr(probe, name)]
+    # `_lock` exists from __init__ on (3.3), or from open() on, made by _ensure_lock() (3.2).
+    if not (hasattr(probe, "_lock") or hasattr(pool_class, "_ensure_lock")):
+        problems.append("ConnectionPool()._lock is missing")
     if problems:
         raise UnsupportedPsycopgPoolError(
             f"tenant_runtime supports psycopg-pool {SUPPORTED} (pip install 'psycopg-pool{SUPPORTED}'): "

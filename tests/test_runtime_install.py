@@ -135,7 +135,7 @@ def test_pool_compat_check_names_what_is_missing():
 
     class Unrelated:
         def __init__(self, *args, **kwargs) -> None:
-            self._lock = self._pool = None
+            self._pool = None
 
         def _add_connection(self, attempt) -> None: ...
 
@@ -145,4 +145,5 @@ def test_pool_compat_check_names_what_is_missing():
     assert message.startswith(f"tenant_runtime supports psycopg-pool {SUPPORTED}")
     assert "ConnectionPool._close_connection is missing" in message
     assert "ConnectionPool._add_connection takes no `growing` argument" in message
-    assert "ConnectionPool()._nconns is missing" in message and "_lock is missing" not in message
+    assert "ConnectionPool()._nconns is missing" in message and "ConnectionPool()._lock is missing" in message
+    assert "_pool is missing" not in message
