@@ -8,12 +8,14 @@ from control_plane.api import errors, request_context
 from control_plane.api.auth import authenticate_request
 from control_plane.api.backups import blp as backups_blp
 from control_plane.api.health import blp as health_blp
+from control_plane.api.me import blp as me_blp
 from control_plane.api.migration_runs import blp as migration_runs_blp
 from control_plane.api.operations import blp as operations_blp
 from control_plane.api.queues import blp as queues_blp
 from control_plane.api.servers import blp as servers_blp
 from control_plane.api.tenants import blp as tenants_blp
 from control_plane.bootstrap import build_context
+from control_plane.console import blp as console_blp
 from control_plane.services.context import ServiceContext
 from control_plane.services.servers import ensure_default_server
 from control_plane.settings import Settings
@@ -45,7 +47,9 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     api.register_blueprint(migration_runs_blp)
     api.register_blueprint(backups_blp)
     api.register_blueprint(queues_blp)
+    api.register_blueprint(me_blp)
     app.register_blueprint(health_blp)
+    app.register_blueprint(console_blp)
 
     request_context.register(app)  # before authentication: a refused request has its id too
 

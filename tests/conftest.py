@@ -26,6 +26,8 @@ from control_plane.naming import TEMPLATE_OWNER_ROLE, TEMPLATE_PREFIX
 from control_plane.services.auth import create_token
 from control_plane.settings import Settings
 
+pytest_plugins = ["live_support"]
+
 
 def _require(name: str) -> str:
     value = os.environ.get(name)

@@ -1,6 +1,9 @@
 """Test helpers that act like a client of the API and look at the world directly."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import psycopg
 from psycopg import sql
 
@@ -55,3 +58,12 @@ def tenant_login(ctx, tenant_id: str, dbname: str | None = None) -> psycopg.Conn
 
 def quote(identifier: str) -> sql.Identifier:
     return sql.Identifier(identifier)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll `condition` until it holds (a generous deadline: 2 shared cores), else fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)

@@ -1,0 +1,468 @@
+// The control plane's web console: a small single-page app over the same /v1 API as everyone else.
+// The token lives in sessionStorage (this tab only) and travels in the Authorization header: no cookie,
+// so a forged cross-site request carries no credentials. Text is always set with textContent (no HTML
+// from data). To add a page: a function (params, view) that renders into `view`, and a line in ROUTES.
+"use strict";
+
+const TOKEN_KEY = "tenantctl.console.token";
+const RPO_HOURS = Number(document.body.dataset.rpoHours || 26);
+const POLL_MS = 1500;
+let me = null;          // {role, tenant_id, name} of the signed-in token
+let generation = 0;     // bumped on every navigation: stale pollers stop
+
+// ---------------------------------------------------------------- small helpers
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "text") el.textContent = value;
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { "Authorization": `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}`, "Accept": "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+                                       credentials: "omit", cache: "no-store" });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (response.status === 401 && path !== "/v1/me") { signOut("Your token was refused: sign in again."); }
+  if (!response.ok) {
+    const problem = data || {};
+    if (problem.errors) problem.detail = `${problem.detail || problem.title}: ${JSON.stringify(problem.errors)}`;
+    throw new ApiError(response.status, problem);
+  }
+  const pagination = response.headers.get("X-Pagination");
+  return { data, total: pagination ? JSON.parse(pagination).total : undefined };
+}
+
+function flash(message, bad) {
+  const el = document.getElementById("flash");
+  el.textContent = message;
+  el.className = bad ? "bad" : "";
+}
+
+// Run an action from a button: disable it meanwhile, report the outcome, refresh the page.
+async function act(button, label, call) {
+  button.disabled = true;
+  try {
+    const { data } = await call();
+    flash(data && data.kind ? `${label}: operation ${data.id} ${data.status}` : `${label}: done`);
+    route();
+  } catch (error) {
+    flash(`${label} failed: ${error.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function badge(status) { return h("span", { class: `badge ${status}`, text: status }); }
+
+function age(iso) {
+  if (!iso) return { text: "never", hours: Infinity };
+  const hours = (Date.now() - Date.parse(iso)) / 3.6e6;
+  const text = hours < 1 ? `${Math.max(0, Math.round(hours * 60))} min ago`
+    : hours < 48 ? `${Math.round(hours)} h ago` : `${Math.round(hours / 24)} days ago`;
+  return { text, hours };
+}
+
+function backupAge(iso) {
+  const { text, hours } = age(iso);
+  const stale = hours > RPO_HOURS;
+  return h("span", { class: stale ? "stale" : "", title: stale ? `older than the ${RPO_HOURS} h RPO` : null }, text);
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "-";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return i ? `${n.toFixed(1)} ${units[i]}` : `${n} B`;
+}
+
+function when(iso) { return iso ? new Date(iso).toLocaleString() : "-"; }
+
+function progressBar(value, label) {
+  return h("progress", { max: 100, value: value || 0, "aria-label": label, text: `${value || 0}%` });
+}
+
+// columns: [[heading, row => cell content], ...]
+function table(caption, columns, rows, empty) {
+  if (!rows.length) return h("p", { class: "empty", text: empty || "Nothing here yet." });
+  return h("table", {},
+    h("caption", { class: "visually-hidden", text: caption }),
+    h("thead", {}, h("tr", {}, columns.map(([heading]) => h("th", { scope: "col", text: heading })))),
+    h("tbody", {}, rows.map(row => h("tr", {}, columns.map(([, cell]) => h("td", {}, cell(row)))))));
+}
+
+// A region re-filled every POLL_MS while its page is shown (progress bars move without a reload).
+function live(region, fill) {
+  const mine = generation;
+  const tick = async () => {
+    if (mine !== generation) return;
+    try {
+      const content = await fill();
+      if (mine !== generation) return;
+      region.replaceChildren(content);
+    } catch (error) {
+      if (mine === generation) region.replaceChildren(h("p", { class: "error", text: error.message }));
+    }
+    if (mine === generation) setTimeout(tick, POLL_MS);
+  };
+  tick();
+  return region;
+}
+
+// A modal confirmation; `typed` makes the person type that text first. Resolves true when confirmed.
+function confirmDialog(title, message, action, { typed, extra } = {}) {
+  return new Promise(resolve => {
+    const input = typed ? h("input", { id: "confirm-typed", autocomplete: "off", required: true }) : null;
+    const ok = h("button", { type: "submit", class: "danger", disabled: Boolean(typed), text: action });
+    const dialog = h("dialog", { "aria-labelledby": "dialog-title" },
+      h("form", { method: "dialog" },
+        h("h2", { id: "dialog-title", text: title }),
+        h("p", { text: message }),
+        extra || null,
+        typed ? h("label", { for: "confirm-typed" }, `Type ${typed} to confirm`, input) : null,
+        h("div", { class: "toolbar" }, ok,
+          h("button", { type: "button", class: "secondary", text: "Cancel", onclick: () => dialog.close("cancel") }))));
+    if (input) input.addEventListener("input", () => { ok.disabled = input.value !== typed; });
+    ok.addEventListener("click", () => { dialog.returnValue = "ok"; });
+    dialog.addEventListener("close", () => { dialog.remove(); resolve(dialog.returnValue === "ok"); });
+    document.body.append(dialog);
+    dialog.showModal();
+  });
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) if (value !== "" && value !== undefined && value !== null) search.set(key, value);
+  const text = search.toString();
+  return text ? `?${text}` : "";
+}
+
+function isSuper() { return me && me.role === "super_admin"; }
+
+// ---------------------------------------------------------------- operations (shared by several pages)
+
+function operationsTable(ops) {
+  return table("Operations", [
+    ["Operation", op => h("code", { text: op.id.slice(0, 8), title: op.id })],
+    ["Kind", op => op.kind],
+    ["Tenant", op => op.tenant_id ? h("a", { href: `#/tenants/${op.tenant_id}`, text: op.tenant_id }) : "-"],
+    ["Status", op => badge(op.status)],
+    ["Progress", op => h("span", {}, progressBar(op.progress, `progress of ${op.kind} ${op.id}`), ` ${op.progress}% `, op.step || "")],
+    ["Started", op => when(op.started_at || op.created_at)],
+    ["Error", op => op.error ? h("span", { class: "error", text: op.error }) : ""],
+    ["", op => op.status === "failed" ? h("button", {
+      type: "button", text: "Retry", "aria-label": `Retry ${op.kind} ${op.id}`,
+      onclick: event => act(event.target, `Retry ${op.kind}`, () => api("POST", `/v1/operations/${op.id}/retry`)),
+    }) : ""],
+  ], ops, "No operations.");
+}
+
+// ---------------------------------------------------------------- pages
+
+async function tenantsPage(params, view) {
+  const form = h("form", { class: "inline", role: "search", "aria-label": "Filter tenants" },
+    h("label", { for: "q" }, "Search", h("input", { id: "q", name: "q", type: "search", value: params.q || "", placeholder: "id, name or domain" })),
+    h("label", { for: "status" }, "Status", h("select", { id: "status", name: "status" },
+      ["", "provisioning", "active", "suspended", "migrating", "restoring", "moving", "deleting", "deleted", "failed"]
+        .map(s => h("option", { value: s, selected: s === (params.status || ""), text: s || "any" })))),
+    h("label", { for: "server" }, "Server", h("input", { id: "server", name: "server", value: params.server || "" })),
+    h("button", { type: "submit", text: "Filter" }));
+  form.addEventListener("submit", event => {
+    event.preventDefault();
+    const data = Object.fromEntries(new FormData(form));
+    location.hash = `#/tenants${query(data)}`;
+  });
+  const page = Number(params.page || 1);
+  const results = h("div", { id: "tenant-list" });
+  view.replaceChildren(h("h2", { text: "Tenants" }), isSuper() ? createTenantForm() : null, form, results);
+  live(results, async () => {
+    const { data, total } = await api("GET", `/v1/tenants${query({ q: params.q, status: params.status, server: params.server, page, page_size: 50 })}`);
+    const pages = Math.max(1, Math.ceil((total || 0) / 50));
+    const go = n => { location.hash = `#/tenants${query({ ...params, page: n })}`; };
+    return h("div", {},
+      table("Tenants", [
+        ["Tenant", t => h("a", { href: `#/tenants/${t.id}`, text: t.id })],
+        ["Name", t => t.name],
+        ["Status", t => badge(t.status)],
+        ["Server", t => t.server || "-"],
+        ["Revision", t => t.schema_revision || "-"],
+        ["Last backup", t => backupAge(t.last_backup_at)],
+      ], data, "No tenant matches."),
+      h("div", { class: "pager" }, `${total} tenants, page ${page} of ${pages}`,
+        h("button", { type: "button", class: "secondary", disabled: page <= 1, text: "Previous", onclick: () => go(page - 1) }),
+        h("button", { type: "button", class: "secondary", disabled: page >= pages, text: "Next", onclick: () => go(page + 1) })));
+  });
+}
+
+function createTenantForm() {
+  const form = h("form", { class: "inline", "aria-label": "Create a tenant" },
+    h("label", { for: "new-id" }, "New tenant id", h("input", { id: "new-id", name: "id", required: true, pattern: "[a-z][a-z0-9-]{1,38}[a-z0-9]" })),
+    h("label", { for: "new-name" }, "Name", h("input", { id: "new-name", name: "name", required: true })),
+    h("label", { for: "new-email" }, "Admin email", h("input", { id: "new-email", name: "admin_email", type: "email", required: true })),
+    h("button", { type: "submit", text: "Create tenant" }));
+  form.addEventListener("submit", event => {
+    event.preventDefault();
+    const body = Object.fromEntries(new FormData(form));
+    act(form.querySelector("button"), `Create ${body.id}`, () => api("POST", "/v1/tenants", body));
+  });
+  return form;
+}
+
+async function tenantPage(params, view, tenantId) {
+  const { data: tenant } = await api("GET", `/v1/tenants/${tenantId}`);
+  const path = `/v1/tenants/${tenantId}`;
+  const actions = h("div", { class: "toolbar", role: "group", "aria-label": "Tenant actions" });
+  const button = (text, onclick, cls) => h("button", { type: "button", class: cls || null, text, onclick });
+  actions.append(button("Back up now", e => act(e.target, "Backup", () => api("POST", `${path}/backups`, {}))));
+  if (isSuper()) {
+    if (tenant.status === "suspended") actions.append(button("Resume", e => act(e.target, "Resume", () => api("POST", `${path}/resume`))));
+    else actions.append(button("Suspend", e => act(e.target, "Suspend", () => api("POST", `${path}/suspend`)), "secondary"));
+    const target = h("input", { id: "migrate-target", value: "head", size: 14 });
+    actions.append(h("label", { for: "migrate-target" }, "Migration target", target),
+      button("Migrate", e => act(e.target, "Migrate", () => api("POST", `${path}/migrate`, { target: target.value }))));
+    const server = h("input", { id: "move-server", size: 10 });
+    actions.append(h("label", { for: "move-server" }, "Move to server", server),
+      button("Move", e => act(e.target, "Move", () => api("POST", `${path}/move`, { server: server.value }))));
+    actions.append(button("Delete…", async e => {
+      if (await confirmDialog(`Delete ${tenantId}?`,
+        `This takes a final backup, then drops the database ${tenant.database} and the tenant's role.`,
+        "Delete tenant", { typed: tenantId })) act(e.target, "Delete", () => api("DELETE", path));
+    }, "danger"));
+  }
+  const opsRegion = h("div", { id: "tenant-operations" });
+  const backupsRegion = h("div", { id: "tenant-backups" });
+  view.replaceChildren(
+    h("h2", {}, `${tenant.name} `, badge(tenant.status)),
+    h("dl", { class: "facts" }, [
+      ["Tenant id", tenant.id], ["Database", tenant.database], ["Server", tenant.server || "-"],
+      ["Schema revision", tenant.schema_revision || "-"], ["Plan", tenant.plan],
+      ["Domains", (tenant.domains || []).join(", ") || "-"], ["Created", when(tenant.created_at)],
+    ].flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })]),
+      h("dt", { text: "Last backup" }), h("dd", {}, backupAge(tenant.last_backup_at))),
+    actions,
+    h("h3", { text: "Operations" }), opsRegion,
+    h("h3", { text: "Backups" }), backupsRegion);
+  live(opsRegion, async () => operationsTable((await api("GET", `/v1/operations${query({ tenant_id: tenantId, page_size: 20 })}`)).data));
+  live(backupsRegion, async () => {
+    const { data: backups } = await api("GET", `${path}/backups?page_size=50`);
+    return h("div", {}, backupChart(backups), table("Backups", [
+      ["Backup", b => h("code", { text: b.id.slice(0, 8), title: b.id })],
+      ["Status", b => badge(b.status)],
+      ["Trigger", b => b.trigger],
+      ["Completed", b => when(b.completed_at)],
+      ["Stored", b => bytes(b.stored_bytes)],
+      ["Revision", b => b.schema_revision || "-"],
+      ["", b => b.status === "completed" ? h("button", {
+        type: "button", text: "Restore…", "aria-label": `Restore backup ${b.id}`, onclick: e => restore(e.target, tenant, b),
+      }) : ""],
+    ], backups, "No backups yet."));
+  });
+}
+
+async function restore(button, tenant, backup) {
+  const newId = h("input", { id: "restore-new-id", placeholder: "leave empty to restore in place", autocomplete: "off" });
+  const ok = await confirmDialog(`Restore ${tenant.id}?`,
+    `In place, this replaces the current database ${tenant.database} of ${tenant.id} (revision ${tenant.schema_revision || "-"}) ` +
+    `with backup ${backup.id.slice(0, 8)} of ${when(backup.completed_at)}; a safety backup is taken first. ` +
+    "Give a new tenant id to restore as a new tenant instead (nothing is replaced).",
+    "Restore", { extra: h("label", { for: "restore-new-id" }, "New tenant id (optional)", newId) });
+  if (!ok) return;
+  const body = newId.value ? { backup_id: backup.id, mode: "new_tenant", new_tenant_id: newId.value }
+    : { backup_id: backup.id, mode: "in_place" };
+  act(button, "Restore", () => api("POST", `/v1/tenants/${tenant.id}/restore`, body));
+}
+
+// Stored size of each completed backup, oldest to newest: growth and gaps at a glance.
+function backupChart(backups) {
+  const points = backups.filter(b => b.status === "completed" && b.stored_bytes).reverse().slice(-30);
+  if (points.length < 1) return null;
+  const width = 480, height = 120, max = Math.max(...points.map(b => b.stored_bytes));
+  const barWidth = Math.min(40, width / points.length);
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height + 14}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `Stored size of the last ${points.length} backups, largest ${bytes(max)}`);
+  svg.setAttribute("width", width);
+  points.forEach((b, i) => {
+    const rect = document.createElementNS(ns, "rect");
+    const barHeight = Math.max(2, (b.stored_bytes / max) * height);
+    rect.setAttribute("x", i * barWidth + 2);
+    rect.setAttribute("y", height - barHeight);
+    rect.setAttribute("width", Math.max(2, barWidth - 4));
+    rect.setAttribute("height", barHeight);
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${when(b.completed_at)}: ${bytes(b.stored_bytes)}`;
+    rect.append(title);
+    svg.append(rect);
+  });
+  const label = document.createElementNS(ns, "text");
+  label.setAttribute("x", 2);
+  label.setAttribute("y", height + 12);
+  label.textContent = `backup sizes (max ${bytes(max)})`;
+  svg.append(label);
+  return h("figure", { class: "chart" }, svg);
+}
+
+async function operationsPage(params, view) {
+  const region = h("div", { id: "operations" });
+  const status = h("select", { id: "op-status", onchange: () => { location.hash = `#/operations${query({ status: status.value })}`; } },
+    ["", "queued", "running", "succeeded", "failed", "cancelled"].map(s => h("option", { value: s, selected: s === (params.status || ""), text: s || "any" })));
+  view.replaceChildren(h("h2", { text: "Operations" }), h("div", { class: "toolbar" }, h("label", { for: "op-status" }, "Status", status)), region);
+  live(region, async () => operationsTable((await api("GET", `/v1/operations${query({ status: params.status, page_size: 50 })}`)).data));
+}
+
+async function serversPage(params, view) {
+  const region = h("div", { id: "servers" });
+  view.replaceChildren(h("h2", { text: "Database servers" }), region);
+  live(region, async () => table("Servers", [
+    ["Server", s => s.name],
+    ["Address", s => `${s.host}:${s.port}`],
+    ["Status", s => badge(s.status)],
+    ["Load", s => s.max_tenants
+      ? h("span", {}, h("meter", { min: 0, max: s.max_tenants, value: s.tenants, "aria-label": `${s.name} load` }), ` ${s.tenants} / ${s.max_tenants}`)
+      : `${s.tenants} tenants (no limit)`],
+  ], (await api("GET", "/v1/servers")).data, "No servers."));
+}
+
+function runCounts(run) {
+  const c = run.counts || {};
+  const done = (c.succeeded || 0) + (c.failed || 0) + (c.skipped || 0);
+  const pct = c.total ? Math.round((100 * done) / c.total) : 0;
+  return h("span", {}, progressBar(pct, `progress of run ${run.id}`), ` ${done}/${c.total || 0} (ok ${c.succeeded || 0}, failed ${c.failed || 0}, skipped ${c.skipped || 0})`);
+}
+
+async function runsPage(params, view) {
+  const region = h("div", { id: "runs" });
+  view.replaceChildren(h("h2", { text: "Migration runs" }), region);
+  live(region, async () => table("Migration runs", [
+    ["Run", r => h("a", { href: `#/runs/${r.id}`, text: r.id.slice(0, 8) })],
+    ["Target", r => r.target_revision || r.target],
+    ["Status", r => badge(r.status)],
+    ["Progress", runCounts],
+    ["Started", r => when(r.started_at || r.created_at)],
+    ["Error", r => r.error ? h("span", { class: "error", text: r.error }) : ""],
+  ], (await api("GET", "/v1/migration-runs?page_size=50")).data, "No migration runs."));
+}
+
+async function runPage(params, view, runId) {
+  const region = h("div", { id: "run" });
+  view.replaceChildren(h("h2", { text: `Migration run ${runId.slice(0, 8)}` }), region);
+  live(region, async () => {
+    const { data } = await api("GET", `/v1/migration-runs/${runId}`);
+    const run = data.run || data;
+    return h("div", {}, h("p", {}, badge(run.status), " ", runCounts(run)),
+      table("Run items", [
+        ["Tenant", i => h("a", { href: `#/tenants/${i.tenant_id}`, text: i.tenant_id })],
+        ["Status", i => badge(i.status)],
+        ["From", i => i.from_revision || "-"], ["To", i => i.to_revision || "-"],
+        ["Duration", i => i.duration_seconds === null || i.duration_seconds === undefined ? "-" : `${i.duration_seconds.toFixed(1)} s`],
+        ["Error", i => i.error || i.skip_reason || ""],
+      ], data.items || [], "No items."));
+  });
+}
+
+const ROUTES = [
+  [/^#\/tenants$/, tenantsPage],
+  [/^#\/tenants\/([a-z0-9-]+)$/, tenantPage],
+  [/^#\/operations$/, operationsPage],
+  [/^#\/servers$/, serversPage],
+  [/^#\/runs$/, runsPage],
+  [/^#\/runs\/([A-Za-z0-9-]+)$/, runPage],
+];
+
+// ---------------------------------------------------------------- navigation and sign-in
+
+async function route() {
+  const mine = ++generation;
+  const view = document.getElementById("view");
+  if (!sessionStorage.getItem(TOKEN_KEY)) return showSignIn();
+  const [path, search] = (location.hash || "#/tenants").split("?");
+  const params = Object.fromEntries(new URLSearchParams(search || ""));
+  for (const link of document.querySelectorAll("nav a")) {
+    link.toggleAttribute("aria-current", path.startsWith(link.getAttribute("href")));
+    if (link.hasAttribute("aria-current")) link.setAttribute("aria-current", "page");
+  }
+  for (const [pattern, page] of ROUTES) {
+    const match = pattern.exec(path);
+    if (match) {
+      // Rendered aside, shown only if no navigation happened meanwhile (a slow page must not win).
+      const content = h("div");
+      try {
+        await page(params, content, ...match.slice(1).map(decodeURIComponent));
+      } catch (error) {
+        content.replaceChildren(h("p", { class: "error", role: "alert", text: error.message }));
+      }
+      if (mine === generation) view.replaceChildren(content);
+      return;
+    }
+  }
+  location.hash = "#/tenants";
+}
+
+function showSignIn() {
+  document.getElementById("nav").hidden = true;
+  document.getElementById("view").replaceChildren();
+  document.getElementById("sign-in").hidden = false;
+  document.getElementById("token").focus();
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
+  flash(message || "Signed out.", Boolean(message));
+  showSignIn();
+}
+
+async function signIn(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+  try {
+    me = (await api("GET", "/v1/me")).data;
+  } catch (error) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    throw error;
+  }
+  document.getElementById("sign-in").hidden = true;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("who").textContent = me.role === "super_admin" ? `super admin (${me.name})` : `tenant admin of ${me.tenant_id}`;
+  for (const link of document.querySelectorAll("[data-super]")) link.hidden = !isSuper();
+  if (!isSuper() && !location.hash.startsWith(`#/tenants/${me.tenant_id}`)) location.hash = `#/tenants/${me.tenant_id}`;
+  else route();
+}
+
+document.getElementById("sign-in").addEventListener("submit", async event => {
+  event.preventDefault();
+  const input = document.getElementById("token");
+  const error = document.getElementById("sign-in-error");
+  error.textContent = "";
+  try {
+    await signIn(input.value.trim());
+    input.value = "";
+  } catch (problem) {
+    error.textContent = problem.status === 401 ? "This token is not valid." : problem.message;
+  }
+});
+document.getElementById("sign-out").addEventListener("click", () => signOut());
+window.addEventListener("hashchange", () => { if (me) route(); });
+if (sessionStorage.getItem(TOKEN_KEY)) signIn(sessionStorage.getItem(TOKEN_KEY)).catch(() => showSignIn());
+else showSignIn();
