@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, send_from_directory
 
-from control_plane.services.fleet import DEFAULT_BACKUP_RPO
+from control_plane.services.rpo import DEFAULT_RPO_HOURS
 
 STATIC = Path(__file__).with_name("static")
 
@@ -32,7 +32,7 @@ def _secure(response: Response) -> Response:
 @blp.get("/console/")
 def index() -> Response:
     html = (STATIC / "console.html").read_text(encoding="utf-8")
-    html = html.replace("{{RPO_HOURS}}", str(int(DEFAULT_BACKUP_RPO.total_seconds() // 3600)))
+    html = html.replace("{{RPO_HOURS}}", str(DEFAULT_RPO_HOURS))
     return _secure(Response(html, mimetype="text/html"))
 
 

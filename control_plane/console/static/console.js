@@ -5,7 +5,7 @@
 "use strict";
 
 const TOKEN_KEY = "tenantctl.console.token";
-const RPO_HOURS = Number(document.body.dataset.rpoHours || 26);
+const RPO_HOURS = Number(document.body.dataset.rpoHours || 24);  // the default RPO (a policy may set another)
 const POLL_MS = 1500;
 let me = null;          // {role, tenant_id, name} of the signed-in token
 let generation = 0;     // bumped on every navigation: stale pollers stop
@@ -186,6 +186,8 @@ async function tenantsPage(params, view) {
       ["", "provisioning", "active", "suspended", "migrating", "restoring", "moving", "deleting", "deleted", "failed"]
         .map(s => h("option", { value: s, selected: s === (params.status || ""), text: s || "any" })))),
     h("label", { for: "server" }, "Server", h("input", { id: "server", name: "server", value: params.server || "" })),
+    h("label", { for: "backup-stale" }, "Backup past its RPO",
+      h("input", { id: "backup-stale", name: "backup_stale", type: "checkbox", value: "true", checked: params.backup_stale === "true" })),
     h("button", { type: "submit", text: "Filter" }));
   form.addEventListener("submit", event => {
     event.preventDefault();
@@ -196,7 +198,7 @@ async function tenantsPage(params, view) {
   const results = h("div", { id: "tenant-list" });
   view.replaceChildren(h("h2", { text: "Tenants" }), isSuper() ? createTenantForm() : null, form, results);
   live(results, async () => {
-    const { data, total } = await api("GET", `/v1/tenants${query({ q: params.q, status: params.status, server: params.server, page, page_size: 50 })}`);
+    const { data, total } = await api("GET", `/v1/tenants${query({ q: params.q, status: params.status, server: params.server, backup_stale: params.backup_stale, page, page_size: 50 })}`);
     const pages = Math.max(1, Math.ceil((total || 0) / 50));
     const go = n => { location.hash = `#/tenants${query({ ...params, page: n })}`; };
     return h("div", {},
