@@ -235,7 +235,9 @@ def servers_group() -> None:
 @servers_group.command("list")
 def servers_list() -> None:
     for server, count in servers.list_servers(context()):
-        click.echo(f"{server.name:<20} {server.host}:{server.port:<6} {server.status.value:<9} {count} tenants")
+        load = f"{server.connections}/{server.max_connections} connections" if server.max_connections else "not checked"
+        click.echo(f"{server.name:<20} {server.host}:{server.port:<6} {server.health:<11} {count} tenants, {load}, "
+                   f"headroom {servers.headroom(server, count):.2f}")
 
 
 @servers_group.command("add")

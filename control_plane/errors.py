@@ -76,7 +76,9 @@ class IdempotencyKeyReusedError(ConflictError):
         super().__init__(f"Idempotency-Key {key!r} was already used for a different request")
 
 
-class NoServerAvailableError(ConflictError):
+class NoServerAvailableError(ControlPlaneError):
+    """No active, reachable server has room: 503, since adding or undraining a server resolves it."""
+    status = 503
     title = "No database server available"
 
 

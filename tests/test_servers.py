@@ -51,13 +51,13 @@ def test_register_drain_and_place_on_another_server(client, auth, run_jobs, ctx,
     assert tenant(client, auth, "back-home")["server"] == "default"
 
 
-def test_no_room_fails_the_provisioning_readably(client, auth, run_jobs):
+def test_no_room_is_a_503_before_anything_is_recorded(client, auth):
     client.post("/v1/servers/default/drain", headers=auth, json={})
     try:
-        op = create_tenant(client, auth, "homeless")
-        run_jobs()
-        failed = client.get(f"/v1/operations/{op['id']}", headers=auth).get_json()
-        assert failed["status"] == "failed" and "no active database server" in failed["error"]
+        response = client.post("/v1/tenants", headers=auth,
+                               json={"id": "homeless", "name": "x", "admin_email": "a@homeless.example"})
+        assert response.status_code == 503 and "no active, reachable database server" in response.get_json()["detail"]
+        assert client.get("/v1/tenants/homeless", headers=auth).status_code == 404
     finally:
         client.post("/v1/servers/default/drain", headers=auth, json={"draining": False})
 

@@ -106,16 +106,29 @@ class OperationQuerySchema(Schema):
 class ServerCreateSchema(Schema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9-]{0,62}$"))
     admin_url = fields.String(required=True, load_only=True, validate=validate.Length(max=1000))
-    max_tenants = fields.Integer(validate=validate.Range(min=1), allow_none=True)
+    max_tenants = fields.Integer(validate=validate.Range(min=1, max=2**31 - 1), allow_none=True)
+    max_size_bytes = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), allow_none=True)
+
+
+class ServerUpdateSchema(Schema):
+    max_tenants = fields.Integer(validate=validate.Range(min=1, max=2**31 - 1), allow_none=True)
+    max_size_bytes = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), allow_none=True)
 
 
 class ServerSchema(Schema):
     name = fields.String()
     host = fields.String()
     port = fields.Integer()
-    status = fields.Enum(ServerStatus, by_value=True)
+    status = fields.String(metadata={"enum": ["active", "draining", "unreachable"]})
     max_tenants = fields.Integer(allow_none=True)
+    max_size_bytes = fields.Integer(allow_none=True)
+    max_connections = fields.Integer(allow_none=True)
     tenants = fields.Integer()
+    database_bytes = fields.Integer(allow_none=True)
+    connections = fields.Integer(allow_none=True)
+    headroom = fields.Float()
+    checked_at = fields.DateTime(allow_none=True)
+    check_error = fields.String(allow_none=True)
     created_at = fields.DateTime()
 
 

@@ -6,15 +6,19 @@ from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
 from control_plane.api.common import services
-from control_plane.api.schemas import DrainSchema, ServerCreateSchema, ServerSchema
+from control_plane.api.schemas import DrainSchema, ServerCreateSchema, ServerSchema, ServerUpdateSchema
 from control_plane.services import servers
 
 blp = Blueprint("servers", __name__, url_prefix="/v1/servers", description="Tenant database servers")
 
 
+_FIELDS = ("name", "host", "port", "max_tenants", "max_size_bytes", "max_connections", "database_bytes",
+           "connections", "checked_at", "check_error", "created_at")
+
+
 def _view(server, tenants: int) -> dict:
-    return {**{key: getattr(server, key) for key in ("name", "host", "port", "status", "max_tenants", "created_at")},
-            "tenants": tenants}
+    return {**{key: getattr(server, key) for key in _FIELDS}, "status": server.health, "tenants": tenants,
+            "headroom": round(servers.headroom(server, tenants), 4)}
 
 
 @blp.route("")
@@ -33,8 +37,36 @@ class Servers(MethodView):
         """Register a server; its admin URL is checked, then stored encrypted."""
         principal().require_super_admin()
         server = servers.register_server(services(), principal().actor, body["name"], body["admin_url"],
-                                         body.get("max_tenants"))
+                                         body.get("max_tenants"), body.get("max_size_bytes"))
         return _view(server, 0)
+
+
+@blp.route("/<name>")
+class ServerItem(MethodView):
+    @blp.response(200, ServerSchema)
+    @blp.alt_response(404, description="No such server")
+    def get(self, name):
+        """One server: status (active, draining, unreachable), capacity, and load as last checked."""
+        principal().require_super_admin()
+        return _view(*servers.get_server(services(), name))
+
+    @blp.arguments(ServerUpdateSchema)
+    @blp.response(200, ServerSchema)
+    @blp.alt_response(404, description="No such server")
+    def patch(self, body, name):
+        """Change the server's capacity: `max_tenants`, `max_size_bytes` (null: unbounded)."""
+        principal().require_super_admin()
+        servers.update_server(services(), principal().actor, name, **body)
+        return _view(*servers.get_server(services(), name))
+
+    @blp.response(204)
+    @blp.alt_response(404, description="No such server")
+    @blp.alt_response(409, description="Tenants remain on it (drain it first), or it is the default server")
+    def delete(self, name):
+        """Forget a drained server (its databases are not touched)."""
+        principal().require_super_admin()
+        servers.remove_server(services(), principal().actor, name)
+        return None
 
 
 @blp.route("/<name>/drain")
@@ -44,5 +76,5 @@ class DrainServer(MethodView):
     def post(self, body, name):
         """Stop placing new tenants on a server (`{"draining": false}` undoes it)."""
         principal().require_super_admin()
-        server = servers.set_draining(services(), principal().actor, name, body["draining"])
-        return _view(server, 0)
+        servers.set_draining(services(), principal().actor, name, body["draining"])
+        return _view(*servers.get_server(services(), name))

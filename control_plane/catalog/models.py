@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.expression import true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from control_plane.errors import IllegalTransitionError
@@ -87,7 +88,21 @@ class DatabaseServer(Base):
     admin_url_encrypted: Mapped[str] = mapped_column(Text)
     status: Mapped[ServerStatus] = mapped_column(_enum(ServerStatus, "server_status"), default=ServerStatus.ACTIVE)
     max_tenants: Mapped[int | None] = mapped_column(Integer)
+    # Capacity on size (None: unbounded); connections are bounded by the server's own max_connections.
+    max_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Health and load as the sweeper last saw them (services.servers.check_servers).
+    reachable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    check_error: Mapped[str | None] = mapped_column(Text)
+    max_connections: Mapped[int | None] = mapped_column(Integer)
+    connections: Mapped[int | None] = mapped_column(Integer)
+    database_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+    @property
+    def health(self) -> str:
+        """`unreachable` when the last check failed, else the status an operator set (active, draining)."""
+        return "unreachable" if not self.reachable else self.status.value
 
     def drain(self) -> None:
         self.status = ServerStatus.DRAINING

@@ -1,15 +1,20 @@
 """Database servers that tenants are placed on: registration, draining and placement."""
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import logging
+
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from control_plane.catalog.db import transaction
-from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus
-from control_plane.errors import ConflictError, NoServerAvailableError, ServerNotFoundError, ValidationError
+from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus, utcnow
+from control_plane.errors import (ConflictError, ControlPlaneError, NoServerAvailableError, ServerNotFoundError,
+                                  ValidationError)
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, server_secret_context
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "default"
 
@@ -39,27 +44,83 @@ def ensure_default_server(ctx: ServiceContext) -> None:
             server.admin_url_encrypted = ctx.keyring.encrypt(ctx.settings.tenant_db_admin_url, context)
 
 
+def _tenant_counts(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Tenant.server_name, func.count()).where(Tenant.status != TenantStatus.DELETED)
+                                .group_by(Tenant.server_name)).all())
+
+
 def list_servers(ctx: ServiceContext) -> list[tuple[DatabaseServer, int]]:
     """Servers with the number of tenants placed on each (deleted ones excluded)."""
     with ctx.sessions() as session:
-        counts = dict(session.execute(
-            select(Tenant.server_name, func.count()).where(Tenant.status != TenantStatus.DELETED)
-            .group_by(Tenant.server_name)).all())
+        counts = _tenant_counts(session)
         servers = session.scalars(select(DatabaseServer).order_by(DatabaseServer.name)).all()
         return [(server, counts.get(server.name, 0)) for server in servers]
 
 
-def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, max_tenants: int | None) -> DatabaseServer:
+def get_server(ctx: ServiceContext, name: str) -> tuple[DatabaseServer, int]:
+    with ctx.sessions() as session:
+        server = session.get(DatabaseServer, name)
+        if server is None:
+            raise ServerNotFoundError(name)
+        return server, _tenant_counts(session).get(name, 0)
+
+
+def check_servers(ctx: ServiceContext) -> dict[str, bool]:
+    """Ask every server for its connections and database sizes; record them, or that it is unreachable.
+
+    Run by the scheduler every minute: placement reads these figures, never the servers themselves.
+    """
+    with ctx.sessions() as session:
+        servers = list(session.scalars(select(DatabaseServer)))
+    seen: dict[str, tuple[dict | None, str | None]] = {}
+    for server in servers:  # I/O outside any catalog transaction
+        try:
+            seen[server.name] = (ctx.admin_for(server).usage(), None)
+        except ControlPlaneError as exc:
+            log.warning("database server %s is unreachable: %s", server.name, exc.detail)
+            seen[server.name] = (None, exc.detail)
+    with transaction(ctx.sessions) as session:
+        for name, (usage, error) in seen.items():
+            server = session.get(DatabaseServer, name, with_for_update=True)
+            if server is None:
+                continue
+            server.checked_at, server.reachable, server.check_error = utcnow(), usage is not None, error
+            if usage is not None:
+                server.connections, server.max_connections = usage["connections"], usage["max_connections"]
+                server.database_bytes = sum(usage["database_sizes"].values())
+    return {name: usage is not None for name, (usage, _) in seen.items()}
+
+
+def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, max_tenants: int | None,
+                    max_size_bytes: int | None = None) -> DatabaseServer:
     host, port = _endpoint(admin_url)
     # Refuse a server we cannot administer now rather than fail every provisioning later.
     ctx.server_admin(admin_url).ping()
     with transaction(ctx.sessions) as session:
         if session.get(DatabaseServer, name) is not None:
             raise ConflictError(f"database server {name!r} already exists")
-        server = DatabaseServer(name=name, host=host, port=port, max_tenants=max_tenants,
+        server = DatabaseServer(name=name, host=host, port=port, max_tenants=max_tenants, max_size_bytes=max_size_bytes,
                                 admin_url_encrypted=ctx.keyring.encrypt(admin_url, server_secret_context(name)))
         session.add(server)
         audit.record(session, actor, "server.registered", server=name)
+    return server
+
+
+_UNSET: object = object()
+
+
+def update_server(ctx: ServiceContext, actor: str, name: str, *, max_tenants=_UNSET,
+                  max_size_bytes=_UNSET) -> DatabaseServer:
+    """Change a server's capacity (None: unbounded on that resource)."""
+    with transaction(ctx.sessions) as session:
+        server = session.get(DatabaseServer, name, with_for_update=True)
+        if server is None:
+            raise ServerNotFoundError(name)
+        changes = {key: value for key, value in (("max_tenants", max_tenants), ("max_size_bytes", max_size_bytes))
+                   if value is not _UNSET}
+        for key, value in changes.items():
+            setattr(server, key, value)
+        audit.record(session, actor, "server.updated", server=name, **changes)
     return server
 
 
@@ -73,16 +134,51 @@ def set_draining(ctx: ServiceContext, actor: str, name: str, draining: bool) -> 
     return server
 
 
-def choose_server(session: Session) -> DatabaseServer:
-    """The active server with the fewest tenants that still has room."""
-    load = (select(Tenant.server_name, func.count().label("n")).where(Tenant.status != TenantStatus.DELETED)
-            .group_by(Tenant.server_name).subquery())
-    rows = session.execute(
-        select(DatabaseServer, func.coalesce(load.c.n, 0))
-        .outerjoin(load, load.c.server_name == DatabaseServer.name)
-        .where(DatabaseServer.status == ServerStatus.ACTIVE)
-        .order_by(func.coalesce(load.c.n, 0), DatabaseServer.name)).all()
-    for server, tenants in rows:
-        if server.max_tenants is None or tenants < server.max_tenants:
+def remove_server(ctx: ServiceContext, actor: str, name: str) -> None:
+    """Forget a server; refused while tenants are placed on it (drain it first) and for `default`."""
+    with transaction(ctx.sessions) as session:
+        server = session.get(DatabaseServer, name, with_for_update=True)
+        if server is None:
+            raise ServerNotFoundError(name)
+        if name == DEFAULT_SERVER:
+            raise ConflictError("the default server (TENANT_DB_ADMIN_URL) cannot be removed")
+        remaining = session.scalar(select(func.count()).select_from(Tenant).where(
+            Tenant.server_name == name, Tenant.status != TenantStatus.DELETED))
+        if remaining:
+            raise ConflictError(f"database server {name!r} still holds {remaining} tenant(s): drain it first")
+        # Deleted tenants keep their row for the record; they no longer point at a server that is gone.
+        session.execute(update(Tenant).where(Tenant.server_name == name).values(server_name=None))
+        session.delete(server)
+        audit.record(session, actor, "server.removed", server=name)
+
+
+def headroom(server: DatabaseServer, tenants: int) -> float:
+    """The server's free share of its scarcest resource, 0 (full) to 1 (empty):
+
+        min(1 - tenants / max_tenants,                 (1 when max_tenants is not set)
+            1 - connections / max_connections,         (as last checked; 1 before the first check)
+            1 - database_bytes / max_size_bytes)       (1 when max_size_bytes is not set)
+    """
+    shares = [1.0]
+    if server.max_tenants:
+        shares.append(1 - tenants / server.max_tenants)
+    if server.max_connections:
+        shares.append(1 - (server.connections or 0) / server.max_connections)
+    if server.max_size_bytes:
+        shares.append(1 - (server.database_bytes or 0) / server.max_size_bytes)
+    return min(shares)
+
+
+def choose_server(session: Session, exclude: str | None = None) -> DatabaseServer:
+    """The active, reachable server with the most headroom (ties: fewer tenants, then name); never a full one."""
+    counts = _tenant_counts(session)
+    candidates = session.scalars(select(DatabaseServer).where(DatabaseServer.status == ServerStatus.ACTIVE,
+                                                              DatabaseServer.reachable.is_(True))).all()
+    ranked = sorted(((headroom(server, counts.get(server.name, 0)), server) for server in candidates
+                     if server.name != exclude),
+                    key=lambda pair: (-pair[0], counts.get(pair[1].name, 0), pair[1].name))
+    for room, server in ranked:
+        if room > 0:
             return server
-    raise NoServerAvailableError("no active database server has room for another tenant")
+    raise NoServerAvailableError("no active, reachable database server has room for another tenant "
+                                 "(register a server, raise a capacity, or undrain one)")

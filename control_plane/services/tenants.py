@@ -20,6 +20,7 @@ from control_plane.errors import (DomainTakenError, IllegalTransitionError, Tena
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, operation_secret_context, role_secret_context
+from control_plane.services.servers import choose_server
 from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
 from control_plane.services.rpo import backup_stale_clause
 
@@ -73,6 +74,7 @@ def request_tenant(ctx: ServiceContext, principal: Principal, *, tenant_id: str,
             if session.get(Tenant, tenant_id) is not None:
                 raise TenantExistsError(tenant_id)
             _check_domains_free(session, domains, tenant_id)
+            choose_server(session)  # no server has room: 503 now, not a failed provisioning later
             tenant = Tenant(id=tenant_id, name=name, plan=plan, status=TenantStatus.PROVISIONING,
                             database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
                             role_password_encrypted=ctx.keyring.encrypt(random_password(), role_secret_context(tenant_id)))

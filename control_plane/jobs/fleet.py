@@ -1,0 +1,15 @@
+"""RQ entry points of the fleet's periodic work: the servers' health and load check (safe to run twice)."""
+from __future__ import annotations
+
+from control_plane.bootstrap import build_context, dispose
+from control_plane.services import servers
+from control_plane.settings import Settings
+
+
+def check_servers() -> dict[str, bool]:
+    """Record every server's reachability, connections and database sizes (what placement reads)."""
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        return servers.check_servers(ctx)
+    finally:
+        dispose(ctx)
