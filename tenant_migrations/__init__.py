@@ -7,6 +7,9 @@ Threading: Alembic runs env.py through module-level proxies (``alembic.context``
 ``alembic.op``), so a process can run only one migration at a time; ``migrate``
 and ``offline_sql`` serialise on a process-wide lock. Run migrations of many
 tenants concurrently in several processes (RQ workers), not threads.
+
+Alembic is imported by the functions that use it, not here: tenant applications import
+``tenant_migrations.models`` with the runtime's light install, which has no Alembic.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import functools
 import io
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "BASE",
@@ -49,6 +53,8 @@ def alembic_config(connection: Connection | None = None, output_buffer: io.Strin
 
     ``connection`` is handed to env.py through ``config.attributes["connection"]``.
     """
+    from alembic.config import Config
+
     config = Config(output_buffer=output_buffer)
     # set_main_option interpolates "%": escape it in case the install path has one.
     config.set_main_option("script_location", str(PACKAGE_DIR).replace("%", "%%"))
@@ -60,6 +66,8 @@ def alembic_config(connection: Connection | None = None, output_buffer: io.Strin
 @functools.cache
 def script_directory() -> ScriptDirectory:
     """The tenant schema's revisions (parsed once per process)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -101,6 +109,8 @@ def current_revision(connection: Connection) -> str | None:
     Runs in the connection's current transaction, autobeginning one if there is
     none (SQLAlchemy 2 behaviour): the caller commits or rolls it back.
     """
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -144,6 +154,8 @@ def migrate(connection: Connection, target: str) -> str | None:
     if step == 0:
         return current
 
+    from alembic import command
+
     config = alembic_config(connection=connection)
     with _alembic_lock:
         try:
@@ -180,6 +192,8 @@ def offline_sql(from_revision: str | None, target: str) -> str:
     step = _position(end, known) - _position(start, known)
     if step == 0:
         return ""
+
+    from alembic import command
 
     buffer = io.StringIO()
     config = alembic_config(output_buffer=buffer)

@@ -2,7 +2,8 @@
 
 `TenantRouter` resolves the tenant (domain, subdomain, header, JWT, path), reads the catalog (cached,
 invalidated by the control plane's change events) and lends pooled connections under one hard
-per-process connection budget. `tenant_runtime.flask.TenantRuntime` wires it into a Flask app.
+per-process connection budget. `tenant_runtime.flask.TenantRuntime` wires it into a Flask app, and
+`tenant_runtime.sqlalchemy` hands out SQLAlchemy sessions on those connections.
 
 The public names below are imported on first use: the control plane imports the shared modules
 (naming, errors, crypto, settings) without pulling in the router, its pools and their threads.

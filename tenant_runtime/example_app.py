@@ -1,6 +1,10 @@
-"""Clinic CRM example: a small tenant application on tenant_runtime (leads, pipelines, users).
+"""Clinic CRM example: a small Flask + SQLAlchemy tenant application on tenant_runtime.
 
-Run it against a running control plane (same catalog, Redis and KEYRING):
+Leads, pipelines and their stages, users, messages and appointments, through the ORM models of the
+tenant schema (tenant_migrations.models) on `db_session()`: one Session per request on the request's
+tenant connection. `create_app(orm=False)` serves the same API with psycopg on `get_connection()`,
+the documented alternative for apps without the ORM. Run it against a running control plane (same
+catalog, Redis and KEYRING):
 
     CATALOG_DATABASE_URL=... REDIS_URL=... KEYRING=... python -m tenant_runtime.example_app --port 8001
     curl -H 'X-Tenant-ID: acme-clinic' http://127.0.0.1:8001/leads
@@ -11,23 +15,37 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any, Callable
+from datetime import datetime
+from typing import Any, Protocol
 
 import psycopg
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from psycopg.rows import dict_row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 
-from tenant_runtime.flask import TenantRuntime, get_connection, problem, tenant_exempt
+from tenant_runtime import flask as runtime_flask
+from tenant_runtime.example_store import OrmStore, SqlStore
+from tenant_runtime.flask import TenantRuntime, problem, tenant_exempt
 from tenant_runtime.router import TenantRouter
 
-LEAD_COLUMNS = ("id, full_name, email, phone, source, pipeline_id, stage_id, owner_id, notes, score, "
-                "created_at, updated_at")
 LEAD_FIELDS = {"full_name": str, "email": str, "phone": str, "source": str, "notes": str, "owner_id": int}
+MESSAGE_DIRECTIONS = ("inbound", "outbound")
+MESSAGE_CHANNELS = ("whatsapp", "email", "sms", "instagram", "phone")
 MAX_LIMIT = 200
+
+
+class DataSource(Protocol):
+    """Where a request's data comes from: the runtime (tenant_runtime.flask), or a benchmark's baseline."""
+
+    def connection(self) -> psycopg.Connection: ...
+    def session(self) -> Session: ...
+
+
+class RuntimeSource:
+    connection = staticmethod(runtime_flask.get_connection)
+    session = staticmethod(runtime_flask.db_session)
 
 
 class _Invalid(Exception):
@@ -37,18 +55,18 @@ class _Invalid(Exception):
         self.message = message
 
 
-def create_app(router: TenantRouter | None = None, *,
-               connection: Callable[[], psycopg.Connection] | None = None) -> Flask:
-    """The app on a TenantRouter (from the environment when None).
+def create_app(router: TenantRouter | None = None, *, orm: bool = True, source: DataSource | None = None) -> Flask:
+    """The app on a TenantRouter (from the environment when None), with the ORM or with psycopg (`orm=False`).
 
-    `connection` replaces the runtime with another source of per-request connections (the
-    benchmark's single-pool baseline); that source then owns commits.
+    `source` replaces the runtime with another source of per-request connections and sessions (the
+    benchmark's baselines); that source then owns commits.
     """
     app = Flask("clinic_crm")
-    if connection is None:
+    if source is None:
         app.extensions["clinic.runtime"] = TenantRuntime(app, router)
-        connection = get_connection
-    app.extensions["clinic.connection"] = connection
+        source = RuntimeSource()
+    app.extensions["clinic.store"] = (lambda: OrmStore(source.session())) if orm else (
+        lambda: SqlStore(source.connection()))
 
     @app.errorhandler(_Invalid)
     def invalid(error: _Invalid) -> Response:
@@ -59,8 +77,11 @@ def create_app(router: TenantRouter | None = None, *,
         return problem(404, "Not found", "no such resource")
 
     @app.errorhandler(psycopg.errors.IntegrityError)
-    def conflict(error: psycopg.errors.IntegrityError) -> Response:
-        return problem(409, "Conflict", error.diag.message_primary or "the change conflicts with existing data")
+    @app.errorhandler(IntegrityError)
+    def conflict(error: Exception) -> Response:
+        diag = getattr(getattr(error, "orig", error), "diag", None)
+        return problem(409, "Conflict", getattr(diag, "message_primary", None)
+                       or "the change conflicts with existing data")
 
     @app.get("/healthz")
     @tenant_exempt
@@ -78,22 +99,11 @@ def create_app(router: TenantRouter | None = None, *,
 
     @app.get("/users")
     def list_users() -> Response:
-        rows = _query("SELECT id, email, name, role, status, created_at FROM users ORDER BY id")
-        return jsonify(items=rows)
+        return jsonify(items=_store().users())
 
     @app.get("/pipelines")
     def list_pipelines() -> Response:
-        rows = _query("SELECT p.id, p.name, p.position, s.id AS stage_id, s.name AS stage_name, "
-                      "s.position AS stage_position FROM pipelines p LEFT JOIN pipeline_stages s "
-                      "ON s.pipeline_id = p.id ORDER BY p.position, p.id, s.position")
-        pipelines: dict[int, dict[str, Any]] = {}
-        for row in rows:
-            pipeline = pipelines.setdefault(row["id"], {"id": row["id"], "name": row["name"],
-                                                        "position": row["position"], "stages": []})
-            if row["stage_id"] is not None:
-                pipeline["stages"].append({"id": row["stage_id"], "name": row["stage_name"],
-                                           "position": row["stage_position"]})
-        return jsonify(items=list(pipelines.values()))
+        return jsonify(items=_store().pipelines())
 
     @app.post("/pipelines")
     def create_pipeline() -> tuple[Response, int]:
@@ -102,49 +112,29 @@ def create_app(router: TenantRouter | None = None, *,
         stages = body.get("stages", [])
         if not isinstance(stages, list) or not stages or not all(isinstance(s, str) and s.strip() for s in stages):
             raise _Invalid("stages", "must be a non-empty list of stage names")
-        conn = _db()
-        pipeline = conn.execute(
-            "INSERT INTO pipelines (name, position) VALUES (%s, COALESCE((SELECT max(position) + 1 FROM pipelines), 0)) "
-            "RETURNING id", (name,)).fetchone()[0]
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO pipeline_stages (pipeline_id, name, position) VALUES (%s, %s, %s)",
-                            [(pipeline, stage.strip(), position) for position, stage in enumerate(stages)])
-        return jsonify(id=pipeline, name=name, stages=[s.strip() for s in stages]), 201
+        stages = [stage.strip() for stage in stages]
+        return jsonify(id=_store().create_pipeline(name, stages), name=name, stages=stages), 201
 
     @app.get("/leads")
     def list_leads() -> Response:
         limit = _int_arg("limit", 50, 1, MAX_LIMIT)
         offset = _int_arg("offset", 0, 0, None)
-        where, params = [], []
-        for column in ("pipeline_id", "stage_id"):
-            if request.args.get(column):
-                where.append(f"{column} = %s")
-                params.append(_int_arg(column, None, 1, None))
-        if request.args.get("q"):
-            where.append("(full_name ILIKE %s OR email ILIKE %s)")
-            pattern = "%" + request.args["q"].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            params += [pattern, pattern]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = _query(f"SELECT {LEAD_COLUMNS} FROM leads {clause} ORDER BY id DESC LIMIT %s OFFSET %s",
-                      (*params, limit, offset))
+        rows = _store().leads(limit=limit, offset=offset, pipeline_id=_int_arg("pipeline_id", None, 1, None),
+                              stage_id=_int_arg("stage_id", None, 1, None), q=request.args.get("q") or None)
         return jsonify(items=rows, limit=limit, offset=offset)
 
     @app.post("/leads")
     def create_lead() -> tuple[Response, int, dict[str, str]]:
         body = _json_body()
         values = _lead_fields(body, creating=True)
-        stage_id = body.get("stage_id")
-        if stage_id is None:
+        store = _store()
+        if body.get("stage_id") is None:
             # New leads enter the first stage of the first pipeline.
-            first = _query("SELECT s.pipeline_id, s.id FROM pipelines p JOIN pipeline_stages s ON s.pipeline_id = p.id "
-                           "ORDER BY p.position, p.id, s.position LIMIT 1")
-            pipeline_id, stage_id = (first[0]["pipeline_id"], first[0]["id"]) if first else (None, None)
+            values["pipeline_id"], values["stage_id"] = store.first_stage() or (None, None)
         else:
-            pipeline_id = _pipeline_of(stage_id)
-        columns = [*values, "pipeline_id", "stage_id"]
-        row = _query(f"INSERT INTO leads ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
-                     f"RETURNING {LEAD_COLUMNS}", (*values.values(), pipeline_id, stage_id))[0]
-        return jsonify(row), 201, {"Location": f"/leads/{row['id']}"}
+            values["pipeline_id"], values["stage_id"] = _pipeline_of(body.get("stage_id")), body["stage_id"]
+        lead = store.create_lead(values)
+        return jsonify(lead), 201, {"Location": f"/leads/{lead['id']}"}
 
     @app.get("/leads/<int:lead_id>")
     def get_lead(lead_id: int) -> Response:
@@ -153,62 +143,77 @@ def create_app(router: TenantRouter | None = None, *,
     @app.patch("/leads/<int:lead_id>")
     def update_lead(lead_id: int) -> Response:
         values = _lead_fields(_json_body(), creating=False)
-        if not values:
-            return jsonify(_lead(lead_id))
-        assignments = ", ".join(f"{column} = %s" for column in values)
-        rows = _query(f"UPDATE leads SET {assignments}, updated_at = now() WHERE id = %s RETURNING {LEAD_COLUMNS}",
-                      (*values.values(), lead_id))
-        if not rows:
-            return problem(404, "Not found", f"lead {lead_id} does not exist")
-        return jsonify(rows[0])
+        lead = _store().update_lead(lead_id, values) if values else _lead(lead_id)
+        if lead is None:
+            raise NotFound()
+        return jsonify(lead)
 
     @app.post("/leads/<int:lead_id>/move")
     def move_lead(lead_id: int) -> Response:
         stage_id = _json_body().get("stage_id")
-        pipeline_id = _pipeline_of(stage_id)
-        rows = _query(f"UPDATE leads SET pipeline_id = %s, stage_id = %s, updated_at = now() WHERE id = %s "
-                      f"RETURNING {LEAD_COLUMNS}", (pipeline_id, stage_id, lead_id))
-        if not rows:
-            return problem(404, "Not found", f"lead {lead_id} does not exist")
-        return jsonify(rows[0])
+        lead = _store().update_lead(lead_id, {"pipeline_id": _pipeline_of(stage_id), "stage_id": stage_id})
+        if lead is None:
+            raise NotFound()
+        return jsonify(lead)
+
+    @app.get("/leads/<int:lead_id>/messages")
+    def list_messages(lead_id: int) -> Response:
+        _lead(lead_id)
+        return jsonify(items=_store().messages(lead_id))
+
+    @app.post("/leads/<int:lead_id>/messages")
+    def add_message(lead_id: int) -> tuple[Response, int]:
+        body = _json_body()
+        values = {"direction": _choice(body, "direction", MESSAGE_DIRECTIONS),
+                  "channel": _choice(body, "channel", MESSAGE_CHANNELS),
+                  "body": _text(body, "body"), "media_url": _text(body, "media_url")}
+        if values["body"] is None and values["media_url"] is None:
+            raise _Invalid("body", "a message needs a body or a media_url")
+        _lead(lead_id)
+        return jsonify(_store().add_message(lead_id, values)), 201
+
+    @app.get("/leads/<int:lead_id>/appointments")
+    def list_appointments(lead_id: int) -> Response:
+        _lead(lead_id)
+        return jsonify(items=_store().appointments(lead_id))
+
+    @app.post("/leads/<int:lead_id>/appointments")
+    def add_appointment(lead_id: int) -> tuple[Response, int]:
+        body = _json_body()
+        values = {"starts_at": _moment(body, "starts_at"), "ends_at": _moment(body, "ends_at"),
+                  "procedure_id": _optional_int(body, "procedure_id"), "doctor_id": _optional_int(body, "doctor_id"),
+                  "notes": _text(body, "notes")}
+        if values["ends_at"] <= values["starts_at"]:
+            raise _Invalid("ends_at", "must be after starts_at")
+        _lead(lead_id)
+        return jsonify(_store().add_appointment(lead_id, values)), 201
 
     return app
 
 
 # -- helpers (request context) ----------------------------------------------------------------------
 
-def _db() -> psycopg.Connection:
-    return current_app.extensions["clinic.connection"]()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
-def _query(query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with _db().cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
-        return [{key: _plain(value) for key, value in row.items()} for row in cur.fetchall()]
+def _store() -> OrmStore | SqlStore:
+    store = g.get("_clinic_store")
+    if store is None:
+        store = g._clinic_store = current_app.extensions["clinic.store"]()
+    return store
 
 
 def _lead(lead_id: int) -> dict[str, Any]:
-    rows = _query(f"SELECT {LEAD_COLUMNS} FROM leads WHERE id = %s", (lead_id,))
-    if not rows:
+    lead = _store().lead(lead_id)
+    if lead is None:
         raise NotFound()
-    return rows[0]
+    return lead
 
 
 def _pipeline_of(stage_id: Any) -> int:
     if not isinstance(stage_id, int) or isinstance(stage_id, bool):
         raise _Invalid("stage_id", "must be an integer")
-    rows = _query("SELECT pipeline_id FROM pipeline_stages WHERE id = %s", (stage_id,))
-    if not rows:
+    pipeline_id = _store().pipeline_of_stage(stage_id)
+    if pipeline_id is None:
         raise _Invalid("stage_id", f"stage {stage_id} does not exist")
-    return rows[0]["pipeline_id"]
+    return pipeline_id
 
 
 def _json_body() -> dict[str, Any]:
@@ -229,27 +234,43 @@ def _text(body: dict[str, Any], field: str, *, required: bool = False) -> str | 
     return value.strip()
 
 
+def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...]) -> str:
+    if body.get(field) not in choices:
+        raise _Invalid(field, f"must be one of {', '.join(choices)}")
+    return body[field]
+
+
+def _optional_int(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _Invalid(field, "must be an integer")
+    return value
+
+
+def _moment(body: dict[str, Any], field: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(body[field])
+    except (KeyError, TypeError, ValueError):
+        raise _Invalid(field, "must be an ISO 8601 date and time with its UTC offset") from None
+    if moment.tzinfo is None:
+        raise _Invalid(field, "must be an ISO 8601 date and time with its UTC offset")
+    return moment
+
+
 def _lead_fields(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field, kind in LEAD_FIELDS.items():
-        if field not in body:
-            continue
-        if kind is int:
-            value = body[field]
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise _Invalid(field, "must be an integer")
-            values[field] = value
-        else:
-            values[field] = _text(body, field)
+        if field in body:
+            values[field] = _optional_int(body, field) if kind is int else _text(body, field)
     if creating and not values.get("full_name"):
         raise _Invalid("full_name", "is required")
     return values
 
 
-def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int:
+def _int_arg(name: str, default: int | None, low: int, high: int | None) -> int | None:
     raw = request.args.get(name)
-    if raw is None:
-        return default  # type: ignore[return-value]
+    if not raw:
+        return default
     try:
         value = int(raw)
     except ValueError:
@@ -263,10 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tenant_runtime.example_app", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--psycopg", action="store_true", help="serve through psycopg instead of the ORM")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     router = TenantRouter.from_env()
-    app = create_app(router)
+    app = create_app(router, orm=not args.psycopg)
     try:
         # Werkzeug's threaded server is fine for trying it out; in production run
         # gunicorn 'tenant_runtime.example_app:create_app()' (each worker rebuilds the router after fork).

@@ -3,10 +3,14 @@
     runtime = TenantRuntime(app)              # or TenantRuntime(app, router=TenantRouter(...))
     @app.get("/leads")
     def leads():
-        rows = get_connection().execute("SELECT ...").fetchall()   # g.tenant.id is the tenant
+        return [lead.full_name for lead in db_session().scalars(select(Lead))]    # the ORM, or
+        rows = get_connection().execute("SELECT ...").fetchall()                   # psycopg; g.tenant.id
 
 The request's connection is taken on first use and given back after the response: committed when
-the response status is below 400, rolled back otherwise. Errors are application/problem+json.
+the response status is below 400, rolled back otherwise. db_session() is a SQLAlchemy Session on that
+same connection and transaction: flushed before the commit (its own commit() only flushes: the request
+commits once, after the response), closed at teardown whatever happens.
+Errors are application/problem+json.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import psycopg
 from flask import Flask, Response, current_app, g, json, request
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from tenant_runtime.catalog import TenantInfo
 from tenant_runtime.errors import TenantRuntimeError
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 EXTENSION = "tenant_runtime"
 _LEASE = "_tenant_runtime_lease"
+_SESSION = "_tenant_runtime_session"
 _EXEMPT = "_tenant_runtime_exempt"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,21 +101,35 @@ class TenantRuntime:
         g.tenant = self.router.resolve_tenant(host=request.host, headers=request.headers, path=request.path)
 
     def _after_request(self, response: Response) -> Response:
+        session: Session | None = g.pop(_SESSION, None)
         lease: Lease | None = g.pop(_LEASE, None)
         if lease is None:
             return response
+        commit = response.status_code < 400
         try:
-            lease.release(commit=response.status_code < 400)
-        except psycopg.Error as exc:
+            if session is not None:
+                try:
+                    self.router.sessions.close(session, flush=commit)
+                except BaseException:
+                    lease.release(commit=False)
+                    raise
+            lease.release(commit=commit)
+        except (psycopg.Error, SQLAlchemyError) as exc:
             log.warning("tenant %s: commit failed for %s %s: %s", lease.tenant_id, request.method, request.path,
                         type(exc).__name__)
             return problem(500, "Commit failed", "the request's changes could not be saved; nothing was changed")
         return response
 
     def _teardown_request(self, exc: BaseException | None) -> None:
+        # Still here: the response was never finished (an unhandled error). Undo, and give everything back.
+        session: Session | None = g.pop(_SESSION, None)
         lease: Lease | None = g.pop(_LEASE, None)
-        if lease is not None:  # the response was never finished (an unhandled error): undo
-            lease.release(commit=False)
+        try:
+            if session is not None:
+                self.router.sessions.close(session)
+        finally:
+            if lease is not None:
+                lease.release(commit=False)
 
 
 def current_tenant() -> TenantInfo:
@@ -126,3 +147,18 @@ def get_connection() -> psycopg.Connection:
         lease = runtime.router.acquire(current_tenant().id)
         setattr(g, _LEASE, lease)
     return lease.connection
+
+
+def db_session() -> Session:
+    """The request's SQLAlchemy Session, on the request's connection (taken on first call).
+
+    Flushed and committed with the request's transaction when the response status is below 400, rolled
+    back otherwise; closed at teardown in every case. session.commit() flushes (the request commits once,
+    after the response); flush in the view to turn a constraint violation into a response of your own.
+    """
+    session: Session | None = g.get(_SESSION)
+    if session is None:
+        runtime: TenantRuntime = current_app.extensions[EXTENSION]
+        session = runtime.router.sessions.open(get_connection())
+        setattr(g, _SESSION, session)
+    return session

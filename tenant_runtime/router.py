@@ -11,9 +11,9 @@ import queue
 import socket
 import threading
 import weakref
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from time import monotonic
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import psycopg
 from psycopg_pool import PoolClosed, PoolTimeout
@@ -36,6 +36,10 @@ from tenant_runtime.metrics import RouterCollector
 from tenant_runtime.pools import ENTRY_KWARG, PoolEntry, PoolRegistry, TenantConnection, TenantPool, failure_reason
 from tenant_runtime.resolution import TenantResolver
 from tenant_runtime.settings import RuntimeSettings
+from tenant_runtime.sqlalchemy import TenantSessions
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +111,21 @@ class TenantRouter:
         self._directory = TenantDirectory(settings, self._keyring)
         self._resolver = TenantResolver(settings, self._directory.tenant_for_domain)
         self._closed = False
+        self._sessions: TenantSessions | None = None
         self._abandoned: list[Any] = []  # a parent's objects, kept alive in a child so no finalizer runs
         self._init_process_state()
         _ROUTERS.add(self)
+
+    @property
+    def sessions(self) -> TenantSessions:
+        """SQLAlchemy sessions on this router's connections (see tenant_runtime.sqlalchemy)."""
+        if self._sessions is None:  # built on first use: apps without the ORM never create its engine
+            self._sessions = TenantSessions(self)
+        return self._sessions
+
+    def session(self, tenant_id: str, *, timeout: float | None = None) -> AbstractContextManager[Session]:
+        """A SQLAlchemy Session on a connection to the tenant's database; commits on success, rolls back on error."""
+        return self.sessions.session(tenant_id, timeout=timeout)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "TenantRouter":
@@ -185,6 +201,8 @@ class TenantRouter:
             if entry is not None:
                 self._close_pool(entry)
         self._directory.close()
+        if self._sessions is not None:
+            self._sessions.dispose()
         _ROUTERS.discard(self)
 
     def __enter__(self) -> "TenantRouter":

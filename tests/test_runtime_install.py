@@ -42,9 +42,11 @@ for name in sys.argv[2].split(","):
         missing.append(name)
 served = None
 if len(sys.argv) > 3:
+    from sqlalchemy import text
+    import tenant_migrations.models
     with TenantRouter.from_env(application_name="rt-light") as router:
-        with router.connection(sys.argv[3]) as conn:
-            served = list(conn.execute("SELECT current_user, current_database()").fetchone())
+        with router.session(sys.argv[3]) as session:  # the ORM path, on a routed connection
+            served = list(session.execute(text("SELECT current_user, current_database()")).one())
 print(json.dumps({"modules": modules, "missing": missing, "served": served,
                   "control_plane": sorted(m for m in sys.modules if m.split(".")[0] == "control_plane")}))
 """
