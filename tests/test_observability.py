@@ -28,6 +28,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "control-plane.json"
 STALE = tid("stale")
 FRESH = tid("fresh")
 WATCHED = tid("watched")
+SECRETIVE = tid("secretive")
 
 
 def _promtool() -> str:
@@ -206,3 +207,65 @@ def test_a_stale_backup_shows_as_metric_alert_and_log_line(client, auth, ctx, se
     warnings = [r for r in caplog.records if r.name == "control_plane.services.backup_schedule"]
     assert len(warnings) == 1 and warnings[0].tenant_id == STALE and "past its RPO" in warnings[0].getMessage()
     print("log: " + JsonLineFormatter().format(warnings[0]))
+
+
+def test_debug_logs_of_provision_backup_restore_hold_ids_and_no_secret(client, ctx, settings, run_jobs, tmp_path):
+    """Everything logged at DEBUG (this process and the forked work horses) while a tenant is provisioned,
+    backed up and restored: JSON lines with the ids, and none of the secrets the test knows."""
+    import logging
+
+    from sqlalchemy import make_url
+
+    from control_plane.catalog.models import Tenant
+    from control_plane.services.context import role_secret_context
+    from helpers import operation
+
+    log_file = tmp_path / "all.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(JsonLineFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    token = create_token(ctx, TokenRole.SUPER_ADMIN, "log-audit")[1]
+    auth = {"Authorization": f"Bearer {token}", "X-Request-ID": "audit-request-1"}
+    admin_password = "Clinic-Admin-Passw0rd-9f3c"
+    try:
+        created = client.post("/v1/tenants", headers=auth, json={
+            "id": SECRETIVE, "name": "Secretive clinic", "admin_email": "owner@secretive.example",
+            "admin_password": admin_password})
+        assert created.status_code == 202, created.get_json()
+        run_jobs()
+        backup = back_up(client, auth, run_jobs, SECRETIVE)
+        restored = client.post(f"/v1/tenants/{SECRETIVE}/restore", headers=auth,
+                               json={"backup_id": backup["id"], "mode": "in_place"})
+        assert restored.status_code == 202, restored.get_json()
+        run_jobs()
+        assert operation(client, auth, restored.get_json()["id"])["status"] == "succeeded"
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
+
+    with ctx.sessions() as session:
+        row = session.get(Tenant, SECRETIVE)
+        role_password = ctx.keyring.decrypt(row.role_password_encrypted, role_secret_context(SECRETIVE))
+    secrets = {"role password": role_password, "admin password": admin_password, "API token": token,
+               "API token secret part": token.split("_", 1)[1],
+               "admin URL password": make_url(settings.tenant_db_admin_url).password,
+               "catalog URL password": make_url(settings.catalog_database_url).password,
+               **{f"keyring key {key_id}": key for key_id, key in
+                  (item.split(":", 1) for item in settings.keyring.split(","))}}
+    lines = log_file.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) > 20 and all({"timestamp", "level", "logger", "message"} <= set(r) for r in records)
+    for name, secret in secrets.items():
+        if secret:
+            leaks = [line for line in lines if secret in line]
+            assert not leaks, f"{name} logged: {leaks[:2]}"
+    # The request's lines carry its id and actor; the job's lines the operation and tenant ids.
+    assert any(r.get("request_id") == "audit-request-1" and r.get("actor") == "token:log-audit" for r in records)
+    restore_id = restored.get_json()["id"]
+    assert any(r.get("operation_id") == restore_id and r.get("tenant_id") == SECRETIVE
+               and r["logger"].startswith("control_plane.services") for r in records)
