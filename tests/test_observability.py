@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -269,3 +270,41 @@ def test_debug_logs_of_provision_backup_restore_hold_ids_and_no_secret(client, c
     restore_id = restored.get_json()["id"]
     assert any(r.get("operation_id") == restore_id and r.get("tenant_id") == SECRETIVE
                and r["logger"].startswith("control_plane.services") for r in records)
+
+
+def test_gunicorn_logs_access_and_errors_as_json_with_the_request_id(settings, tmp_path):
+    """The API container's command, for real: gunicorn with our config, one request, its JSON log lines."""
+    import os
+    import socket
+    import time
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = tmp_path / "gunicorn.log"
+    env = {**os.environ, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    with log_path.open("w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:control_plane.gunicorn_conf",
+                                   "-b", f"127.0.0.1:{port}", "control_plane.wsgi:app"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10,
+                                          headers={"X-Request-ID": "gunicorn-check-1"})
+                    break
+                except (requests.ConnectionError, requests.Timeout):
+                    assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.2)
+            assert answer.status_code == 200 and answer.headers["X-Request-ID"] == "gunicorn-check-1"
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    access = [r for r in records if r["logger"] == "gunicorn.access"]
+    assert [(r["request_id"], r["path"], r["status"]) for r in access] == [("gunicorn-check-1", "/healthz", "200")]
+    assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["message"] for r in records)
+    assert all(not line or line.startswith("{") for line in log_path.read_text().splitlines()), "a non-JSON line"
