@@ -10,10 +10,15 @@ backup compresses depends on this mix: free text alone stores at about 0.26 of t
 - stored size vs the raw archive;
 - peak RSS of the job process (the RQ work horse's code path, run in a child process) at both sizes;
 - restore time: our in-place RESTORE job (copy, verify every chunk, pg_restore from the stream,
-  checks, swap) vs raw `pg_restore` of a local archive file into a fresh database.
+  checks, swap) vs raw `pg_restore` of a local archive file into a fresh database;
+- the reference user's method on the same database and store: `pg_dump -Fc` (its default compression)
+  streamed to the store unencrypted: time and stored size against ours;
+- where the time goes: the CPU seconds of each stage (pg_dump client, zstd, AES-GCM + SHA-256) on the
+  same archive, against the cores there are.
 
-Usage: scripts/bench backup [SIZE_MB ...]   (default 150 450)
-Set BACKUP_STORE_URL to measure another store (default: a file:// directory under /tmp).
+Usage: scripts/bench backup [--s3] [SIZE_MB ...]   (default 150 450)
+`--s3` measures an S3 store: moto's server on a free port, a fresh bucket. Set BACKUP_STORE_URL to
+measure another store (default: a file:// directory under /tmp).
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 REPEATS = 3
+# The second level measured: the smallest stored object at about the reference method's (gzip 6) ratio.
+ALT_LEVEL = 6
 RESTORE_REPEATS = 2
 TENANT = "bench-backup"
 
@@ -54,15 +61,20 @@ def run_operation_child(operation_id: str) -> None:
     from control_plane.jobs import run_operation
 
     imported = _memory_kb("VmHWM")
-    started = time.perf_counter()
+    started, usage = time.perf_counter(), os.times()
     run_operation(operation_id)
-    elapsed = time.perf_counter() - started
-    print(json.dumps({"seconds": elapsed, "maxrss_kb": _memory_kb("VmHWM"), "rss_after_imports_kb": imported}))
+    elapsed, done = time.perf_counter() - started, os.times()
+    # This process's threads (zstd, AES, store) and its children (pg_dump / pg_restore).
+    cpu = sum(done[:4]) - sum(usage[:4])
+    print(json.dumps({"seconds": elapsed, "maxrss_kb": _memory_kb("VmHWM"), "rss_after_imports_kb": imported,
+                      "cpu_s": cpu}))
 
 
 def in_child(operation_id: str, **env: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.backup", "_run", operation_id], check=True,
+    out = subprocess.run([sys.executable, "-m", "benchmarks.backup", "_run", operation_id],
                          capture_output=True, text=True, env={**os.environ, **env})
+    if out.returncode != 0:
+        raise SystemExit(f"operation {operation_id} failed in its process:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -141,7 +153,92 @@ def grow(conn: psycopg.Connection, rng: random.Random, target_mb: int) -> int:
     return size
 
 
+# -- an S3 store: moto's server ---------------------------------------------------------------------------
+
+def start_moto() -> subprocess.Popen:
+    """moto's S3 server on a free port, a fresh bucket, and the environment pointing at it (children too)."""
+    import socket
+    import threading
+
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "Running on" in line:
+            break
+    else:
+        raise SystemExit(f"moto server exited with status {proc.wait()}")
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update({"BACKUP_STORE_URL": "s3://bench-backups/backups", "S3_ENDPOINT_URL": endpoint,
+                       "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench-backups")
+    return proc
+
+
 # -- baselines ----------------------------------------------------------------------------------------
+
+class _Counting:
+    """A readable stream that counts what passes through it (the reference method's stored size)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size)
+        self.size += len(data)
+        return data
+
+
+def reference_backup(store, dump: list[str], env: dict, key: str) -> tuple[float, int]:
+    """The reference user's method: `pg_dump -Fc` (default compression) streamed to the store unencrypted."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([*dump, "--format=custom"], stdout=subprocess.PIPE, env=env)
+    counted = _Counting(proc.stdout)
+    store.put(key, counted)
+    if proc.wait() != 0:
+        raise SystemExit("reference pg_dump failed")
+    return time.perf_counter() - started, counted.size
+
+
+def stage_costs(archive_path: str, level: int) -> dict[str, float]:
+    """CPU seconds of our stages on the raw archive, each alone in this process (one core each)."""
+    import hashlib
+
+    import zstandard
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    def cpu() -> float:
+        usage = os.times()
+        return usage.user + usage.system
+
+    costs: dict[str, float] = {}
+    with open(archive_path, "rb") as source:
+        raw = source.read()
+    for name, lvl in (("zstd", level), ("zstd_alt", ALT_LEVEL)):
+        started = cpu()
+        compressed = zstandard.ZstdCompressor(level=lvl).compress(raw)
+        costs[name] = cpu() - started
+    started = cpu()
+    aes, digest = AESGCM(os.urandom(32)), hashlib.sha256()
+    for offset in range(0, len(compressed), 1 << 20):
+        digest.update(aes.encrypt(b"\0" * 12, compressed[offset:offset + (1 << 20)], b""))
+    costs["aes_sha"] = cpu() - started
+    started = cpu()
+    hashlib.sha256(compressed).hexdigest()
+    costs["readback_sha"] = cpu() - started
+    return costs
+
+
+def children_cpu() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
 
 def client_args(admin_url: str, database: str, role: str) -> str:
     params = conninfo_to_dict(admin_url)
@@ -159,16 +256,21 @@ def timed(args: list[str], env: dict, **kwargs) -> float:
 # -- the benchmark ------------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> None:
-    sizes = [int(a) for a in argv] or [150, 450]
+    s3 = "--s3" in argv
+    sizes = [int(a) for a in argv if a != "--s3"] or [150, 450]
     # Imported here, not at the top: the child process (`_run`) imports only what a work horse needs.
     from benchmarks._catalog import throwaway_catalog
 
     work = tempfile.mkdtemp(prefix="bench-backup-")
+    moto = start_moto() if s3 else None
     store = {} if os.environ.get("BACKUP_STORE_URL") else {"BACKUP_STORE_URL": f"file://{work}/store"}
     try:
         with throwaway_catalog("backup", pool_size=2, **store) as ctx:
             measure(ctx, sizes, work)
     finally:
+        if moto is not None:
+            moto.terminate()
+            moto.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
         store_url = urlparse(os.environ["BACKUP_STORE_URL"])
         if store_url.scheme == "file" and not store_url.path.startswith(work):
@@ -205,18 +307,26 @@ def measure(ctx, sizes: list[int], work: str) -> None:
         with psycopg.connect(admin_url, dbname=database) as data:
             db_size = grow(data, rng, target)
         dump = [client.pg_dump, "--format=custom", "--compress=0", "--no-password", f"--dbname={conninfo}"]
-        raw_times, ours, fast, backup_ids = [], [], [], []
-        for _ in range(REPEATS):  # interleaved, so all see the same cache and load
+        raw_times, ours, fast, backup_ids, reference, raw_cpu = [], [], [], [], [], []
+        for attempt in range(REPEATS):  # interleaved, so all see the same cache and load
             with open(os.devnull, "wb") as null:
+                before = children_cpu()
                 raw_times.append(timed(dump, env, stdout=null))
+                raw_cpu.append(children_cpu() - before)
+            reference.append(reference_backup(ctx.backup_store, [d for d in dump if d != "--compress=0"
+                                                                 and d != "--format=custom"], env,
+                                              f"{TENANT}/reference-{target}-{attempt}/dump.pgc"))
             op = backups.request_backup(ctx, SYSTEM, TENANT)
             ours.append(in_child(op.id))
             backup_ids.append(finished(ctx, op.id).result["backup_id"])
             op = backups.request_backup(ctx, SYSTEM, TENANT)
-            fast.append(in_child(op.id, BACKUP_ZSTD_LEVEL="1"))
+            fast.append(in_child(op.id, BACKUP_ZSTD_LEVEL=str(ALT_LEVEL)))
             fast_id = finished(ctx, op.id).result["backup_id"]
         timed([*dump, f"--file={raw_archive}"], env)
         archive_size = os.path.getsize(raw_archive)
+        costs = stage_costs(raw_archive, ctx.settings.backup_zstd_level)
+        for attempt in range(REPEATS):  # the reference method's objects
+            ctx.backup_store.delete_prefix(f"{TENANT}/reference-{target}-{attempt}/")
         with ctx.sessions() as session:
             backup = session.get(Backup, backup_ids[-1])
             stored, ours_archive = backup.stored_bytes, backup.archive_bytes
@@ -252,6 +362,9 @@ def measure(ctx, sizes: list[int], work: str) -> None:
             "idle_rss_mb": max(r["rss_after_imports_kb"] for r in ours) / 1024,
             "raw_restore_s": min(raw_restores), "restore_s": min(r["seconds"] for r in restored),
             "restore_rss_mb": max(r["maxrss_kb"] for r in restored) / 1024,
+            "reference_s": min(t for t, _ in reference), "reference_mb": reference[-1][1] / 2**20,
+            "reference_all": [t for t, _ in reference], "raw_dump_cpu_s": min(raw_cpu),
+            "backup_cpu_s": min(r.get("cpu_s", 0.0) for r in ours), **{f"cost_{k}": v for k, v in costs.items()},
         })
         print_row(rows[-1], flush=True)
     print_summary(rows, client.version, ctx.settings.backup_zstd_level)
@@ -269,20 +382,22 @@ def finished(ctx, operation_id: str):
 
 def print_row(row: dict, flush: bool = False) -> None:
     print(f"[{row['target_mb']} MB target] database {row['db_mb']:.0f} MB, raw archive {row['archive_mb']:.0f} MB: "
-          f"raw pg_dump {row['raw_dump_s']:.2f}s, backup {row['backup_s']:.2f}s (zstd 1: {row['fast_s']:.2f}s), "
+          f"raw pg_dump {row['raw_dump_s']:.2f}s, backup {row['backup_s']:.2f}s (zstd {ALT_LEVEL}: {row['fast_s']:.2f}s), "
           f"raw pg_restore {row['raw_restore_s']:.2f}s, restore {row['restore_s']:.2f}s", flush=flush, file=sys.stderr)
 
 
 def print_summary(rows: list[dict], client_version: str, level: int) -> None:
     load = os.getloadavg()[0]
+    store = urlparse(os.environ["BACKUP_STORE_URL"]).scheme + "://" + (
+        " (moto server)" if os.environ.get("S3_ENDPOINT_URL") else "")
     print()
-    print(f"backup benchmark: one tenant database on the same host, file:// store, pg_dump/pg_restore "
+    print(f"backup benchmark: one tenant database on the same host, {store} store, pg_dump/pg_restore "
           f"{client_version}, {os.cpu_count()} CPUs (load average {load:.1f}); times are the best of {REPEATS} "
           f"backups / {RESTORE_REPEATS} restores, interleaved with their baselines")
     print()
     print("backup throughput and stored size (baseline: pg_dump -Fc -Z0 > /dev/null, same role, same client)")
     print(f"{'database':>9} {'archive':>8} | {'raw dump':>8} | {'backup zstd ' + str(level):>16} {'vs raw':>7} "
-          f"{'stored':>8} {'/archive':>8} {'peak RSS':>9} | {'backup zstd 1':>14} {'vs raw':>7} {'stored':>8} "
+          f"{'stored':>8} {'/archive':>8} {'peak RSS':>9} | {'backup zstd ' + str(ALT_LEVEL):>14} {'vs raw':>7} {'stored':>8} "
           f"{'/archive':>8} {'peak RSS':>9}")
     for r in rows:
         print(f"{r['db_mb']:7.0f}MB {r['archive_mb']:6.0f}MB | {r['raw_dump_s']:7.2f}s | {r['backup_s']:15.2f}s "
@@ -301,9 +416,32 @@ def print_summary(rows: list[dict], client_version: str, level: int) -> None:
     print("  restore = the in-place RESTORE job (copy the object, authenticate every chunk, pg_restore from the "
           "decrypting stream into a scratch database, check, swap); vs raw = restore time / raw time")
     print()
+    print("the reference user's method (pg_dump -Fc, default compression, streamed to the same store, unencrypted)")
+    print(f"{'database':>9} | {'reference':>9} {'stored':>8} | {'ours zstd ' + str(level):>13} {'speed-up':>8} "
+          f"{'size ratio':>10} | {'ours zstd ' + str(ALT_LEVEL):>13} {'speed-up':>8} {'size ratio':>10}")
+    for r in rows:
+        print(f"{r['db_mb']:7.0f}MB | {r['reference_s']:8.2f}s {r['reference_mb']:6.1f}MB | {r['backup_s']:12.2f}s "
+              f"{r['reference_s'] / r['backup_s']:7.2f}x {r['stored_mb'] / r['reference_mb']:9.3f}x | "
+              f"{r['fast_s']:12.2f}s {r['reference_s'] / r['fast_s']:7.2f}x {r['fast_stored_mb'] / r['reference_mb']:9.3f}x")
+    print("  speed-up = reference time / our time (target > 1); size ratio = our stored object / theirs (target <= 1)")
+    print()
+    cores = os.cpu_count() or 1
+    print(f"where the time goes (CPU seconds; {cores} cores; stages measured alone on the same archive)")
+    print(f"{'database':>9} | {'raw wall':>8} {'pg_dump':>8} | {'zstd ' + str(level):>6} {'zstd ' + str(ALT_LEVEL):>6} {'aes+sha':>7} "
+          f"{'readback':>8} | {'job CPU':>7} {'backup wall':>11} {'extra cores':>11}")
+    for r in rows:
+        ours_cpu = r["cost_zstd"] + r["cost_aes_sha"] + r["cost_readback_sha"]
+        print(f"{r['db_mb']:7.0f}MB | {r['raw_dump_s']:7.2f}s {r['raw_dump_cpu_s']:7.2f}s | {r['cost_zstd']:5.2f}s "
+              f"{r['cost_zstd_alt']:5.2f}s {r['cost_aes_sha']:6.2f}s {r['cost_readback_sha']:7.2f}s | "
+              f"{r['backup_cpu_s']:6.2f}s {r['backup_s']:10.2f}s {ours_cpu / r['raw_dump_s']:10.2f}")
+    print("  raw wall: pg_dump -Fc -Z0 > /dev/null; pg_dump: its client CPU (the server backend that feeds it "
+          "uses about as much again,\n  not counted); zstd/aes+sha/readback: what our pipeline adds on top; job CPU: "
+          "the backup job's own CPU with pg_dump's;\n  extra cores: the added stages' CPU / raw wall: how many "
+          "cores beyond what pg_dump and its backend use our pipeline needs to keep pace with the raw dump")
+    print()
     print("all runs (s): " + "; ".join(
         f"{r['target_mb']}MB raw {['%.2f' % t for t in r['raw_dump_all']]} backup {['%.2f' % t for t in r['backup_all']]}"
-        f" zstd-1 {['%.2f' % t for t in r['fast_all']]}" for r in rows))
+        f" zstd-{ALT_LEVEL} {['%.2f' % t for t in r['fast_all']]}" for r in rows))
 
 
 if __name__ == "__main__":

@@ -364,6 +364,14 @@ def check_read(opened: OpenedBackup, backup: Backup, archive_bytes: int | None =
                                    f"{backup.archive_bytes} were recorded")
 
 
+def newest_restorable(session: Session, tenant_id: str) -> Backup | None:
+    """The tenant's newest backup that can still be restored (from its primary store or a copy)."""
+    candidates = session.scalars(select(Backup).where(
+        Backup.tenant_id == tenant_id, Backup.status.in_([BackupStatus.COMPLETED, BackupStatus.EXPIRED]))
+        .order_by(Backup.completed_at.desc())).all()
+    return next((b for b in candidates if b.restorable), None)
+
+
 def require_restorable(backup: Backup) -> None:
     if not backup.restorable:
         raise IllegalTransitionError("backup", backup.id, backup.status.value, "restore or decrypt it")

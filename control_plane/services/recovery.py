@@ -26,7 +26,7 @@ from control_plane.catalog.models import DatabaseServer, Operation, OperationSta
 from control_plane.errors import ControlPlaneError, ServerNotFoundError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
-from control_plane.services.backups import MAX_MANIFEST_BYTES, tools_for
+from control_plane.services.backups import MAX_MANIFEST_BYTES, newest_restorable, tools_for
 from control_plane.services.context import ServiceContext
 from control_plane.services.restores import RECOVER, RESTORABLE_IN_PLACE, request_restore
 
@@ -101,12 +101,6 @@ def adopt_stored_backups(ctx: ServiceContext, session: Session, tenant_id: str) 
     session.commit()
     return list(adopted)
 
-
-def newest_restorable(session: Session, tenant_id: str) -> Backup | None:
-    candidates = session.scalars(select(Backup).where(
-        Backup.tenant_id == tenant_id, Backup.status.in_([BackupStatus.COMPLETED, BackupStatus.EXPIRED]))
-        .order_by(Backup.completed_at.desc())).all()
-    return next((b for b in candidates if b.restorable), None)
 
 
 def recover_server(ctx: ServiceContext, principal: Principal, server_name: str, *, parallel: int = 4,
