@@ -132,15 +132,15 @@ def main(argv: list[str]) -> None:
             headers = {"Authorization": f"Bearer {create_token(ctx, TokenRole.SUPER_ADMIN, 'bench')[1]}"}
             for name, server in servers.items():
                 client.post("/v1/servers", headers=headers, json={"name": name, "admin_url": server.url})
-            client.post("/v1/servers/default/drain", headers=headers, json={})
-            client.post("/v1/servers/dst/drain", headers=headers, json={})
+            client.post("/v1/servers/default/drain", headers=headers, json={"move_tenants": False})
+            client.post("/v1/servers/dst/drain", headers=headers, json={"move_tenants": False})
             router = TenantRouter(catalog_database_url=ctx.settings.catalog_database_url,
                                   keyring=ctx.settings.keyring, redis_url=ctx.settings.redis_url,
                                   acquire_timeout=5)
             rows = []
             for megabytes in sizes:
                 tenant_id = f"bench-move-{megabytes}"
-                client.post("/v1/servers/dst/drain", headers=headers, json={})
+                client.post("/v1/servers/dst/drain", headers=headers, json={"move_tenants": False})
                 created = client.post("/v1/tenants", headers=headers,
                                       json={"id": tenant_id, "name": tenant_id, "admin_email": "a@bench.example"})
                 _wait(client, headers, created.headers["Location"])

@@ -12,7 +12,7 @@ from control_plane.api.me import blp as me_blp
 from control_plane.api.migration_runs import blp as migration_runs_blp
 from control_plane.api.operations import blp as operations_blp
 from control_plane.api.queues import blp as queues_blp
-from control_plane.api.servers import blp as servers_blp
+from control_plane.api.servers import blp as servers_blp, runs_blp as drain_runs_blp
 from control_plane.api.tenants import blp as tenants_blp
 from control_plane.bootstrap import build_context
 from control_plane.console import blp as console_blp
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     for blueprint in (tenants_blp, operations_blp, servers_blp):
         api.register_blueprint(blueprint)
     api.register_blueprint(migration_runs_blp)
+    api.register_blueprint(drain_runs_blp)
     api.register_blueprint(backups_blp)
     api.register_blueprint(queues_blp)
     api.register_blueprint(me_blp)

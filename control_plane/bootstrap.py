@@ -45,6 +45,15 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         logical_replication=PostgresLogicalReplication,
     )
     attach_backups(ctx)
+    attach_drains(ctx)
+    return ctx
+
+
+def attach_drains(ctx: ServiceContext) -> ServiceContext:
+    """A move that belongs to a server drain lets the drain start its next move when it ends."""
+    from control_plane.services import drains
+
+    ctx.after_move = partial(drains.on_move_finished, ctx)
     return ctx
 
 

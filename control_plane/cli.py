@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 from marshmallow import ValidationError as MarshmallowValidationError
@@ -15,7 +16,7 @@ from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TenantStatus, TokenRole
 from control_plane.errors import ControlPlaneError
 from control_plane.logs import configure_logging
-from control_plane.services import moves, operations, servers, tenants
+from control_plane.services import drains, moves, operations, servers, tenants
 from control_plane.services.auth import SYSTEM, create_token
 from control_plane.settings import Settings
 
@@ -252,9 +253,55 @@ def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
 
 @servers_group.command("drain")
 @click.argument("name")
-@click.option("--undo", is_flag=True)
-def servers_drain(name: str, undo: bool) -> None:
-    click.echo(servers.set_draining(context(), SYSTEM.actor, name, not undo).status.value)
+@click.option("--undo", is_flag=True, help="Take new tenants again.")
+@click.option("--no-move", is_flag=True, help="Only stop placing new tenants on it; its tenants stay.")
+@click.option("--concurrency", type=click.IntRange(1, 50), default=3, show_default=True)
+@click.option("--mode", type=click.Choice(["online", "offline"]), help="Default: each move chooses.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Show progress until the run ends.")
+def servers_drain(name: str, undo: bool, no_move: bool, concurrency: int, mode: str | None, follow: bool) -> None:
+    """Move every tenant off a server (a run: see `servers drain-status`), and place none there."""
+    ctx = context()
+    if undo or no_move:
+        click.echo(servers.set_draining(ctx, SYSTEM.actor, name, not undo).status.value)
+        return
+    run = drains.start_drain(ctx, SYSTEM, name, concurrency=concurrency, mode=mode)
+    click.echo(f"drain run {run.id}: {run.counts()['total']} tenants", err=True)
+    if follow:
+        _follow_drain(ctx, run.id)
+    else:
+        click.echo(run.id)
+
+
+@servers_group.command("drain-status")
+@click.argument("run_id")
+@click.option("--follow", is_flag=True)
+def servers_drain_status(run_id: str, follow: bool) -> None:
+    ctx = context()
+    if follow:
+        _follow_drain(ctx, run_id)
+        return
+    run = drains.get_drain(ctx, SYSTEM, run_id)
+    click.echo(json.dumps({"status": run.status.value, **run.counts()}))
+
+
+def _follow_drain(ctx, run_id: str) -> None:
+    last = None
+    while True:
+        run = drains.get_drain(ctx, SYSTEM, run_id)
+        counts = run.counts()
+        line = (f"{run.status.value:<9} moved {counts['moved']}/{counts['total']}, moving {counts['moving']}, "
+                f"failed {counts['failed']}, skipped {counts['skipped']}")
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+        if run.status.value != "running":
+            break
+        time.sleep(0.5)  # a human-facing poll, not synchronisation
+    for item in run.items:
+        if item.status.value == "failed":
+            click.echo(f"  {item.tenant_id}: {item.error}", err=True)
+    if run.status.value != "succeeded":
+        raise click.ClickException(run.error or f"drain {run.status.value}")
 
 
 for feature_group in (backups_group, keys_group, scheduler_command, migrations_group, fleet_group):

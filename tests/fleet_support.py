@@ -72,7 +72,7 @@ class Fleet:
         others = ["default", *self.servers]
         for name in others:
             if name != server:
-                self.client.post(f"/v1/servers/{name}/drain", headers=self.auth, json={})
+                self.client.post(f"/v1/servers/{name}/drain", headers=self.auth, json={"move_tenants": False})
         try:
             create_tenant(self.client, self.auth, tenant_id)
             self.run_jobs()
@@ -97,3 +97,4 @@ def fleet(client, auth, run_jobs, logical_servers, admin_url, settings) -> Itera
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
     with psycopg.connect(settings.catalog_database_url, autocommit=True) as conn:
         conn.execute("DELETE FROM retired_databases WHERE server_name <> 'default'")
+        conn.execute("TRUNCATE drain_runs CASCADE")

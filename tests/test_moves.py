@@ -130,7 +130,7 @@ def test_move_refusals_and_the_cli(fleet):
         response = fleet.client.post("/v1/tenants/stay/move", headers=fleet.auth, json=body)
         assert response.status_code == status, (body, response.get_json())
     assert fleet.client.post("/v1/tenants/ghost/move", headers=fleet.auth, json={"server": "pg3"}).status_code == 404
-    fleet.client.post("/v1/servers/pg3/drain", headers=fleet.auth, json={})
+    fleet.client.post("/v1/servers/pg3/drain", headers=fleet.auth, json={"move_tenants": False})
     assert fleet.client.post("/v1/tenants/stay/move", headers=fleet.auth, json={"server": "pg3"}).status_code == 409
     fleet.client.post("/v1/servers/pg3/drain", headers=fleet.auth, json={"draining": False})
 

@@ -30,7 +30,7 @@ def test_register_drain_and_place_on_another_server(client, auth, run_jobs, ctx,
     assert second_server.password not in registered.get_data(as_text=True)
     assert client.post("/v1/servers", headers=auth, json={"name": "pg2", "admin_url": second_server.url}).status_code == 409
 
-    drained = client.post("/v1/servers/default/drain", headers=auth, json={})
+    drained = client.post("/v1/servers/default/drain", headers=auth, json={"move_tenants": False})
     assert drained.get_json()["status"] == "draining"
     create_tenant(client, auth, "elsewhere")
     run_jobs()
@@ -45,14 +45,14 @@ def test_register_drain_and_place_on_another_server(client, auth, run_jobs, ctx,
     assert databases(second_server.url, "tenant_elsewhere%") == set()
 
     client.post("/v1/servers/default/drain", headers=auth, json={"draining": False})
-    client.post("/v1/servers/pg2/drain", headers=auth, json={})
+    client.post("/v1/servers/pg2/drain", headers=auth, json={"move_tenants": False})
     create_tenant(client, auth, "back-home")
     run_jobs()
     assert tenant(client, auth, "back-home")["server"] == "default"
 
 
 def test_no_room_is_a_503_before_anything_is_recorded(client, auth):
-    client.post("/v1/servers/default/drain", headers=auth, json={})
+    client.post("/v1/servers/default/drain", headers=auth, json={"move_tenants": False})
     try:
         response = client.post("/v1/tenants", headers=auth,
                                json={"id": "homeless", "name": "x", "admin_email": "a@homeless.example"})

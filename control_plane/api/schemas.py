@@ -5,6 +5,7 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from control_plane.catalog.drain_models import DrainItemStatus, DrainStatus
 from control_plane.catalog.models import OperationKind, OperationStatus, ServerStatus, TenantStatus
 from control_plane.naming import tenant_id_problem
 
@@ -134,4 +135,32 @@ class ServerSchema(Schema):
 
 class DrainSchema(Schema):
     draining = fields.Boolean(load_default=True)
+    # false: only stop placing new tenants on the server (its tenants stay).
+    move_tenants = fields.Boolean(load_default=True)
+    concurrency = fields.Integer(load_default=3, validate=validate.Range(min=1, max=50))
+    mode = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["online", "offline"]))
+
+
+class DrainItemSchema(Schema):
+    tenant_id = fields.String()
+    status = fields.Enum(DrainItemStatus, by_value=True)
+    operation_id = fields.String(allow_none=True)
+    target_server = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class DrainRunSchema(Schema):
+    id = fields.String()
+    server = fields.String(attribute="server_name")
+    mode = fields.String(allow_none=True)
+    concurrency = fields.Integer()
+    status = fields.Enum(DrainStatus, by_value=True)
+    error = fields.String(allow_none=True)
+    counts = fields.Method("_counts")
+    items = fields.List(fields.Nested(DrainItemSchema))
+    created_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+    def _counts(self, run) -> dict:
+        return run.counts()
 

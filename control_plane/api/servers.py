@@ -1,13 +1,15 @@
 """/v1/servers: the database servers tenants are placed on."""
 from __future__ import annotations
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
 from control_plane.api.common import services
-from control_plane.api.schemas import DrainSchema, ServerCreateSchema, ServerSchema, ServerUpdateSchema
-from control_plane.services import servers
+from control_plane.api.schemas import (DrainRunSchema, DrainSchema, ServerCreateSchema, ServerSchema,
+                                       ServerUpdateSchema)
+from control_plane.services import drains, servers
 
 blp = Blueprint("servers", __name__, url_prefix="/v1/servers", description="Tenant database servers")
 
@@ -72,9 +74,49 @@ class ServerItem(MethodView):
 @blp.route("/<name>/drain")
 class DrainServer(MethodView):
     @blp.arguments(DrainSchema)
-    @blp.response(200, ServerSchema)
+    @blp.response(202, DrainRunSchema, headers={"Location": {"description": "/v1/drain-runs/<id>",
+                                                            "schema": {"type": "string"}}})
+    @blp.alt_response(200, schema=ServerSchema, description="`move_tenants: false` or `draining: false`: the server")
+    @blp.alt_response(404, description="No such server")
+    @blp.alt_response(409, description="A drain of this server is already running")
     def post(self, body, name):
-        """Stop placing new tenants on a server (`{"draining": false}` undoes it)."""
+        """Drain a server: no new tenants go to it, and every tenant on it is moved to the server with the most
+        headroom, `concurrency` at a time, as a run (`GET /v1/drain-runs/<id>`: per-tenant items and counts;
+        `/resume`, `/cancel`). `{"move_tenants": false}` only stops placements; `{"draining": false}` undoes
+        that."""
         principal().require_super_admin()
-        servers.set_draining(services(), principal().actor, name, body["draining"])
-        return _view(*servers.get_server(services(), name))
+        if not body["draining"] or not body["move_tenants"]:
+            servers.set_draining(services(), principal().actor, name, body["draining"])
+            return jsonify(ServerSchema().dump(_view(*servers.get_server(services(), name))))
+        run = drains.start_drain(services(), principal(), name, concurrency=body["concurrency"], mode=body["mode"])
+        return run, 202, {"Location": f"/v1/drain-runs/{run.id}"}
+
+
+runs_blp = Blueprint("drain_runs", __name__, url_prefix="/v1/drain-runs", description="Server drains")
+
+
+@runs_blp.route("/<run_id>")
+class DrainRunItem(MethodView):
+    @runs_blp.response(200, DrainRunSchema)
+    @runs_blp.alt_response(404, description="No such drain run")
+    def get(self, run_id):
+        """A drain: its status, per-tenant items (move operation, target server, error) and counts."""
+        return drains.get_drain(services(), principal(), run_id)
+
+
+@runs_blp.route("/<run_id>/resume")
+class ResumeDrainRun(MethodView):
+    @runs_blp.response(200, DrainRunSchema)
+    @runs_blp.alt_response(404, description="No such drain run")
+    def post(self, run_id):
+        """Go on with a cancelled or failed drain: failed tenants are tried again, newcomers join."""
+        return drains.resume_drain(services(), principal(), run_id)
+
+
+@runs_blp.route("/<run_id>/cancel")
+class CancelDrainRun(MethodView):
+    @runs_blp.response(200, DrainRunSchema)
+    @runs_blp.alt_response(404, description="No such drain run")
+    def post(self, run_id):
+        """Start no more moves (those under way finish); the server stays draining."""
+        return drains.cancel_drain(services(), principal(), run_id)

@@ -1,8 +1,8 @@
-"""RQ entry points of the fleet's periodic work: the servers' health and load check (safe to run twice)."""
+"""RQ entry points of the fleet's periodic work: the servers' health and load check, the drains' tick (safe twice)."""
 from __future__ import annotations
 
 from control_plane.bootstrap import build_context, dispose
-from control_plane.services import servers
+from control_plane.services import drains, servers
 from control_plane.settings import Settings
 
 
@@ -11,5 +11,14 @@ def check_servers() -> dict[str, bool]:
     ctx = build_context(Settings.from_env(), pool_size=1)
     try:
         return servers.check_servers(ctx)
+    finally:
+        dispose(ctx)
+
+
+def advance_drains() -> list[str]:
+    """Advance every running server drain once (a lost wake-up only delays it until this tick)."""
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        return drains.advance_running(ctx)
     finally:
         dispose(ctx)

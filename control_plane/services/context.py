@@ -91,6 +91,8 @@ class ServiceContext:
 
     # Online moves: (source admin URL, target admin URL, source host, source port) → replication adapter.
     logical_replication: Callable[[str, str, str, int], Any] | None = None
+    # Hook point for server drains: called with (operation id, error or None) when a move has ended.
+    after_move: Callable[[str, str | None], None] = lambda operation_id, error: None
 
     def admin_for(self, server: DatabaseServer) -> ServerAdmin:
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))

@@ -151,6 +151,7 @@ def run_move(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenan
         timings = {}
     report("clean_up", 95)
     retired = _retire_source(ctx, session, op, tenant, source, target)
+    ctx.after_move(op.id, None)
     return {"tenant_id": tenant.id, "server": target.name, "from_server": source.name, "mode": params["mode"],
             "retired_database": retired, **timings}
 
@@ -284,6 +285,7 @@ def move_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Te
     audit.record(session, "system", "tenant.move_failed", tenant.id, op.id, error=op.error)
     session.commit()
     _publish(ctx, tenant)
+    ctx.after_move(op.id, op.error or "move failed")
 
 
 def retry_move(tenant: Tenant, op: Operation) -> None:

@@ -4,6 +4,7 @@ from alembic import context
 from control_plane.catalog.models import Base
 import control_plane.catalog.migration_run_models  # noqa: F401  (registers its tables on Base.metadata)
 import control_plane.catalog.backup_models  # noqa: F401  (registers its tables on Base.metadata)
+import control_plane.catalog.drain_models  # noqa: F401  (registers its tables on Base.metadata)
 
 config = context.config
 engine = config.attributes["engine"]
