@@ -20,7 +20,6 @@ from control_plane.app import create_app
 from control_plane.catalog.models import TokenRole
 from control_plane.logs import ContextFilter, JsonLineFormatter
 from control_plane.services.auth import create_token
-from control_plane.services.backup_schedule import report_stale_backups
 from helpers import create_tenant, one
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +157,7 @@ def test_queue_view_is_for_super_admins(client, auth, ctx, settings, redis_conn,
     run_jobs()
 
 
-def test_a_stale_backup_shows_as_metric_alert_and_log_line(client, auth, ctx, settings, run_jobs, caplog, tmp_path):
+def test_a_stale_backup_shows_as_metric_alert_and_log_line(client, auth, ctx, settings, run_jobs, tmp_path):
     """What an operator sees when a tenant's backup goes stale: metric, alert (promtool), log line."""
     for tenant_id in (STALE, FRESH):
         active_tenant(client, auth, run_jobs, tenant_id)
@@ -201,13 +200,18 @@ def test_a_stale_backup_shows_as_metric_alert_and_log_line(client, auth, ctx, se
           f"tenant_id=\"{STALE}\",severity=\"critical\"}} at 11m")
     assert result.returncode == 0, result.stdout + result.stderr
 
-    caplog.handler.addFilter(ContextFilter())  # what the processes' handler adds: the bound ids
-    with caplog.at_level("WARNING", logger="control_plane.services.backup_schedule"):
-        stale = report_stale_backups(ctx)
-    assert [state.tenant_id for state in stale] == [STALE]
-    warnings = [r for r in caplog.records if r.name == "control_plane.services.backup_schedule"]
-    assert len(warnings) == 1 and warnings[0].tenant_id == STALE and "past its RPO" in warnings[0].getMessage()
-    print("log: " + JsonLineFormatter().format(warnings[0]))
+    # The scheduler process (here its one-shot form) logs it, as JSON like in the containers.
+    import os
+
+    run = subprocess.run([sys.executable, "-m", "control_plane.cli", "scheduler", "--once"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "LOG_FORMAT": "json"})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["stale_backups"] == [STALE]
+    warnings = [json.loads(line) for line in run.stderr.splitlines()
+                if line.startswith("{") and "past its RPO" in line]
+    print("log: " + "\n".join(json.dumps(w) for w in warnings))
+    assert [(w["level"], w["logger"], w["tenant_id"]) for w in warnings] == [
+        ("WARNING", "control_plane.services.backup_schedule", STALE)]
 
 
 def test_debug_logs_of_provision_backup_restore_hold_ids_and_no_secret(client, ctx, settings, run_jobs, tmp_path):
