@@ -13,6 +13,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
+from gunicorn.glogging import Logger as GunicornBaseLogger
 from pythonjsonlogger.json import JsonFormatter
 
 from control_plane.settings import logging_settings
@@ -24,7 +25,8 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("contr
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # scheme://user:password@host → scheme://user:***@host, whatever library wrote the line.
-_URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+# (A password may hold "/": over-redacting "host:port/path@x" is the lesser harm.)
+_URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s]+@")
 
 
 def redact(text: str) -> str:
@@ -115,18 +117,13 @@ def configure_logging(default_level: str = "INFO", environ: Mapping[str, str] | 
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelNamesMapping()[level]))
 
 
-try:  # gunicorn is a dependency of the API only; the class is defined when it is importable
-    from gunicorn.glogging import Logger as _GunicornLogger
+class GunicornLogger(GunicornBaseLogger):
+    """gunicorn's error and access logs through our root handler (JSON, ids, redaction)."""
 
-    class GunicornLogger(_GunicornLogger):
-        """gunicorn's error and access logs through our root handler (JSON, ids, redaction)."""
-
-        def setup(self, cfg: Any) -> None:
-            super().setup(cfg)
-            configure_logging()
-            for logger in (self.error_log, self.access_log):
-                for handler in list(logger.handlers):
-                    logger.removeHandler(handler)
-                logger.propagate = True
-except ImportError:  # pragma: no cover
-    pass
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        configure_logging()
+        for logger in (self.error_log, self.access_log):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True

@@ -312,3 +312,27 @@ def test_gunicorn_logs_access_and_errors_as_json_with_the_request_id(settings, t
     assert [(r["request_id"], r["path"], r["status"]) for r in access] == [("gunicorn-check-1", "/healthz", "200")]
     assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["message"] for r in records)
     assert all(not line or line.startswith("{") for line in log_path.read_text().splitlines()), "a non-JSON line"
+
+
+def test_credentials_in_urls_are_redacted_from_messages_and_tracebacks():
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLineFormatter())
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("tests.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("cannot reach %s", "postgresql://tenant_admin:pa/ss@db:5432/postgres")
+        try:
+            raise RuntimeError("redis://:hunter2@redis:6379/0 refused")
+        except RuntimeError:
+            logger.exception("enqueue failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "pa/ss" not in text and "hunter2" not in text
+    assert "postgresql://tenant_admin:***@db:5432/postgres" in text and "redis://:***@redis:6379/0" in text
