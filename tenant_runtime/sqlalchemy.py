@@ -26,8 +26,9 @@ from sqlalchemy.pool import NullPool
 if TYPE_CHECKING:
     from tenant_runtime.router import TenantRouter
 
-# The connection being handed to the engine, and whether it carries a transaction that SQLAlchemy's
-# first-connection set-up must not roll back: both set around engine.connect() only, in one thread.
+# The connection being handed to the engine (set around engine.connect() only), and whether the rollbacks
+# SQLAlchemy issues right now must leave the transaction alone (set around that connect when the connection
+# carries work, and around Connection.close()): context variables, so each thread has its own.
 _HANDED: ContextVar[psycopg.Connection | None] = ContextVar("tenant_runtime_handed", default=None)
 _KEEP_TRANSACTION: ContextVar[bool] = ContextVar("tenant_runtime_keep_transaction", default=False)
 _SET_UP = "_tenant_runtime_sqlalchemy_set_up"
@@ -42,8 +43,9 @@ class RoutedPsycopgDialect(PGDialect_psycopg):
         """NullPool "closes" each connection after its unit of work: it stays open, its lease gives it back."""
 
     def do_rollback(self, dbapi_connection: Any) -> None:
-        # The engine's first connection initialises the dialect (a few SELECTs), then rolls back: that must
-        # not undo what the unit of work did on the connection before handing it over.
+        # Skipped in two places: the engine's first connection initialises the dialect (a few SELECTs) and
+        # rolls back, which must not undo work done on the connection before; and closing a Connection
+        # rolls back what SQLAlchemy thinks is its transaction, which the lease ends instead.
         if not _KEEP_TRANSACTION.get():
             super().do_rollback(dbapi_connection)
 

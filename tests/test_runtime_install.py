@@ -47,8 +47,14 @@ if len(sys.argv) > 3:
     with TenantRouter.from_env(application_name="rt-light") as router:
         with router.session(sys.argv[3]) as session:  # the ORM path, on a routed connection
             served = list(session.execute(text("SELECT current_user, current_database()")).one())
-print(json.dumps({"modules": modules, "missing": missing, "served": served,
-                  "control_plane": sorted(m for m in sys.modules if m.split(".")[0] == "control_plane")}))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "control_plane")
+try:
+    import control_plane
+    refusal = None
+except ImportError as exc:
+    refusal = str(exc)
+print(json.dumps({"modules": modules, "missing": missing, "served": served, "refusal": refusal,
+                  "control_plane": loaded}))
 """
 
 
@@ -99,6 +105,7 @@ def test_the_runtime_installs_and_serves_without_the_control_plane(light_python,
     assert result["missing"] == list(HEAVY)  # none of the control plane's dependencies is there
     assert result["control_plane"] == []
     assert result["served"] == ["tenant_rt_light_clinic", "tenant_rt_light_clinic_db"]
+    assert "pip install 'tenant-control-plane[control-plane]'" in result["refusal"]  # the CLI says what to do
 
 
 def test_the_runtime_read_model_matches_the_catalog_models():
