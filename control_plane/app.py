@@ -7,6 +7,7 @@ from flask_smorest import Api
 from control_plane.api import errors, request_context
 from control_plane.api.auth import authenticate_request
 from control_plane.api.backups import blp as backups_blp
+from control_plane.api.fleet import blp as fleet_blp
 from control_plane.api.health import blp as health_blp
 from control_plane.api.me import blp as me_blp
 from control_plane.api.migration_runs import blp as migration_runs_blp
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         api.register_blueprint(blueprint)
     api.register_blueprint(migration_runs_blp)
     api.register_blueprint(drain_runs_blp)
+    api.register_blueprint(fleet_blp)
     api.register_blueprint(backups_blp)
     api.register_blueprint(queues_blp)
     api.register_blueprint(me_blp)

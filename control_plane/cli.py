@@ -11,6 +11,7 @@ from marshmallow import ValidationError as MarshmallowValidationError
 from control_plane.cli_backups import backups_group, keys_group, scheduler_command
 from control_plane.cli_migrations import migrations as migrations_group
 from control_plane.cli_recovery import catalog_backup, catalog_backups_list, catalog_restore, fleet_group
+from control_plane.cli_fleet import reconcile_command
 from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import TenantStatus, TokenRole
@@ -306,6 +307,7 @@ def _follow_drain(ctx, run_id: str) -> None:
 
 for feature_group in (backups_group, keys_group, scheduler_command, migrations_group, fleet_group):
     cli.add_command(feature_group)
+fleet_group.add_command(reconcile_command)
 for catalog_command in (catalog_backup, catalog_backups_list, catalog_restore):
     catalog.add_command(catalog_command)
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 
-from control_plane.services import fleet
+from control_plane.services import fleet, reconcile
 from control_plane.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,16 @@ def render(ctx: ServiceContext) -> bytes:
 
 
 # --- fleet sources -----------------------------------------------------------------------------------
+
+@fleet_source("reconcile")
+def _reconcile(ctx: ServiceContext) -> Iterable[Metric]:
+    findings = GaugeMetricFamily("control_plane_reconcile_findings",
+                                 "Findings of the newest daily reconcile report (orphans, missing, leftovers, drift...)",
+                                 labels=["kind"])
+    for kind, count in (reconcile.last_counts(ctx) or {}).items():
+        findings.add_metric([kind], count)
+    yield findings
+
 
 @fleet_source("catalog")
 def _catalog(ctx: ServiceContext) -> Iterable[Metric]:

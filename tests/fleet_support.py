@@ -33,7 +33,8 @@ def logical_servers() -> Iterator[dict[str, devstack.PostgresServer]]:
 def wipe(url: str) -> None:
     """Everything tenants and moves leave on a server: subscriptions, slots, databases, roles."""
     with psycopg.connect(url, autocommit=True) as conn:
-        for (database,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%'").fetchall():
+        ours = "datname LIKE 'tenant\\_%' OR datname LIKE 'cp\\_quarantine\\_%'"
+        for (database,) in conn.execute(f"SELECT datname FROM pg_database WHERE {ours}").fetchall():
             conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(database)))
             with psycopg.connect(url, dbname=database, autocommit=True) as db:
                 for (sub,) in db.execute("SELECT subname FROM pg_subscription "
@@ -48,10 +49,11 @@ def wipe(url: str) -> None:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             except psycopg.errors.ObjectInUse:
                 pass
-        for (database,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%'").fetchall():
+        for (database,) in conn.execute(f"SELECT datname FROM pg_database WHERE {ours}").fetchall():
             conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
         for (role,) in conn.execute("SELECT rolname FROM pg_roles "
-                                    "WHERE rolname LIKE 'tenant\\_%' OR rolname LIKE 'cp\\_move\\_%'").fetchall():
+                                    "WHERE rolname LIKE 'tenant\\_%' OR rolname LIKE 'cp\\_move\\_%' "
+                                    "OR rolname LIKE 'cp\\_quarantine\\_%'").fetchall():
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     drop_templates(url)

@@ -194,6 +194,62 @@ class PostgresAdmin:
         with self.connect() as conn:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
+    def inventory(self) -> dict[str, Any]:
+        """What the control plane may have left on this server, by our naming: tenant and quarantined
+        databases (name, owner, connections allowed), tenant, move and quarantined roles, replication
+        slots and subscriptions (both cluster-wide catalogs)."""
+        with self.connect() as conn:
+            databases = conn.execute(
+                "SELECT d.datname, r.rolname, d.datallowconn FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                "WHERE d.datname LIKE 'tenant\\_%%' OR d.datname LIKE 'cp\\_quarantine\\_%%'").fetchall()
+            roles = [row[0] for row in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_%%' OR rolname LIKE 'cp\\_move\\_%%' "
+                "OR rolname LIKE 'cp\\_quarantine\\_%%'")]
+            slots = conn.execute("SELECT slot_name, database, active_pid FROM pg_replication_slots").fetchall()
+            subscriptions = conn.execute(
+                "SELECT s.subname, d.datname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid").fetchall()
+        return {"databases": [tuple(row) for row in databases], "roles": roles,
+                "slots": [tuple(row) for row in slots], "subscriptions": [tuple(row) for row in subscriptions]}
+
+    def quarantine_database(self, database: str, new_name: str) -> None:
+        """Refuse connections to `database`, end its sessions and rename it (kept until dropped after a grace)."""
+        db = sql.Identifier(database)
+        with self.connect() as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(db))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(db, sql.Identifier(new_name)))
+
+    def quarantine_role(self, role: str, new_name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(role), sql.Identifier(new_name)))
+
+    def drop_role_everywhere(self, role: str) -> None:
+        """Drop a role that owns no database: its grants on databases are revoked first."""
+        with self.connect() as conn:
+            for (database,) in conn.execute(
+                    "SELECT datname FROM pg_database d WHERE EXISTS (SELECT 1 FROM aclexplode(d.datacl) a "
+                    "JOIN pg_roles r ON r.oid = a.grantee WHERE r.rolname = %s)", (role,)).fetchall():
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(database),
+                                                                                sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+    def drop_slot(self, slot: str) -> None:
+        with self.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                         (slot,))
+
+    def drop_subscription(self, database: str, name: str) -> None:
+        """Detached from its slot first, so the publisher need not be reachable."""
+        ident = sql.Identifier(name)
+        with self.connect(database) as conn:
+            if conn.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone():
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+                conn.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+                conn.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
+
     def usage(self) -> dict[str, Any]:
         """Connections in use, `max_connections`, and the size in bytes of every tenant database.
 

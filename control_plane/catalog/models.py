@@ -126,6 +126,9 @@ _TENANT_TRANSITIONS: dict[str, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "mark_deleted": (frozenset({TenantStatus.DELETING, TenantStatus.DELETED}), TenantStatus.DELETED),
     "fail": (frozenset({TenantStatus.PROVISIONING, TenantStatus.DELETING, TenantStatus.RESTORING,
                         TenantStatus.MOVING, TenantStatus.MIGRATING, TenantStatus.FAILED}), TenantStatus.FAILED),
+    # Reconcile found the tenant's database missing on its server, whatever the tenant was doing.
+    "lose_database": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.MIGRATING,
+                                 TenantStatus.RESTORING, TenantStatus.MOVING, TenantStatus.FAILED}), TenantStatus.FAILED),
     "retry_provisioning": (frozenset({TenantStatus.FAILED, TenantStatus.PROVISIONING}), TenantStatus.PROVISIONING),
 }
 
@@ -196,6 +199,9 @@ class Tenant(Base):
 
     def fail(self) -> None:
         self._transition("fail")
+
+    def lose_database(self) -> None:
+        self._transition("lose_database")
 
     def retry_provisioning(self) -> None:
         self._transition("retry_provisioning")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from control_plane.bootstrap import build_context, dispose
-from control_plane.services import drains, servers
+from control_plane.services import drains, reconcile, servers
 from control_plane.settings import Settings
 
 
@@ -20,5 +20,14 @@ def advance_drains() -> list[str]:
     ctx = build_context(Settings.from_env(), pool_size=1)
     try:
         return drains.advance_running(ctx)
+    finally:
+        dispose(ctx)
+
+
+def report_reconcile() -> dict[str, int]:
+    """The daily reconcile report (no repairs): counts logged and exported as metrics."""
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        return reconcile.daily_report(ctx)
     finally:
         dispose(ctx)
