@@ -115,7 +115,7 @@ def test_metrics_report_http_queue_servers_and_tenants(client, auth, ctx, settin
     assert value("control_plane_operations_finished_last_hour", kind="provision", status="succeeded") == 1
     assert value("control_plane_operation_duration_seconds_bucket", kind="provision", le="+Inf") == 1
     assert {s.labels["source"]: s.value for s in samples["control_plane_metrics_source_up"]} == {
-        "catalog": 1, "backups": 1, "queue": 1, "servers": 1}
+        "catalog": 1, "backups": 1, "queue": 1, "servers": 1, "reconcile": 1}
 
 
 def test_metrics_token_protects_metrics(ctx):
