@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from flask import Flask, request
-from flask_smorest import Api
 
 from control_plane.api import errors, request_context
-from control_plane.api.auth import authenticate_request
+from control_plane.api.auth import authorize_request
 from control_plane.api.backups import blp as backups_blp
 from control_plane.api.fleet import blp as fleet_blp
 from control_plane.api.health import blp as health_blp
+from control_plane.api.input import check_path
 from control_plane.api.me import blp as me_blp
 from control_plane.api.migration_runs import blp as migration_runs_blp
 from control_plane.api.operations import blp as operations_blp
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
                           "security": [{"bearer": []}]},
     )
     app.extensions["control_plane"] = ctx
-    api = Api(app)
+    api = errors.ProblemApi(app)
     errors.register(app)  # after Api(): ours replace flask-smorest's JSON error handler with problem+json
     for blueprint in (tenants_blp, operations_blp, servers_blp):
         api.register_blueprint(blueprint)
@@ -57,8 +57,9 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     request_context.register(app)  # before authentication: a refused request has its id too
 
     @app.before_request
-    def _authenticate() -> None:
+    def _authorize_then_check_path() -> None:
         if request.path.startswith("/v1/"):
-            authenticate_request()
+            authorize_request()
+            check_path(request.view_args)
 
     return app

@@ -13,8 +13,8 @@ class ValidationError(ControlPlaneError):
     status = 422
     title = "Unprocessable entity"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", errors={"json": {field: [message]}})
+    def __init__(self, field: str, message: str, location: str = "json") -> None:
+        super().__init__(f"{field}: {message}", errors={location: {field: [message]}})
         self.field = field
 
 
@@ -95,6 +95,14 @@ class PermissionDeniedError(ControlPlaneError):
 class DependencyUnavailableError(ControlPlaneError):
     status = 503
     title = "Service unavailable"
+    retry_after = 5  # seconds; the API renders it as the Retry-After header
+
+
+class CatalogUnavailableError(DependencyUnavailableError):
+    """The catalog database refused or lost the connection."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the catalog is unavailable ({reason}); try again shortly", dependency="catalog")
 
 
 class DatabaseServerError(ControlPlaneError):

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from control_plane.api.input import InputSchema
 from control_plane.catalog.backup_models import BackupStatus, BackupTrigger, CopyStatus
 from control_plane.naming import tenant_id_problem
 
 
-class BackupRequestSchema(Schema):
+class BackupRequestSchema(InputSchema):
     expires_in_days = fields.Integer(validate=validate.Range(min=1, max=3650),
                                      metadata={"description": "Keep this backup exactly this long, "
                                                               "whatever the tenant's retention policy"})
 
 
-class BackupQuerySchema(Schema):
+class BackupQuerySchema(InputSchema):
     status = fields.Enum(BackupStatus, by_value=True)
     trigger = fields.Enum(BackupTrigger, by_value=True)
 
@@ -63,7 +64,7 @@ def _validate_tenant_id(value: str) -> None:
         raise ValidationError(problem)
 
 
-class RestoreSchema(Schema):
+class RestoreSchema(InputSchema):
     backup_id = fields.String(required=True, validate=validate.Length(min=1, max=36))
     mode = fields.String(load_default="in_place", validate=validate.OneOf(["in_place", "new_tenant"]))
     new_tenant_id = fields.String(validate=[validate.Length(max=40), _validate_tenant_id])
@@ -79,7 +80,7 @@ class RestoreSchema(Schema):
             raise ValidationError("only with mode new_tenant", "new_tenant_id")
 
 
-class BackupPolicySchema(Schema):
+class BackupPolicySchema(InputSchema):
     keep_last = fields.Integer(validate=validate.Range(min=1, max=1000))
     keep_daily_days = fields.Integer(validate=validate.Range(min=0, max=3650))
     scheduled = fields.Boolean()

@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.backup_schemas import (BackupManifestSchema, BackupPolicySchema, BackupQuerySchema,
                                               BackupRequestSchema, BackupSchema, RestoreSchema)
 from control_plane.api.common import accepted, idempotency_key, services
 from control_plane.api.schemas import OperationSchema
 from control_plane.services import backups, restores
 
-blp = Blueprint("backups", __name__, url_prefix="/v1", description="Backups, restores and retention")
+blp = ApiBlueprint("backups", __name__, url_prefix="/v1", description="Backups, restores and retention")
 
 _202 = {"Location": {"description": "/v1/operations/<id>", "schema": {"type": "string"}}}
 
 
 @blp.route("/tenants/<tenant_id>/backups")
 class TenantBackups(MethodView):
+    @blp.access(Access.TENANT)
     @blp.arguments(BackupQuerySchema, location="query")
     @blp.response(200, BackupSchema(many=True))
     @blp.paginate()
@@ -29,6 +30,7 @@ class TenantBackups(MethodView):
         pagination_parameters.item_count = total
         return items
 
+    @blp.access(Access.TENANT)
     @blp.arguments(BackupRequestSchema)
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(404, description="No such tenant")
@@ -42,6 +44,7 @@ class TenantBackups(MethodView):
 
 @blp.route("/backups/<backup_id>")
 class BackupItem(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.response(200, BackupManifestSchema)
     @blp.alt_response(404, description="No such backup (or not this token's tenant)")
     def get(self, backup_id):
@@ -51,6 +54,7 @@ class BackupItem(MethodView):
 
 @blp.route("/tenants/<tenant_id>/restore")
 class RestoreTenant(MethodView):
+    @blp.access(Access.TENANT)
     @blp.arguments(RestoreSchema)
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(404, description="No such tenant, or no such backup of this tenant")
@@ -65,11 +69,13 @@ class RestoreTenant(MethodView):
 
 @blp.route("/tenants/<tenant_id>/backup-policy")
 class TenantBackupPolicy(MethodView):
+    @blp.access(Access.TENANT)
     @blp.response(200, BackupPolicySchema)
     def get(self, tenant_id):
         """The tenant's retention policy and whether it is backed up daily."""
         return backups.get_policy(services(), principal(), tenant_id)
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(BackupPolicySchema)
     @blp.response(200, BackupPolicySchema)
     def put(self, body, tenant_id):

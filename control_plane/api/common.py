@@ -4,7 +4,9 @@ from __future__ import annotations
 from flask import current_app, request
 
 from control_plane import logs
+from control_plane.api.input import MESSAGE as CONTROL_CHARACTERS, has_control_characters
 from control_plane.catalog.models import Operation
+from control_plane.errors import ValidationError
 from control_plane.services.context import ServiceContext
 
 
@@ -14,6 +16,8 @@ def services() -> ServiceContext:
 
 def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
+    if key and has_control_characters(key):
+        raise ValidationError("Idempotency-Key", CONTROL_CHARACTERS, location="headers")
     return key.strip()[:200] if key and key.strip() else None
 
 
@@ -22,8 +26,3 @@ def accepted(operation: Operation) -> tuple[Operation, int, dict[str, str]]:
     logs.bind(operation_id=operation.id, tenant_id=operation.tenant_id)
     return operation, 202, {"Location": f"/v1/operations/{operation.id}"}
 
-
-ERRORS = {
-    401: "No or invalid bearer token",
-    403: "Token not allowed for this tenant or action",
-}

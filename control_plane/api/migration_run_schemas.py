@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from control_plane.api.input import InputSchema
 from control_plane.catalog.migration_run_models import MigrationRunStatus, RunItemStatus
 from control_plane.catalog.models import TenantStatus
 from control_plane.naming import tenant_id_problem
@@ -15,14 +16,17 @@ def _validate_tenant_id(value: str) -> None:
         raise ValidationError(f"{value[:40]!r} {problem}")
 
 
-class RunCreateSchema(Schema):
+MAX_RUN_TENANTS = 100_000  # tenants one run may name; canary and max_failures cannot exceed it either
+
+
+class RunCreateSchema(InputSchema):
     target = fields.String(load_default="head", validate=validate.Length(min=1, max=64))
     tenants = fields.List(fields.String(validate=[validate.Length(max=40), _validate_tenant_id]),
-                          validate=validate.Length(min=1, max=100_000))
-    statuses = fields.List(fields.Enum(TenantStatus, by_value=True), validate=validate.Length(min=1))
+                          validate=validate.Length(min=1, max=MAX_RUN_TENANTS))
+    statuses = fields.List(fields.Enum(TenantStatus, by_value=True), validate=validate.Length(min=1, max=20))
     concurrency = fields.Integer(load_default=4, validate=validate.Range(min=1, max=MAX_CONCURRENCY))
-    canary = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    max_failures = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    canary = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_RUN_TENANTS))
+    max_failures = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_RUN_TENANTS))
     backup_first = fields.Boolean(load_default=False)
     dry_run = fields.Boolean(load_default=False)
     lock_timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0.01, max=3600))
@@ -34,11 +38,11 @@ class RunCreateSchema(Schema):
             raise ValidationError("tenants must not repeat")
 
 
-class RunQuerySchema(Schema):
+class RunQuerySchema(InputSchema):
     status = fields.Enum(MigrationRunStatus, by_value=True)
 
 
-class RunItemQuerySchema(Schema):
+class RunItemQuerySchema(InputSchema):
     status = fields.Enum(RunItemStatus, by_value=True, metadata={"description": "Show only items in this status"})
 
 

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import idempotency_key, services
 from control_plane.api.migration_run_schemas import (DriftSchema, RunCreateSchema, RunDetailSchema, RunDetailView,
                                                      RunItemQuerySchema, RunQuerySchema, RunSchema)
 from control_plane.services import migration_runs, schema_drift
 from control_plane.services.migration_runs import RunRequest
 
-blp = Blueprint("migrations", __name__, url_prefix="/v1", description="Bulk schema migrations across tenants")
+blp = ApiBlueprint("migrations", __name__, url_prefix="/v1", description="Bulk schema migrations across tenants")
 
 _202 = {"Location": {"description": "/v1/migration-runs/<id>", "schema": {"type": "string"}}}
 
@@ -22,6 +22,7 @@ def _accepted(run):
 
 @blp.route("/migration-runs")
 class MigrationRuns(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(RunQuerySchema, location="query")
     @blp.response(200, RunSchema(many=True))
     @blp.paginate()
@@ -33,6 +34,7 @@ class MigrationRuns(MethodView):
         pagination_parameters.item_count = total
         return runs
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(RunCreateSchema)
     @blp.response(202, RunSchema, headers=_202)
     @blp.alt_response(403, description="Not a super_admin token")
@@ -52,6 +54,7 @@ class MigrationRuns(MethodView):
 
 @blp.route("/migration-runs/<run_id>")
 class MigrationRunItem(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(RunItemQuerySchema, location="query")
     @blp.response(200, RunDetailSchema)
     @blp.alt_response(404, description="No such run")
@@ -62,6 +65,7 @@ class MigrationRunItem(MethodView):
 
 @blp.route("/migration-runs/<run_id>/resume")
 class ResumeMigrationRun(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(202, RunSchema, headers=_202)
     @blp.alt_response(404, description="No such run")
     @blp.alt_response(409, description="The run succeeded or was a dry run")
@@ -72,6 +76,7 @@ class ResumeMigrationRun(MethodView):
 
 @blp.route("/migration-runs/<run_id>/cancel")
 class CancelMigrationRun(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, RunSchema)
     @blp.alt_response(404, description="No such run")
     @blp.alt_response(409, description="The run already ended")
@@ -82,6 +87,7 @@ class CancelMigrationRun(MethodView):
 
 @blp.route("/migrations/drift")
 class Drift(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, DriftSchema)
     def get(self):
         """Tenants whose database revision differs from the catalog or from head, or is unknown or unreadable."""

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import accepted, services
 from control_plane.api.schemas import OperationQuerySchema, OperationSchema
 from control_plane.services import operations
 
-blp = Blueprint("operations", __name__, url_prefix="/v1/operations", description="Asynchronous operations")
+blp = ApiBlueprint("operations", __name__, url_prefix="/v1/operations", description="Asynchronous operations")
 
 
 @blp.route("")
 class Operations(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.arguments(OperationQuerySchema, location="query")
     @blp.response(200, OperationSchema(many=True))
     @blp.paginate()
@@ -28,6 +29,7 @@ class Operations(MethodView):
 
 @blp.route("/<operation_id>")
 class OperationItem(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.response(200, OperationSchema)
     @blp.alt_response(404, description="No such operation")
     def get(self, operation_id):
@@ -37,6 +39,7 @@ class OperationItem(MethodView):
 
 @blp.route("/<operation_id>/retry")
 class RetryOperation(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(202, OperationSchema)
     @blp.alt_response(409, description="The operation has not failed")
     def post(self, operation_id):

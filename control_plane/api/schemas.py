@@ -5,6 +5,7 @@ import re
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from control_plane.api.input import InputSchema
 from control_plane.catalog.drain_models import DrainItemStatus, DrainStatus
 from control_plane.catalog.models import OperationKind, OperationStatus, ServerStatus, TenantStatus
 from control_plane.naming import tenant_id_problem
@@ -26,7 +27,7 @@ def _validate_domain(value: str) -> None:
 Domains = lambda: fields.List(fields.String(validate=_validate_domain), validate=validate.Length(max=20))  # noqa: E731
 
 
-class TenantCreateSchema(Schema):
+class TenantCreateSchema(InputSchema):
     id = fields.String(required=True, validate=[validate.Length(max=40), _validate_tenant_id])
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     domains = Domains()
@@ -41,7 +42,7 @@ class TenantCreateSchema(Schema):
             raise ValidationError("domains must not repeat")
 
 
-class TenantUpdateSchema(Schema):
+class TenantUpdateSchema(InputSchema):
     name = fields.String(validate=validate.Length(min=1, max=200))
     domains = Domains()
     plan = fields.String(validate=validate.Length(min=1, max=50))
@@ -61,7 +62,7 @@ class TenantSchema(Schema):
     last_backup_at = fields.DateTime(allow_none=True)
 
 
-class TenantQuerySchema(Schema):
+class TenantQuerySchema(InputSchema):
     status = fields.Enum(TenantStatus, by_value=True)
     server = fields.String(validate=validate.Length(max=63))
     q = fields.String(validate=validate.Length(min=1, max=100))
@@ -69,12 +70,12 @@ class TenantQuerySchema(Schema):
                                                            "whose newest backup is older than their RPO (rpo_hours)"})
 
 
-class DeleteQuerySchema(Schema):
+class DeleteQuerySchema(InputSchema):
     final_backup = fields.Boolean(load_default=True)
     purge = fields.Boolean(load_default=False)
 
 
-class MigrateSchema(Schema):
+class MigrateSchema(InputSchema):
     target = fields.String(load_default="head", validate=validate.Length(min=1, max=64))
 
 
@@ -98,20 +99,20 @@ class OperationSchema(Schema):
     result = fields.Dict(allow_none=True)
 
 
-class OperationQuerySchema(Schema):
+class OperationQuerySchema(InputSchema):
     tenant_id = fields.String(validate=validate.Length(max=40))
     status = fields.Enum(OperationStatus, by_value=True)
     kind = fields.Enum(OperationKind, by_value=True)
 
 
-class ServerCreateSchema(Schema):
+class ServerCreateSchema(InputSchema):
     name = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9-]{0,62}$"))
     admin_url = fields.String(required=True, load_only=True, validate=validate.Length(max=1000))
     max_tenants = fields.Integer(validate=validate.Range(min=1, max=2**31 - 1), allow_none=True)
     max_size_bytes = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), allow_none=True)
 
 
-class ServerUpdateSchema(Schema):
+class ServerUpdateSchema(InputSchema):
     max_tenants = fields.Integer(validate=validate.Range(min=1, max=2**31 - 1), allow_none=True)
     max_size_bytes = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1), allow_none=True)
 
@@ -133,7 +134,7 @@ class ServerSchema(Schema):
     created_at = fields.DateTime()
 
 
-class DrainSchema(Schema):
+class DrainSchema(InputSchema):
     draining = fields.Boolean(load_default=True)
     # false: only stop placing new tenants on the server (its tenants stay).
     move_tenants = fields.Boolean(load_default=True)

@@ -2,21 +2,22 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import accepted, idempotency_key, services
 from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, MoveSchema, OperationSchema,
                                        TenantCreateSchema, TenantQuerySchema, TenantSchema, TenantUpdateSchema)
 from control_plane.services import moves, tenants
 
-blp = Blueprint("tenants", __name__, url_prefix="/v1/tenants", description="Tenants and their lifecycle")
+blp = ApiBlueprint("tenants", __name__, url_prefix="/v1/tenants", description="Tenants and their lifecycle")
 
 _202 = {"Location": {"description": "/v1/operations/<id>", "schema": {"type": "string"}}}
 
 
 @blp.route("")
 class Tenants(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.arguments(TenantQuerySchema, location="query")
     @blp.response(200, TenantSchema(many=True))
     @blp.paginate()
@@ -27,6 +28,7 @@ class Tenants(MethodView):
         pagination_parameters.item_count = total
         return items
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(TenantCreateSchema)
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(409, description="The id or a domain is taken")
@@ -40,12 +42,14 @@ class Tenants(MethodView):
 
 @blp.route("/<tenant_id>")
 class TenantItem(MethodView):
+    @blp.access(Access.TENANT)
     @blp.response(200, TenantSchema)
     @blp.alt_response(404, description="No such tenant")
     def get(self, tenant_id):
         """One tenant."""
         return tenants.get_tenant(services(), principal(), tenant_id)
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(TenantUpdateSchema)
     @blp.response(200, TenantSchema)
     @blp.alt_response(409, description="A domain is taken")
@@ -53,6 +57,7 @@ class TenantItem(MethodView):
         """Change a tenant's name, domains or plan."""
         return tenants.update_tenant(services(), principal(), tenant_id, **body)
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(DeleteQuerySchema, location="query")
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(409, description="The tenant is busy or already deleted")
@@ -68,6 +73,7 @@ class TenantItem(MethodView):
 
 @blp.route("/<tenant_id>/suspend")
 class SuspendTenant(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, TenantSchema)
     @blp.alt_response(409, description="The tenant cannot be suspended in its current status")
     def post(self, tenant_id):
@@ -77,6 +83,7 @@ class SuspendTenant(MethodView):
 
 @blp.route("/<tenant_id>/resume")
 class ResumeTenant(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, TenantSchema)
     @blp.alt_response(409, description="The tenant is not suspended")
     def post(self, tenant_id):
@@ -86,6 +93,7 @@ class ResumeTenant(MethodView):
 
 @blp.route("/<tenant_id>/migrate")
 class MigrateTenant(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(MigrateSchema)
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(409, description="The tenant is busy")

@@ -7,9 +7,11 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Select, create_engine, func, select
+from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.errors import CatalogUnavailableError
 from tenant_runtime.catalog import sqlalchemy_url  # noqa: F401 (re-exported: shared with the runtime)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -17,7 +19,21 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 def create_catalog_engine(url: str, **kwargs) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(sqlalchemy_url(url), **kwargs)
+    engine = create_engine(sqlalchemy_url(url), **kwargs)
+    event.listen(engine, "handle_error", _unavailable)
+    return engine
+
+
+def _unavailable(context: ExceptionContext) -> CatalogUnavailableError | None:
+    """A catalog that refuses connections (or drops one) is a CatalogUnavailableError, which the API answers with
+    503 and Retry-After; any other database error stays as it is."""
+    if context.is_pre_ping:  # the pool reconnects on its own; only a failed reconnect is an outage
+        return None
+    if context.is_disconnect or context.connection is None:  # no connection: the connect itself failed
+        error = context.original_exception
+        reason = getattr(getattr(error, "diag", None), "message_primary", None) or type(error).__name__
+        return CatalogUnavailableError(reason)
+    return None
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
