@@ -76,4 +76,5 @@ def test_unreachable_server_is_refused(client, auth):
     port = devstack.free_port()
     response = client.post("/v1/servers", headers=auth,
                            json={"name": "ghost", "admin_url": f"postgresql://nobody:pw@127.0.0.1:{port}/postgres"})
-    assert response.status_code == 502 and "pw@" not in response.get_data(as_text=True)
+    assert response.status_code == 422 and "pw@" not in response.get_data(as_text=True)
+    assert "admin_url" in response.get_json()["errors"]["json"]

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from flask import jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import services
 from control_plane.api.schemas import (DrainRunSchema, DrainSchema, ServerCreateSchema, ServerSchema,
                                        ServerUpdateSchema)
 from control_plane.services import drains, servers
 
-blp = Blueprint("servers", __name__, url_prefix="/v1/servers", description="Tenant database servers")
+blp = ApiBlueprint("servers", __name__, url_prefix="/v1/servers", description="Tenant database servers")
 
 
 _FIELDS = ("name", "host", "port", "max_tenants", "max_size_bytes", "max_connections", "database_bytes",
@@ -25,19 +25,19 @@ def _view(server, tenants: int) -> dict:
 
 @blp.route("")
 class Servers(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, ServerSchema(many=True))
     def get(self):
         """Servers with their tenant counts (admin credentials are never shown)."""
-        principal().require_super_admin()
         return [_view(server, count) for server, count in servers.list_servers(services())]
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(ServerCreateSchema)
     @blp.response(201, ServerSchema)
     @blp.alt_response(409, description="A server with this name exists")
-    @blp.alt_response(502, description="The server could not be reached with the given admin URL")
+    @blp.alt_response(422, description="Invalid input, or no server could be administered with the given admin URL")
     def post(self, body):
         """Register a server; its admin URL is checked, then stored encrypted."""
-        principal().require_super_admin()
         server = servers.register_server(services(), principal().actor, body["name"], body["admin_url"],
                                          body.get("max_tenants"), body.get("max_size_bytes"))
         return _view(server, 0)
@@ -45,37 +45,39 @@ class Servers(MethodView):
 
 @blp.route("/<name>")
 class ServerItem(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, ServerSchema)
     @blp.alt_response(404, description="No such server")
     def get(self, name):
         """One server: status (active, draining, unreachable), capacity, and load as last checked."""
-        principal().require_super_admin()
         return _view(*servers.get_server(services(), name))
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(ServerUpdateSchema)
     @blp.response(200, ServerSchema)
     @blp.alt_response(404, description="No such server")
     def patch(self, body, name):
         """Change the server's capacity: `max_tenants`, `max_size_bytes` (null: unbounded)."""
-        principal().require_super_admin()
         servers.update_server(services(), principal().actor, name, **body)
         return _view(*servers.get_server(services(), name))
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(204)
     @blp.alt_response(404, description="No such server")
     @blp.alt_response(409, description="Tenants remain on it (drain it first), or it is the default server")
     def delete(self, name):
         """Forget a drained server (its databases are not touched)."""
-        principal().require_super_admin()
         servers.remove_server(services(), principal().actor, name)
         return None
 
 
 @blp.route("/<name>/drain")
 class DrainServer(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(DrainSchema)
     @blp.response(202, DrainRunSchema, headers={"Location": {"description": "/v1/drain-runs/<id>",
                                                             "schema": {"type": "string"}}})
+    @blp.access(Access.SUPER_ADMIN)
     @blp.alt_response(200, schema=ServerSchema, description="`move_tenants: false` or `draining: false`: the server")
     @blp.alt_response(404, description="No such server")
     @blp.alt_response(409, description="A drain of this server is already running")
@@ -84,7 +86,6 @@ class DrainServer(MethodView):
         headroom, `concurrency` at a time, as a run (`GET /v1/drain-runs/<id>`: per-tenant items and counts;
         `/resume`, `/cancel`). `{"move_tenants": false}` only stops placements; `{"draining": false}` undoes
         that."""
-        principal().require_super_admin()
         if not body["draining"] or not body["move_tenants"]:
             servers.set_draining(services(), principal().actor, name, body["draining"])
             return jsonify(ServerSchema().dump(_view(*servers.get_server(services(), name))))
@@ -92,11 +93,12 @@ class DrainServer(MethodView):
         return run, 202, {"Location": f"/v1/drain-runs/{run.id}"}
 
 
-runs_blp = Blueprint("drain_runs", __name__, url_prefix="/v1/drain-runs", description="Server drains")
+runs_blp = ApiBlueprint("drain_runs", __name__, url_prefix="/v1/drain-runs", description="Server drains")
 
 
 @runs_blp.route("/<run_id>")
 class DrainRunItem(MethodView):
+    @runs_blp.access(Access.SUPER_ADMIN)
     @runs_blp.response(200, DrainRunSchema)
     @runs_blp.alt_response(404, description="No such drain run")
     def get(self, run_id):
@@ -106,6 +108,7 @@ class DrainRunItem(MethodView):
 
 @runs_blp.route("/<run_id>/resume")
 class ResumeDrainRun(MethodView):
+    @runs_blp.access(Access.SUPER_ADMIN)
     @runs_blp.response(200, DrainRunSchema)
     @runs_blp.alt_response(404, description="No such drain run")
     def post(self, run_id):
@@ -115,6 +118,7 @@ class ResumeDrainRun(MethodView):
 
 @runs_blp.route("/<run_id>/cancel")
 class CancelDrainRun(MethodView):
+    @runs_blp.access(Access.SUPER_ADMIN)
     @runs_blp.response(200, DrainRunSchema)
     @runs_blp.alt_response(404, description="No such drain run")
     def post(self, run_id):

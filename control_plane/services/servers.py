@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from control_plane.catalog.db import transaction
 from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus, utcnow
-from control_plane.errors import (ConflictError, ControlPlaneError, NoServerAvailableError, ServerNotFoundError,
+from control_plane.errors import (ConflictError, ControlPlaneError, DatabaseServerError, NoServerAvailableError,
+                                  ServerNotFoundError,
                                   ValidationError)
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, server_secret_context
@@ -94,8 +95,12 @@ def check_servers(ctx: ServiceContext) -> dict[str, bool]:
 def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, max_tenants: int | None,
                     max_size_bytes: int | None = None) -> DatabaseServer:
     host, port = _endpoint(admin_url)
-    # Refuse a server we cannot administer now rather than fail every provisioning later.
-    ctx.server_admin(admin_url).ping()
+    # Refuse a server we cannot administer now rather than fail every provisioning later: the URL given is
+    # what is wrong (422), not this service (a 502 would say the control plane failed).
+    try:
+        ctx.server_admin(admin_url).ping()
+    except DatabaseServerError as exc:
+        raise ValidationError("admin_url", f"cannot administer that server: {exc.detail}") from exc
     with transaction(ctx.sessions) as session:
         if session.get(DatabaseServer, name) is not None:
             raise ConflictError(f"database server {name!r} already exists")
