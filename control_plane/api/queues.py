@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import services
 from control_plane.services import queues
 
-blp = Blueprint("queues", __name__, url_prefix="/v1", description="Job queues, workers and schedulers")
+blp = ApiBlueprint("queues", __name__, url_prefix="/v1", description="Job queues, workers and schedulers")
 
 
 class QueueSchema(Schema):
@@ -46,6 +46,7 @@ class WorkerSchema(Schema):
 
 @blp.route("/queues")
 class Queues(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, QueuesSchema)
     @blp.alt_response(503, description="Redis is unavailable")
     def get(self):
@@ -55,6 +56,7 @@ class Queues(MethodView):
 
 @blp.route("/workers")
 class Workers(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, WorkerSchema(many=True))
     @blp.alt_response(503, description="Redis is unavailable")
     def get(self):
