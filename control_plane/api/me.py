@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 
-blp = Blueprint("me", __name__, url_prefix="/v1/me", description="The token making the request")
+blp = ApiBlueprint("me", __name__, url_prefix="/v1/me", description="The token making the request")
 
 
 class PrincipalSchema(Schema):
@@ -18,6 +18,7 @@ class PrincipalSchema(Schema):
 
 @blp.route("")
 class Me(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.response(200, PrincipalSchema)
     def get(self):
         """The token's name, role and, for a tenant_admin, its tenant."""
