@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 
 from control_plane.api import smorest_compat  # noqa: F401 (bounded page numbers)
 from control_plane.api.errors import ERROR_HEADERS, PROBLEM_JSON, ProblemSchema
+from control_plane.api.input import InputSchema
 
 F = TypeVar("F", bound=Callable)
 
@@ -30,6 +31,13 @@ class ApiBlueprint(Blueprint):
             kwargs.update(schema=ProblemSchema, content_type=PROBLEM_JSON)
             kwargs.setdefault("headers", ERROR_HEADERS.get(int(status_code)))
         return super().alt_response(status_code, response, **kwargs)
+
+    def arguments(self, schema, *args, **kwargs):
+        """As flask-smorest's, for request schemas built on InputSchema only (its rules hold for every input)."""
+        schema_class = schema if isinstance(schema, type) else type(schema)
+        if not issubclass(schema_class, InputSchema):
+            raise TypeError(f"{schema_class.__name__} parses request input: derive it from api.input.InputSchema")
+        return super().arguments(schema, *args, **kwargs)
 
     def access(self, who: Access) -> Callable[[F], F]:
         """Declares who may call the view (and documents 401, 403 and the 503 of an unreachable dependency)."""

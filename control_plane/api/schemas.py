@@ -79,7 +79,7 @@ class MigrateSchema(InputSchema):
     target = fields.String(load_default="head", validate=validate.Length(min=1, max=64))
 
 
-class MoveSchema(Schema):
+class MoveSchema(InputSchema):
     server = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9-]{0,62}$"))
     mode = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["online", "offline"]))
 

@@ -105,6 +105,7 @@ class MigrateTenant(MethodView):
 
 @blp.route("/<tenant_id>/move")
 class MoveTenant(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(MoveSchema)
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(404, description="No such tenant or server")
