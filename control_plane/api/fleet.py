@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import services
+from control_plane.api.input import InputSchema
 from control_plane.services import reconcile
 
-blp = Blueprint("fleet", __name__, url_prefix="/v1/fleet", description="The fleet of database servers")
+blp = ApiBlueprint("fleet", __name__, url_prefix="/v1/fleet", description="The fleet of database servers")
 
 
-class ReconcileRequestSchema(Schema):
+class ReconcileRequestSchema(InputSchema):
     dry_run = fields.Boolean(load_default=True)
 
 
@@ -28,6 +29,7 @@ class ReconcileSchema(Schema):
 
 @blp.route("/reconcile")
 class Reconcile(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, ReconcileSchema)
     def get(self):
         """Report, per server: orphan databases and roles (our naming, no catalog row), tenants whose database or
@@ -35,6 +37,7 @@ class Reconcile(MethodView):
         slots, subscriptions and roles of moves no longer running), and schema drift."""
         return reconcile.reconcile(services(), principal(), apply=False)
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(ReconcileRequestSchema)
     @blp.response(200, ReconcileSchema)
     def post(self, body):

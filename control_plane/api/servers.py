@@ -77,7 +77,6 @@ class DrainServer(MethodView):
     @blp.arguments(DrainSchema)
     @blp.response(202, DrainRunSchema, headers={"Location": {"description": "/v1/drain-runs/<id>",
                                                             "schema": {"type": "string"}}})
-    @blp.access(Access.SUPER_ADMIN)
     @blp.alt_response(200, schema=ServerSchema, description="`move_tenants: false` or `draining: false`: the server")
     @blp.alt_response(404, description="No such server")
     @blp.alt_response(409, description="A drain of this server is already running")
