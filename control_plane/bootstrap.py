@@ -1,6 +1,7 @@
 """Composition root: builds engines, clients and adapters from Settings (in the app factory or a job)."""
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import redis
@@ -17,9 +18,12 @@ from control_plane.adapters.queue_monitor import RqQueueMonitor
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.adapters.tenant_template import TenantTemplate
+from control_plane.adapters.warm_pool import WarmPool
 from control_plane.catalog.db import create_catalog_engine, session_factory
 from control_plane.services.context import ServiceContext
 from control_plane.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -43,10 +47,24 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
         queue_monitor=RqQueueMonitor(client, [settings.queue_name]),
         logical_replication=PostgresLogicalReplication,
+        warm_pool=WarmPool,
+        request_warm_refill=partial(enqueue_warm_refill, client, settings.queue_name),
     )
     attach_backups(ctx)
     attach_drains(ctx)
     return ctx
+
+
+def enqueue_warm_refill(client: redis.Redis, queue_name: str) -> None:
+    """One refill job at a time is enough (a second one finds the pool's lock taken and returns)."""
+    from rq import Queue
+
+    try:
+        Queue(queue_name, connection=client).enqueue("control_plane.jobs.fleet.refill_warm_pools",
+                                                     job_id="warm-pool-refill", job_timeout=600,
+                                                     result_ttl=0, failure_ttl=3600)
+    except redis.RedisError:
+        log.warning("warm pool refill not enqueued (Redis unavailable); the scheduler's tick will do it")
 
 
 def attach_drains(ctx: ServiceContext) -> ServiceContext:

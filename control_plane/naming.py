@@ -108,3 +108,8 @@ def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
 def server_acl_lock_key() -> int:
     """Advisory lock (on each tenant database server) serialising changes to its databases' ACLs."""
     return (3 << 40) | zlib.crc32(b"database-acl")
+
+
+def warm_pool_lock_key() -> int:
+    """Advisory lock (on each tenant database server) held by the one refiller of its warm pool."""
+    return (4 << 40) | zlib.crc32(b"warm-pool")

@@ -35,6 +35,8 @@ class Settings:
     s3_sse_kms_key_id: str | None = None
     backup_zstd_level: int = 3
     retired_database_days: int = 7
+    # Spare databases at head kept on each server for provisioning to claim (0 turns the pool off).
+    warm_pool_size: int = 2
     # Disaster recovery: a second store every completed backup is copied to (and the catalog backups),
     # how many days of daily backups it keeps, and the catalog backups' retention in days.
     backup_copy_store_url: str | None = None
@@ -67,6 +69,7 @@ class Settings:
             s3_sse_kms_key_id=read_setting("S3_SSE_KMS_KEY_ID", environ),
             backup_zstd_level=_int_setting("BACKUP_ZSTD_LEVEL", environ, 3),
             retired_database_days=_int_setting("RETIRED_DATABASE_DAYS", environ, 7),
+            warm_pool_size=_int_setting("WARM_POOL_SIZE", environ, 2),
             backup_copy_store_url=read_setting("BACKUP_COPY_STORE_URL", environ),
             backup_copy_keep_daily_days=_int_setting("BACKUP_COPY_KEEP_DAILY_DAYS", environ, 90),
             catalog_backup_keep_days=_int_setting("CATALOG_BACKUP_KEEP_DAYS", environ, 30),

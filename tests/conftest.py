@@ -68,6 +68,8 @@ def settings(admin_url: str, tmp_path_factory) -> Iterator[Settings]:
         "BACKUP_STORE_URL": f"file://{tmp_path_factory.mktemp('backups')}",
         "KEYRING": f"test1:{base64.b64encode(os.urandom(32)).decode()}",
         "QUEUE_NAME": f"test-{uuid.uuid4().hex[:8]}",
+        # Off for the suite (every provisioning would refill pools); tests/test_warm_pool.py turns it on.
+        "WARM_POOL_SIZE": "0",
     }
     saved = {name: os.environ.get(name) for name in env}
     # Jobs build their settings from the environment inside the forked work horse, like in production.

@@ -6,7 +6,7 @@ from typing import Any
 from rq.cron import CronScheduler
 
 from control_plane.bootstrap import build_context, dispose, redis_client
-from control_plane.jobs.fleet import advance_drains, check_servers, report_reconcile
+from control_plane.jobs.fleet import advance_drains, check_servers, refill_warm_pools, report_reconcile
 from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
 from control_plane.services.retention import prune_backups as prune
 from control_plane.settings import Settings
@@ -55,7 +55,8 @@ def warn_stale_backups() -> list[str]:
 def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
     """RQ's cron scheduler with the backup schedule: a tick every `interval` seconds, a prune and a
     stale-backup warning every hour, a catalog backup every day (00:41 UTC, before the default backup window),
-    the database servers' health and load check and the server drains' tick every `interval` seconds,
+    the database servers' health and load check, the server drains' tick and the warm pools' refill every
+    `interval` seconds,
     and the reconcile report daily (02:53 UTC).
 
     The scheduler only enqueues; workers run the jobs. The catalog decides what a tick starts, so
@@ -72,6 +73,8 @@ def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
                   name=f"{settings.queue_name}:check-servers")
     cron.register(advance_drains, queue_name=settings.queue_name, interval=interval, job_timeout=300,
                   name=f"{settings.queue_name}:advance-drains")
+    cron.register(refill_warm_pools, queue_name=settings.queue_name, interval=interval, job_timeout=600,
+                  name=f"{settings.queue_name}:refill-warm-pools")
     cron.register(report_reconcile, queue_name=settings.queue_name, cron="53 2 * * *", job_timeout=1800,
                   name=f"{settings.queue_name}:reconcile-report")
     cron.register(warn_stale_backups, queue_name=settings.queue_name, cron="47 * * * *", job_timeout=600,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from control_plane.bootstrap import build_context, dispose
-from control_plane.services import drains, reconcile, servers
+from control_plane.services import drains, reconcile, servers, warm_pools
 from control_plane.settings import Settings
 
 
@@ -29,5 +29,14 @@ def report_reconcile() -> dict[str, int]:
     ctx = build_context(Settings.from_env(), pool_size=1)
     try:
         return reconcile.daily_report(ctx)
+    finally:
+        dispose(ctx)
+
+
+def refill_warm_pools() -> dict[str, int]:
+    """Every server's pool of spare databases back to WARM_POOL_SIZE at head (after claims, on the tick)."""
+    ctx = build_context(Settings.from_env(), pool_size=1)
+    try:
+        return warm_pools.refill_all(ctx)
     finally:
         dispose(ctx)

@@ -12,6 +12,7 @@ from control_plane.catalog.models import Operation, Tenant, TenantStatus
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.servers import choose_server
+from control_plane.services.warm_pools import claim_spare
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,16 @@ def provision(ctx: ServiceContext, session: Session, op: Operation, tenant: Tena
         tenant.server = choose_server(session)
         session.commit()
     with ctx.admin_for(tenant.server) as admin:  # one admin session for all the server-side steps
+        password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+        report("claim_spare", 10)
+        warm = claim_spare(ctx, admin, tenant, password)
         report("create_role", 15)
-        admin.ensure_role(tenant.role_name,
-                          ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id)))
+        admin.ensure_role(tenant.role_name, password)
 
         report("create_database", 30)
-        if ctx.settings.provision_from_template:
+        if warm:
+            pass  # the spare is a clone of the template at head, handed to its role (now the tenant's)
+        elif ctx.settings.provision_from_template:
             template = ctx.tenant_template(admin)
             admin.ensure_database(tenant.database_name, owner=tenant.role_name,
                                   template=template.ensure(tenant_migrations.head_revision()))
@@ -64,7 +69,7 @@ def provision(ctx: ServiceContext, session: Session, op: Operation, tenant: Tena
     session.commit()
     _announce(ctx, tenant)
     return {"tenant_id": tenant.id, "server": tenant.server_name, "database": tenant.database_name,
-            "schema_revision": tenant.schema_revision}
+            "schema_revision": tenant.schema_revision, "warm": warm}
 
 
 def provision_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:

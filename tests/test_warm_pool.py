@@ -1,0 +1,57 @@
+"""Warm provisioning: spare databases at head claimed by concurrent provisionings, each exactly once."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from control_plane.services import warm_pools
+from helpers import create_tenant, databases, one, operation, tenant, tenant_login
+
+TENANTS = [f"warm-{index}" for index in range(10)]
+
+
+@pytest.fixture
+def warm(ctx, settings, admin_url, monkeypatch):
+    """WARM_POOL_SIZE=2 for this test (the suite runs with 0); spares dropped after it."""
+    monkeypatch.setenv("WARM_POOL_SIZE", "2")
+    yield dataclasses.replace(ctx, settings=dataclasses.replace(settings, warm_pool_size=2))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for (database, role) in conn.execute(
+                "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                "WHERE d.datname LIKE 'cp\\_warm%'").fetchall():
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_ten_concurrent_creates_race_for_the_warm_pool(client, auth, warm, admin_url):
+    assert warm_pools.refill_all(warm) == {"default": 2}
+    assert len(databases(admin_url, "cp\\_warm\\_%")) == 2
+    assert warm_pools.refill_all(warm) == {"default": 0}  # full: nothing to do
+
+    operations = [create_tenant(client, auth, tenant_id)["id"] for tenant_id in TENANTS]
+    workers = [subprocess.Popen([sys.executable, "-m", "control_plane.cli", "worker", "--burst"], env=os.environ,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0
+
+    results = [operation(client, auth, op_id) for op_id in operations]
+    assert all(result["status"] == "succeeded" for result in results), results
+    claimed = sum(result["result"]["warm"] for result in results)
+    assert 2 <= claimed <= 10
+    for tenant_id in TENANTS:
+        assert tenant(client, auth, tenant_id)["status"] == "active"
+        database, role = f"tenant_{tenant_id.replace('-', '_')}_db", f"tenant_{tenant_id.replace('-', '_')}"
+        assert one(admin_url, "SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                              "WHERE d.datname = %s", database) == role
+        with tenant_login(warm, tenant_id) as conn:  # its own password, its own objects, seeded
+            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+            conn.execute("INSERT INTO leads (full_name) VALUES ('owned')")
+    # Every spare claimed went to exactly one tenant; the refills left the pool full again.
+    assert len(databases(admin_url, "cp\\_warm\\_%")) == 2
+    assert not databases(admin_url, "cp\\_warming\\_%")
