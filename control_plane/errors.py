@@ -80,6 +80,7 @@ class NoServerAvailableError(ControlPlaneError):
     """No active, reachable server has room: 503, since adding or undraining a server resolves it."""
     status = 503
     title = "No database server available"
+    retry_after = 60  # seconds: until a server is added, undrained or given more capacity
 
 
 class AuthenticationError(ControlPlaneError):

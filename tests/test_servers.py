@@ -57,6 +57,7 @@ def test_no_room_is_a_503_before_anything_is_recorded(client, auth):
         response = client.post("/v1/tenants", headers=auth,
                                json={"id": "homeless", "name": "x", "admin_email": "a@homeless.example"})
         assert response.status_code == 503 and "no active, reachable database server" in response.get_json()["detail"]
+        assert response.headers["Retry-After"] == "60"
         assert client.get("/v1/tenants/homeless", headers=auth).status_code == 404
     finally:
         client.post("/v1/servers/default/drain", headers=auth, json={"draining": False})
