@@ -5,7 +5,7 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select, union
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -120,8 +120,11 @@ def list_tenants(ctx: ServiceContext, principal: Principal, *, status: TenantSta
         query = query.where(Tenant.server_name == server)
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(or_(Tenant.id.ilike(pattern), Tenant.name.ilike(pattern),
-                                Tenant.domain_rows.any(TenantDomain.domain.ilike(pattern))))
+        # A union of two trigram index scans (catalog migration 0006: id and name, and domains): an OR
+        # with an EXISTS over the domains would scan every tenant.
+        query = query.where(Tenant.id.in_(union(
+            select(Tenant.id).where(Tenant.search_text.ilike(pattern)),
+            select(TenantDomain.tenant_id).where(TenantDomain.domain.ilike(pattern)))))
     with ctx.sessions() as session:
         return page(session, query, Tenant.created_at, Tenant.id, offset=offset, limit=limit)
 
