@@ -232,7 +232,7 @@ class Operation(Base):
     __tablename__ = "operations"
     __table_args__ = (UniqueConstraint("requested_by", "idempotency_key", name="uq_operations_idempotency"),
                       # A tenant's operations, newest first (the console's tenant page), without a walk
-                      # through everyone's (migration 0006).
+                      # through everyone's (migration 0007).
                       Index("ix_operations_tenant_id_created_at", "tenant_id", "created_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

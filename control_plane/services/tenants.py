@@ -120,7 +120,7 @@ def list_tenants(ctx: ServiceContext, principal: Principal, *, status: TenantSta
         query = query.where(Tenant.server_name == server)
     if q:
         pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        # A union of two trigram index scans (catalog migration 0006: id and name, and domains): an OR
+        # A union of two trigram index scans (catalog migration 0007: id and name, and domains): an OR
         # with an EXISTS over the domains would scan every tenant.
         query = query.where(Tenant.id.in_(union(
             select(Tenant.id).where(Tenant.search_text.ilike(pattern)),

@@ -1,15 +1,15 @@
 """catalog: trigram indexes for the tenant search (`q` over id, name and domains); tenants by creation,
 a tenant's operations by creation
 
-Revision ID: 0006_tenant_search
-Revises: 0005_server_load
+Revision ID: 0007_tenant_search
+Revises: 0006_drain_runs
 Create Date: 2026-11-30 03:10:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0006_tenant_search'
-down_revision = '0005_server_load'
+revision = '0007_tenant_search'
+down_revision = '0006_drain_runs'
 branch_labels = None
 depends_on = None
 
