@@ -77,8 +77,11 @@ def fleet_group() -> None:
 @click.option("--server", "server_name", required=True, help="The server whose missing databases to restore.")
 @click.option("--parallel", default=4, show_default=True, type=click.IntRange(1, 32),
               help="Restores at a time.")
+@click.option("--admin-url-file", type=click.File(),
+              help="The replacement server's admin URL, in a file: recorded for SERVER first (default: "
+                   "TENANT_DB_ADMIN_URL for `default`, the recorded URL for others).")
 @click.option("--json", "as_json", is_flag=True)
-def fleet_recover(server_name: str, parallel: int, as_json: bool) -> None:
+def fleet_recover(server_name: str, parallel: int, admin_url_file, as_json: bool) -> None:
     """Restore the newest backup of every tenant whose database is missing on SERVER (after a catalog restore).
 
     Backups in the store that the restored catalog does not know (taken after its backup) are adopted
@@ -88,6 +91,8 @@ def fleet_recover(server_name: str, parallel: int, as_json: bool) -> None:
     ctx = build_context(settings, pool_size=2 * parallel + 1)
     try:
         servers.ensure_default_server(ctx)
+        if admin_url_file is not None:
+            servers.replace_server(ctx, SYSTEM.actor, server_name, admin_url_file.read().strip())
         recoveries = recovery.recover_server(ctx, SYSTEM, server_name, parallel=parallel)
     finally:
         dispose(ctx)
@@ -102,3 +107,4 @@ def fleet_recover(server_name: str, parallel: int, as_json: bool) -> None:
                        f"{r.error or r.backup_id or ''}")
     if any(r.status in ("failed", "no_backup") for r in recoveries):
         raise SystemExit(1)
+

@@ -103,7 +103,10 @@ def test_the_store_and_the_keyring_alone_bring_the_whole_fleet_back(dr_world, ad
     assert len(listed) == 1 and sorted(listed[0]["sources"]) == ["copy", "primary"]
     restored = json.loads(_invoke("catalog", "restore", "latest"))
     assert restored["tenants"] == 2 and restored["backup_id"] == listed[0]["backup_id"]
-    recovered = {r["tenant_id"]: r for r in json.loads(_invoke("fleet", "recover", "--server", "default", "--json"))}
+    url_file = root / "new-server-url"  # the replacement server (here the same one, at the same address)
+    url_file.write_text(admin_url)
+    recovered = {r["tenant_id"]: r for r in json.loads(_invoke("fleet", "recover", "--server", "default", "--json",
+                                                               "--admin-url-file", str(url_file)))}
     took = time.monotonic() - started
     print(f"\nwhole-disaster recovery of {len(recovered)} tenants: {took:.1f} s")
 

@@ -111,6 +111,20 @@ def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, 
     return server
 
 
+def replace_server(ctx: ServiceContext, actor: str, name: str, admin_url: str) -> DatabaseServer:
+    """Point a registered server at a replacement (after a disaster): its tenants stay placed on it by name."""
+    host, port = _endpoint(admin_url)
+    ctx.server_admin(admin_url).ping()
+    with transaction(ctx.sessions) as session:
+        server = session.get(DatabaseServer, name, with_for_update=True)
+        if server is None:
+            raise ServerNotFoundError(name)
+        server.host, server.port = host, port
+        server.admin_url_encrypted = ctx.keyring.encrypt(admin_url, server_secret_context(name))
+        audit.record(session, actor, "server.replaced", server=name, host=host, port=port)
+    return server
+
+
 _UNSET: object = object()
 
 
