@@ -443,7 +443,7 @@ def fixed_pool(w: World, threads: int) -> Iterator[SinglePool]:
 def make_router(w: World, threads: int, budget: int) -> TenantRouter:
     return TenantRouter(catalog_database_url=w.catalog_url, keyring=w.keyring, redis_url=os.environ.get("REDIS_URL"),
                         max_connections=budget, max_connections_per_tenant=min(threads, budget),
-                        acquire_timeout=10, application_name=f"{PREFIX}-rt")
+                        acquire_timeout=10, application_name=f"{PREFIX}-rt", strategies=("header",))
 
 
 def run_router(w: World, load: Load, threads: int, seconds: float, budget: int, orm: bool,

@@ -1,10 +1,13 @@
 """The Flask application factory: API, OpenAPI spec at /openapi.json, Swagger UI at /docs."""
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, request, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
 
 from control_plane.api import errors, request_context
+from control_plane.api.access import blp as access_blp
 from control_plane.api.auth import authorize_request
+from control_plane.api.plans import blp as plans_blp
 from control_plane.api.backups import blp as backups_blp
 from control_plane.api.fleet import blp as fleet_blp
 from control_plane.api.health import blp as health_blp
@@ -22,6 +25,11 @@ from control_plane.services.servers import ensure_default_server
 from control_plane.settings import Settings
 
 
+# Swagger UI's JavaScript and CSS come from the installed swagger-ui-bundle package, served by the API
+# itself: the console's page loads no code from a CDN.
+SWAGGER_ASSETS_PATH = "/docs/assets/"
+
+
 def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> Flask:
     settings = settings or (ctx.settings if ctx else Settings.from_env())
     ctx = ctx or build_context(settings)
@@ -35,7 +43,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=SWAGGER_ASSETS_PATH,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         API_SPEC_OPTIONS={"components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
                           "security": [{"bearer": []}]},
@@ -51,8 +59,12 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     api.register_blueprint(backups_blp)
     api.register_blueprint(queues_blp)
     api.register_blueprint(me_blp)
+    api.register_blueprint(access_blp)
+    api.register_blueprint(plans_blp)
     app.register_blueprint(health_blp)
     app.register_blueprint(console_blp)
+    app.add_url_rule(f"{SWAGGER_ASSETS_PATH}<path:filename>", "swagger_assets",
+                     lambda filename: send_from_directory(swagger_ui_path, filename))
 
     request_context.register(app)  # before authentication: a refused request has its id too
 

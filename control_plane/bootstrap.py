@@ -7,7 +7,7 @@ from functools import partial
 import redis
 
 from control_plane.adapters.backup_store import open_backup_store
-from control_plane.adapters.crypto import Keyring
+from control_plane.adapters.crypto import ControlPlaneKeyring
 from control_plane.adapters.events import RedisTenantEvents
 from control_plane.adapters.job_queue import RqJobQueue
 from control_plane.adapters.locks import PostgresTenantLocks
@@ -17,6 +17,8 @@ from control_plane.adapters.migration_job_queue import RqMigrationJobs
 from control_plane.adapters.queue_monitor import RqQueueMonitor
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
+from control_plane.adapters.runtime_access import RuntimeAccess
+from control_plane.adapters.throttle import RedisFailureThrottle
 from control_plane.adapters.tenant_template import TenantTemplate
 from control_plane.adapters.warm_pool import WarmPool
 from control_plane.catalog.db import create_catalog_engine, session_factory
@@ -37,11 +39,11 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
     ctx = ServiceContext(
         settings=settings,
         sessions=session_factory(engine),
-        keyring=Keyring.parse(settings.keyring),
+        keyring=ControlPlaneKeyring.parse(settings.keyring, settings.runtime_keyring),
         queue=RqJobQueue(client, settings.queue_name, settings.job_timeout),
         events=RedisTenantEvents(client),
         locks=PostgresTenantLocks(engine),
-        server_admin=PostgresAdmin,
+        server_admin=partial(PostgresAdmin, shared_databases=settings.shared_databases),
         tenant_database=TenantDatabase,
         tenant_template=TenantTemplate,
         migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
@@ -49,6 +51,8 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         logical_replication=PostgresLogicalReplication,
         warm_pool=WarmPool,
         request_warm_refill=partial(enqueue_warm_refill, client, settings.queue_name),
+        auth_throttle=RedisFailureThrottle(client, settings.auth_failure_limit, settings.auth_failure_window_seconds),
+        runtime_access=RuntimeAccess(settings.catalog_database_url, client),
     )
     attach_backups(ctx)
     attach_drains(ctx)

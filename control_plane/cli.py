@@ -8,17 +8,20 @@ import time
 import click
 from marshmallow import ValidationError as MarshmallowValidationError
 
+from control_plane.cli_access import audit_command, tokens_group
 from control_plane.cli_backups import backups_group, keys_group, scheduler_command
 from control_plane.cli_migrations import migrations as migrations_group
 from control_plane.cli_recovery import catalog_backup, catalog_backups_list, catalog_restore, fleet_group
 from control_plane.cli_fleet import reconcile_command
+from control_plane.cli_plans import plans_group
+from control_plane.cli_runtime import runtime_group
 from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
-from control_plane.catalog.models import TenantStatus, TokenRole
+from control_plane.catalog.models import TenantStatus
 from control_plane.errors import ControlPlaneError
 from control_plane.logs import configure_logging
 from control_plane.services import drains, moves, operations, servers, tenants
-from control_plane.services.auth import SYSTEM, create_token
+from control_plane.services.auth import SYSTEM
 from control_plane.settings import Settings
 
 
@@ -88,22 +91,6 @@ def worker(burst: bool) -> None:
     from control_plane.jobs.worker import run_worker
 
     run_worker(Settings.from_env(), burst=burst)
-
-
-@cli.group()
-def tokens() -> None:
-    """API tokens."""
-
-
-@tokens.command("create")
-@click.option("--role", type=click.Choice([r.value for r in TokenRole]), required=True)
-@click.option("--tenant", "tenant_id", help="The tenant a tenant_admin token is scoped to.")
-@click.option("--name", default="cli", show_default=True)
-def tokens_create(role: str, tenant_id: str | None, name: str) -> None:
-    """Create a token; it is printed once, alone on the last line."""
-    token, plaintext = create_token(context(), TokenRole(role), name, tenant_id)
-    click.echo(f"created {role} token {token.id} ({name})", err=True)
-    click.echo(plaintext)
 
 
 @cli.group("tenants")
@@ -252,6 +239,16 @@ def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
     click.echo(f"registered {server.name} at {server.host}:{server.port}")
 
 
+@servers_group.command("set-url")
+@click.argument("name")
+@click.option("--admin-url-file", type=click.File(), required=True,
+              help="A file holding the new admin URL (keeps the password out of shell history).")
+def servers_set_url(name: str, admin_url_file) -> None:
+    """Change a registered server's admin URL (TENANT_DB_ADMIN_URL is applied only on first registration)."""
+    server = servers.set_server_url(context(), SYSTEM.actor, name, admin_url_file.read().strip())
+    click.echo(f"{server.name} now at {server.host}:{server.port}")
+
+
 @servers_group.command("drain")
 @click.argument("name")
 @click.option("--undo", is_flag=True, help="Take new tenants again.")
@@ -305,7 +302,8 @@ def _follow_drain(ctx, run_id: str) -> None:
         raise click.ClickException(run.error or f"drain {run.status.value}")
 
 
-for feature_group in (backups_group, keys_group, scheduler_command, migrations_group, fleet_group):
+for feature_group in (tokens_group, audit_command, plans_group, runtime_group, backups_group, keys_group, scheduler_command,
+                      migrations_group, fleet_group):
     cli.add_command(feature_group)
 fleet_group.add_command(reconcile_command)
 for catalog_command in (catalog_backup, catalog_backups_list, catalog_restore):

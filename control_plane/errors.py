@@ -88,6 +88,29 @@ class AuthenticationError(ControlPlaneError):
     title = "Unauthorized"
 
 
+class TooManyRequestsError(ControlPlaneError):
+    """A client went over a limit; `retry_after` (seconds) becomes the Retry-After header."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class PlanNotFoundError(NotFoundError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"plan {name!r} does not exist")
+        self.name = name
+
+
+class TokenNotFoundError(NotFoundError):
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"token {token_id!r} does not exist")
+        self.token_id = token_id
+
+
 class PermissionDeniedError(ControlPlaneError):
     status = 403
     title = "Forbidden"
@@ -111,6 +134,13 @@ class DatabaseServerError(ControlPlaneError):
 
     status = 502
     title = "Database server error"
+
+
+class InsecureServerError(ConflictError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"database server {name!r} is registered without sslmode=verify-full and REQUIRE_TLS is on "
+                         "(tenantctl servers set-url)")
+        self.name = name
 
 
 class MigrationRunNotFoundError(NotFoundError):

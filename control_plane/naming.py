@@ -4,8 +4,8 @@ The tenant id's rules and the events channel come from tenant_runtime.naming (sh
 """
 from __future__ import annotations
 
+import hashlib
 import re
-import zlib
 
 from tenant_runtime.naming import (  # noqa: F401 (re-exported: the runtime shares them)
     TENANT_EVENTS_CHANNEL,
@@ -31,9 +31,15 @@ def role_name(tenant_id: str) -> str:
     return f"tenant_{_slug(tenant_id)}"
 
 
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory lock key from a name: SHA-256, not a 32-bit CRC, so two names never share one
+    in practice (a shared key would make two tenants' jobs wait for each other, or a lock look held)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 def tenant_lock_key(tenant_id: str) -> int:
-    """The PostgreSQL advisory lock key (signed 64-bit) that serialises all work on one tenant."""
-    return (1 << 40) | zlib.crc32(f"tenant:{tenant_id}".encode())
+    """The PostgreSQL advisory lock key that serialises all work on one tenant."""
+    return _lock_key(f"tenant:{tenant_id}")
 
 
 def job_id(operation_id: str) -> str:
@@ -52,7 +58,7 @@ def template_database_name(revision: str) -> str:
 
 
 def template_lock_key() -> int:
-    return (2 << 40) | zlib.crc32(b"tenant-template")
+    return _lock_key("tenant-template")
 
 
 # Backups: object keys under the store's prefix, and the databases a restore creates and retires.
@@ -107,9 +113,14 @@ def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
 
 def server_acl_lock_key() -> int:
     """Advisory lock (on each tenant database server) serialising changes to its databases' ACLs."""
-    return (3 << 40) | zlib.crc32(b"database-acl")
+    return _lock_key("database-acl")
 
 
 def warm_pool_lock_key() -> int:
     """Advisory lock (on each tenant database server) held by the one refiller of its warm pool."""
-    return (4 << 40) | zlib.crc32(b"warm-pool")
+    return _lock_key("warm-pool")
+
+
+def auth_failures_key(client: str) -> str:
+    """Redis counter of one client address's failed authentications in the current window."""
+    return f"control-plane:auth-failures:{client}"

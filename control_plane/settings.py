@@ -1,22 +1,51 @@
 """The one place that reads the environment: every setting, each also as <NAME>_FILE (tenant_runtime's read_setting)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from control_plane.errors import ConfigurationError
+from control_plane.tls import tls_problems
 from tenant_runtime.settings import read_setting
 
 REQUIRED = ("CATALOG_DATABASE_URL", "REDIS_URL", "TENANT_DB_ADMIN_URL", "BACKUP_STORE_URL", "KEYRING")
 
 
-@dataclass(frozen=True)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^@/?#]*@", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"(?P<key>(?:password|passwd|sslpassword|secret|token)=)[^&\s]*", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` with its password (in the authority or a query parameter) replaced by `***`: safe to print or log."""
+    if url is None:
+        return None
+    url = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", url)
+    return _QUERY_SECRET.sub(r"\g<key>***", url)
+
+
+def redacted_repr(obj: object) -> str:
+    """A dataclass's repr with every `*_url` field redacted and the secret ones (`repr=False`) shown as `***`."""
+    parts = []
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if not f.repr:
+            value = "***" if value else value
+        elif f.name.endswith("_url") and isinstance(value, str):
+            value = redact_url(value)
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     catalog_database_url: str
     redis_url: str
     tenant_db_admin_url: str
     backup_store_url: str
     keyring: str = field(repr=False)
+    # Seals tenant role passwords, and nothing else: what tenant applications hold instead of KEYRING.
+    runtime_keyring: str | None = field(default=None, repr=False)
     s3_endpoint_url: str | None = None
     queue_name: str = "operations"
     # Seconds a job may run before RQ considers it dead; long because backups and moves stream data.
@@ -44,6 +73,21 @@ class Settings:
     catalog_backup_keep_days: int = 30
     # /metrics answers only requests bearing `Authorization: Bearer <METRICS_TOKEN>` when it is set.
     metrics_token: str | None = field(default=None, repr=False)
+    # API tokens: default lifetime by role (days; 0 = never expires), and failed authentications allowed
+    # per client address per window before it gets 429.
+    token_days_super_admin: int = 90
+    token_days_tenant_admin: int = 30
+    auth_failure_limit: int = 20
+    auth_failure_window_seconds: int = 60
+    # Fair use: manual backups a tenant admin may start per rolling day (super admins are not limited).
+    tenant_admin_backups_per_day: int = 5
+    # Refuse any PostgreSQL connection below sslmode=verify-full and any Redis one without rediss://.
+    require_tls: bool = False
+    # The databases every server has on which provisioning revokes PUBLIC's CONNECT (never any other).
+    shared_databases: tuple[str, ...] = ("postgres", "template1")
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -53,16 +97,23 @@ class Settings:
             raise ConfigurationError(
                 "missing required settings: " + ", ".join(missing) + " (set them, or <NAME>_FILE pointing to a file)"
             )
+        require_tls = _bool_setting("REQUIRE_TLS", environ, False)
+        if require_tls:
+            problems = tls_problems(catalog_url=values["CATALOG_DATABASE_URL"], redis_url=values["REDIS_URL"],
+                                    admin_url=values["TENANT_DB_ADMIN_URL"])
+            if problems:
+                raise ConfigurationError("REQUIRE_TLS is on: " + "; ".join(problems))
         return cls(
+            require_tls=require_tls,
             catalog_database_url=values["CATALOG_DATABASE_URL"],
             redis_url=values["REDIS_URL"],
             tenant_db_admin_url=values["TENANT_DB_ADMIN_URL"],
             backup_store_url=values["BACKUP_STORE_URL"],
             keyring=values["KEYRING"],
+            runtime_keyring=read_setting("RUNTIME_KEYRING", environ),
             s3_endpoint_url=read_setting("S3_ENDPOINT_URL", environ),
             queue_name=read_setting("QUEUE_NAME", environ, "operations"),
-            provision_from_template=read_setting("PROVISION_FROM_TEMPLATE", environ, "true").lower()
-            not in ("0", "false", "no", "off"),
+            provision_from_template=_bool_setting("PROVISION_FROM_TEMPLATE", environ, True),
             backup_window=read_setting("BACKUP_WINDOW", environ, "01:00-05:00"),
             pg_bin_dir=read_setting("PG_BIN_DIR", environ),
             s3_server_side_encryption=read_setting("S3_SERVER_SIDE_ENCRYPTION", environ),
@@ -74,7 +125,21 @@ class Settings:
             backup_copy_keep_daily_days=_int_setting("BACKUP_COPY_KEEP_DAILY_DAYS", environ, 90),
             catalog_backup_keep_days=_int_setting("CATALOG_BACKUP_KEEP_DAYS", environ, 30),
             metrics_token=read_setting("METRICS_TOKEN", environ),
+            token_days_super_admin=_int_setting("TOKEN_DAYS_SUPER_ADMIN", environ, 90),
+            token_days_tenant_admin=_int_setting("TOKEN_DAYS_TENANT_ADMIN", environ, 30),
+            auth_failure_limit=_int_setting("AUTH_FAILURE_LIMIT", environ, 20),
+            auth_failure_window_seconds=_int_setting("AUTH_FAILURE_WINDOW_SECONDS", environ, 60),
+            tenant_admin_backups_per_day=_int_setting("TENANT_ADMIN_BACKUPS_PER_DAY", environ, 5),
+            shared_databases=tuple(name.strip() for name in read_setting(
+                "SHARED_DATABASES", environ, "postgres,template1").split(",") if name.strip()),
         )
+
+
+def _bool_setting(name: str, environ: Mapping[str, str] | None, default: bool) -> bool:
+    value = read_setting(name, environ)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def logging_settings(environ: Mapping[str, str] | None = None, default_level: str = "INFO") -> tuple[str, str]:

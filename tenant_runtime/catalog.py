@@ -15,9 +15,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
-from sqlalchemy import URL, Engine, Integer, String, bindparam, column, create_engine, make_url, select, table
+from sqlalchemy import JSON, URL, Engine, Integer, String, bindparam, column, create_engine, make_url, select, table
 from sqlalchemy.exc import SQLAlchemyError
 
 from tenant_runtime.crypto import Keyring, role_secret_context
@@ -28,16 +28,21 @@ log = logging.getLogger(__name__)
 
 # The read model: lightweight table clauses (no MetaData, nothing to create) naming only what the runtime
 # reads; tests check them against control_plane.catalog.models, which own the schema.
+# They are also exactly what `tenantctl runtime grant` lets the runtime's catalog role read.
 _tenants = table("tenants", column("id", String), column("status", String), column("server_name", String),
                  column("database_name", String), column("role_name", String),
-                 column("role_password_encrypted", String))
-_servers = table("database_servers", column("name", String), column("host", String), column("port", Integer))
+                 column("role_password_encrypted", String), column("plan", String))
+_servers = table("database_servers", column("name", String), column("host", String), column("port", Integer),
+                 column("tls", JSON))
 _domains = table("tenant_domains", column("domain", String), column("tenant_id", String))
-READ_MODEL = (_tenants, _servers, _domains)
+_plans = table("plans", column("name", String), column("connection_limit", Integer))
+READ_MODEL = (_tenants, _servers, _domains, _plans)
 _TENANT_QUERY = (
     select(_tenants.c.id, _tenants.c.status, _tenants.c.server_name, _tenants.c.database_name,
-           _tenants.c.role_name, _tenants.c.role_password_encrypted, _servers.c.host, _servers.c.port)
-    .select_from(_tenants.outerjoin(_servers, _servers.c.name == _tenants.c.server_name))
+           _tenants.c.role_name, _tenants.c.role_password_encrypted, _servers.c.host, _servers.c.port,
+           _servers.c.tls, _plans.c.connection_limit)
+    .select_from(_tenants.outerjoin(_servers, _servers.c.name == _tenants.c.server_name)
+                 .outerjoin(_plans, _plans.c.name == _tenants.c.plan))
     .where(_tenants.c.id == bindparam("tenant_id"))
 )
 _DOMAIN_QUERY = select(_domains.c.tenant_id).where(_domains.c.domain == bindparam("domain"))
@@ -70,11 +75,19 @@ class Route:
     host: str | None
     port: int | None
     password_encrypted: str = field(repr=False)
+    # The server's libpq TLS options (sslmode, sslrootcert...) and the plan's connection limit (None: none).
+    tls: Mapping[str, str] = field(default_factory=dict)
+    connection_limit: int | None = None
 
     @property
     def fingerprint(self) -> tuple[Any, ...]:
         """Changes whenever existing connections would point at the wrong place or use stale credentials."""
-        return (self.info.server, self.host, self.port, self.info.database, self.info.role, self.password_encrypted)
+        return (self.info.server, self.host, self.port, self.info.database, self.info.role, self.password_encrypted,
+                tuple(sorted(self.tls.items())), self.connection_limit)
+
+    def connection_cap(self, configured: int) -> int:
+        """This process's pool size for the tenant: the configured cap, or the plan's limit when lower."""
+        return min(configured, self.connection_limit) if self.connection_limit else configured
 
 
 K = TypeVar("K")
@@ -137,7 +150,7 @@ class TenantDirectory:
         return create_engine(
             sqlalchemy_url(self._settings.catalog_database_url),
             pool_size=self._settings.catalog_pool_size, max_overflow=0, pool_pre_ping=True, pool_recycle=600,
-            pool_timeout=self._settings.acquire_timeout,
+            pool_timeout=self._settings.acquire_timeout, hide_parameters=True,
             connect_args={"application_name": name, "connect_timeout": self._settings.connect_timeout},
         )
 
@@ -224,7 +237,8 @@ class TenantDirectory:
             return None
         info = TenantInfo(id=row.id, status=row.status, server=row.server_name, database=row.database_name,
                           role=row.role_name)
-        return Route(info=info, host=row.host, port=row.port, password_encrypted=row.role_password_encrypted)
+        return Route(info=info, host=row.host, port=row.port, password_encrypted=row.role_password_encrypted,
+                     tls=dict(row.tls or {}), connection_limit=row.connection_limit)
 
     def _query_domain(self, domain: str) -> str | None:
         with self._engine.connect() as conn:

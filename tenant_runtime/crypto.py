@@ -63,6 +63,10 @@ class Keyring:
             raise DecryptionError(f"key {key_id!r} is not in the {self.setting}") from None
 
     @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    @property
     def current_key(self) -> bytes:
         return self._keys[self.current_key_id]
 

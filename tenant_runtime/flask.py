@@ -98,7 +98,8 @@ class TenantRuntime:
     def _before_request(self) -> None:
         if request.endpoint is None or self._is_exempt():
             return  # unknown routes answer 404 without touching the catalog
-        g.tenant = self.router.resolve_tenant(host=request.host, headers=request.headers, path=request.path)
+        g.tenant = self.router.resolve_tenant(host=request.host, headers=request.headers, path=request.path,
+                                              peer=request.remote_addr)
 
     def _after_request(self, response: Response) -> Response:
         session: Session | None = g.pop(_SESSION, None)

@@ -5,6 +5,7 @@ names a tenant must name the same one; with "first", the first strategy that nam
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Callable, Mapping
 
@@ -61,15 +62,19 @@ class TenantResolver:
 
     def resolve(self, *, host: str | None = None, headers: Mapping[str, str] | None = None,
                 path: str | None = None, claims: Mapping[str, Any] | None = None,
-                token: str | None = None) -> str:
-        """The tenant id the request names; raises when it names none, a malformed one, or two."""
+                token: str | None = None, peer: str | None = None) -> str:
+        """The tenant id the request names; raises when it names none, a malformed one, or two.
+
+        `peer` is the address the request came from: with RUNTIME_TRUSTED_PROXIES set, the tenant header
+        of any other peer is ignored (a client must not pick its tenant by sending a header).
+        """
         if host is None:
             host = _header(headers, "Host")
         found: dict[str, str] = {}
         for strategy, by in self._by:
             if strategy == "subdomain" and "domain" in found:
                 continue  # an exact domain is more specific than the subdomain rule: both read the host
-            tenant_id = by(host=host, headers=headers, path=path, claims=claims, token=token)
+            tenant_id = by(host=host, headers=headers, path=path, claims=claims, token=token, peer=peer)
             if tenant_id is None:
                 continue
             if self._settings.on_conflict == "first":
@@ -102,14 +107,24 @@ class TenantResolver:
             return None  # www.app.example, a.b.app.example...: not a tenant subdomain
         return label
 
-    def _by_header(self, *, headers: Mapping[str, str] | None, **_: Any) -> str | None:
+    def _by_header(self, *, headers: Mapping[str, str] | None, peer: str | None = None, **_: Any) -> str | None:
         value = _header(headers, self._settings.tenant_header)
-        if value is None:
+        if value is None or not self._trusted(peer):
             return None
         value = value.strip()
         if not is_valid_tenant_id(value):
             raise TenantResolutionError(f"the {self._settings.tenant_header} header is not a valid tenant id")
         return value
+
+    def _trusted(self, peer: str | None) -> bool:
+        proxies = self._settings.trusted_proxies
+        if not proxies:
+            return True
+        try:
+            address = ipaddress.ip_address(peer) if peer else None
+        except ValueError:
+            return False
+        return address is not None and any(address in network for network in proxies)
 
     def _by_path(self, *, path: str | None, **_: Any) -> str | None:
         prefix = self._settings.path_prefix

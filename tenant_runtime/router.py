@@ -104,7 +104,7 @@ class TenantRouter:
             settings = settings.with_overrides(**options)
         self.settings = settings
         try:
-            self._keyring = Keyring.parse(settings.keyring)
+            self._keyring = Keyring.parse(settings.keyring, "RUNTIME_KEYRING")
         except ConfigurationError as exc:
             raise RuntimeConfigurationError(exc.detail) from exc
         self._host = socket.gethostname()
@@ -215,19 +215,21 @@ class TenantRouter:
 
     def resolve(self, *, host: str | None = None, headers: Mapping[str, str] | None = None,
                 path: str | None = None, claims: Mapping[str, Any] | None = None,
-                token: str | None = None) -> str:
+                token: str | None = None, peer: str | None = None) -> str:
         """The id of an existing tenant named by the request, or TenantRuntimeError (404, 400, 401)."""
         self._check_open()
-        tenant_id = self._resolver.resolve(host=host, headers=headers, path=path, claims=claims, token=token)
+        tenant_id = self._resolver.resolve(host=host, headers=headers, path=path, claims=claims, token=token,
+                                           peer=peer)
         self._directory.route(tenant_id)  # unknown → TenantNotFoundError
         return tenant_id
 
     def resolve_tenant(self, *, host: str | None = None, headers: Mapping[str, str] | None = None,
                        path: str | None = None, claims: Mapping[str, Any] | None = None, token: str | None = None,
-                       require_available: bool = True) -> TenantInfo:
+                       require_available: bool = True, peer: str | None = None) -> TenantInfo:
         """resolve() and tenant() in one: the request's tenant, by default only if it may be served now."""
         self._check_open()
-        tenant_id = self._resolver.resolve(host=host, headers=headers, path=path, claims=claims, token=token)
+        tenant_id = self._resolver.resolve(host=host, headers=headers, path=path, claims=claims, token=token,
+                                           peer=peer)
         route = self._directory.route(tenant_id)
         if require_available:
             self._require_serving(route)
@@ -367,6 +369,7 @@ class TenantRouter:
     def _make_pool(self, entry: PoolEntry, route: Route) -> TenantPool:
         settings = self.settings
         kwargs = {
+            **route.tls,  # the server's TLS options, as registered with the control plane
             **settings.connect_kwargs,
             ENTRY_KWARG: entry,
             "host": route.host,
@@ -379,7 +382,8 @@ class TenantRouter:
         }
         return TenantPool(
             kwargs=kwargs, connection_class=TenantConnection, min_size=0,
-            max_size=settings.max_connections_per_tenant, open=False, name=f"tenant:{route.info.id}",
+            max_size=route.connection_cap(settings.max_connections_per_tenant), open=False,
+            name=f"tenant:{route.info.id}",
             timeout=settings.acquire_timeout, max_idle=settings.pool_idle_seconds,
             max_lifetime=settings.max_lifetime, reconnect_timeout=0, num_workers=1,
             check=self._check_connection,

@@ -4,11 +4,15 @@
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from tenant_runtime.errors import ConfigurationError, RuntimeConfigurationError
+
+log = logging.getLogger(__name__)
 
 
 def read_setting(name: str, environ: Mapping[str, str] | None = None, default: str | None = None) -> str | None:
@@ -28,7 +32,8 @@ def read_setting(name: str, environ: Mapping[str, str] | None = None, default: s
 
 
 STRATEGIES = ("domain", "subdomain", "header", "jwt", "path")
-DEFAULT_STRATEGIES = ("domain", "subdomain", "header", "jwt")
+# `header` lets the client name its tenant: only when RUNTIME_RESOLUTION lists it (see README, Security model).
+DEFAULT_STRATEGIES = ("domain", "subdomain", "jwt")
 CONFLICT_POLICIES = ("refuse", "first")
 # Statuses whose database may be used. `migrating` is served: each revision runs in its own short
 # transaction (see tenant_migrations.migrate), so requests only wait on its locks for a moment.
@@ -63,6 +68,8 @@ class RuntimeSettings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     on_conflict: str = "refuse"
+    # Peers (addresses or networks) whose tenant header is believed; empty: any peer (when `header` is on).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     serve_statuses: frozenset[str] = DEFAULT_SERVE_STATUSES
     # Extra libpq parameters for tenant connections (sslmode, sslrootcert...). PG* variables also apply.
     connect_kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -70,9 +77,9 @@ class RuntimeSettings:
     def __post_init__(self) -> None:
         problems = []
         if not self.catalog_database_url:
-            problems.append("CATALOG_DATABASE_URL is required")
+            problems.append("RUNTIME_CATALOG_URL (or CATALOG_DATABASE_URL) is required")
         if not self.keyring:
-            problems.append("KEYRING is required")
+            problems.append("RUNTIME_KEYRING (or KEYRING) is required")
         if self.max_connections < 1:
             problems.append("RUNTIME_MAX_CONNECTIONS must be at least 1")
         if not 1 <= self.max_connections_per_tenant <= max(self.max_connections, 1):
@@ -103,8 +110,7 @@ class RuntimeSettings:
         """The configured order, or the defaults minus the strategies that lack their setting."""
         if self.strategies is not None:
             return self.strategies
-        available = {"domain": True, "subdomain": bool(self.base_domain), "header": bool(self.tenant_header),
-                     "jwt": bool(self.jwt_key), "path": bool(self.path_prefix)}
+        available = {"domain": True, "subdomain": bool(self.base_domain), "jwt": bool(self.jwt_key)}
         return tuple(s for s in DEFAULT_STRATEGIES if available[s])
 
     @property
@@ -116,7 +122,8 @@ class RuntimeSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "RuntimeSettings":
-        """Read CATALOG_DATABASE_URL, KEYRING, REDIS_URL and the RUNTIME_* variables; keyword arguments win."""
+        """Read the RUNTIME_* variables (RUNTIME_CATALOG_URL, RUNTIME_KEYRING and RUNTIME_EVENTS_URL, else the
+        control plane's CATALOG_DATABASE_URL, KEYRING and REDIS_URL); keyword arguments win."""
         try:
             raw = {name: read_setting(name, environ) for name in _ENV}
         except ConfigurationError as exc:
@@ -130,11 +137,15 @@ class RuntimeSettings:
                 values[attr] = convert(value)
             except ValueError:
                 raise RuntimeConfigurationError(f"{name} has an invalid value") from None
-        missing = [name for name in ("CATALOG_DATABASE_URL", "KEYRING")
+        missing = [f"{name} (or {fallback})" for name, fallback in (("RUNTIME_CATALOG_URL", "CATALOG_DATABASE_URL"),
+                                                                  ("RUNTIME_KEYRING", "KEYRING"))
                    if _ENV[name][0] not in values and _ENV[name][0] not in overrides]
         if missing:
             raise RuntimeConfigurationError(
                 "missing required settings: " + ", ".join(missing) + " (set them, or <NAME>_FILE pointing to a file)")
+        if raw["KEYRING"] and not raw["RUNTIME_KEYRING"] and "keyring" not in overrides:
+            log.warning("this tenant application holds the control plane's KEYRING: give it RUNTIME_KEYRING instead "
+                        "(README, Security model)")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -150,10 +161,19 @@ def _optional_int(value: str) -> int:
     return int(value)
 
 
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(part, strict=False) for part in _words(value))
+
+
 _ENV: dict[str, tuple[str, Any]] = {
+    # The control plane's names first: a RUNTIME_* name, read later, wins.
     "CATALOG_DATABASE_URL": ("catalog_database_url", str),
     "KEYRING": ("keyring", str),
     "REDIS_URL": ("redis_url", str),
+    "RUNTIME_CATALOG_URL": ("catalog_database_url", str),
+    "RUNTIME_KEYRING": ("keyring", str),
+    "RUNTIME_EVENTS_URL": ("redis_url", str),
+    "RUNTIME_TRUSTED_PROXIES": ("trusted_proxies", _networks),
     "RUNTIME_MAX_CONNECTIONS": ("max_connections", int),
     "RUNTIME_MAX_CONNECTIONS_PER_TENANT": ("max_connections_per_tenant", int),
     "RUNTIME_POOL_IDLE_SECONDS": ("pool_idle_seconds", float),

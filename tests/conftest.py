@@ -30,8 +30,9 @@ from control_plane.settings import Settings
 pytest_plugins = ["live_support"]
 
 
-# Every catalog table but the servers (the default one stays registered): what each test's clean-up empties.
-RESET_TABLES = [table.name for table in Base.metadata.sorted_tables if table.name != "database_servers"]
+# Every catalog table but the servers (the default one stays registered) and the plans: what each test's clean-up empties.
+# Plans too: `standard` stays (the clean-up deletes the others).
+RESET_TABLES = [table.name for table in Base.metadata.sorted_tables if table.name not in ("database_servers", "plans")]
 
 
 def _require(name: str) -> str:
@@ -151,6 +152,7 @@ def clean_world(request):
     with admin_connect(settings.catalog_database_url) as catalog:
         names = catalog.execute("SELECT database_name, role_name FROM tenants").fetchall()
         catalog.execute(sql.SQL("TRUNCATE {} CASCADE").format(sql.SQL(", ").join(map(sql.Identifier, RESET_TABLES))))
+        catalog.execute("DELETE FROM plans WHERE name <> 'standard'")
         catalog.execute("DELETE FROM database_servers WHERE name <> 'default'")
     with admin_connect(admin_url) as conn:
         for database, role in names:

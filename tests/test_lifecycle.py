@@ -89,6 +89,7 @@ def test_delete_drops_database_and_role_and_keeps_the_record(client, auth, run_j
 def test_patch_changes_name_plan_and_domains(client, auth):
     create_tenant(client, auth, "patchy", domains=["old.example.com"])
     create_tenant(client, auth, "holder", domains=["held.example.com"])
+    assert client.post("/v1/plans", json={"name": "pro"}, headers=auth).status_code == 201  # plans are records
     body = client.patch("/v1/tenants/patchy", json={"name": "New", "plan": "pro", "domains": ["new.example.com"]},
                         headers=auth).get_json()
     assert (body["name"], body["plan"], body["domains"]) == ("New", "pro", ["new.example.com"])

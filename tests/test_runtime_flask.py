@@ -25,6 +25,7 @@ def clinics(client, auth, run_jobs):
 def make_app(router_factory):
     def make(**options):
         options.setdefault("base_domain", "clinics.test")
+        options.setdefault("strategies", ("domain", "subdomain", "header", "jwt"))  # the header is opt-in
         options.setdefault("jwt_key", JWT_KEY)
         router: TenantRouter = router_factory(**options)
         app = create_app(router)
@@ -189,7 +190,7 @@ def test_resolution_settings_are_validated(settings):
         RuntimeSettings(**base, strategies=("jwt",))
     with pytest.raises(RuntimeConfigurationError, match="RUNTIME_MAX_CONNECTIONS_PER_TENANT"):
         RuntimeSettings(**base, max_connections=4, max_connections_per_tenant=5)
-    with pytest.raises(RuntimeConfigurationError, match="missing required settings: KEYRING"):
+    with pytest.raises(RuntimeConfigurationError, match=r"missing required settings: RUNTIME_KEYRING \(or KEYRING\)"):
         RuntimeSettings.from_env({"CATALOG_DATABASE_URL": settings.catalog_database_url})
     from_env = RuntimeSettings.from_env({**{k.upper(): v for k, v in base.items()},
                                          "RUNTIME_MAX_CONNECTIONS": "40", "RUNTIME_ACQUIRE_TIMEOUT": "2.5",

@@ -9,10 +9,23 @@ from typing import Any, Iterator
 import psycopg
 from psycopg import sql
 
+from control_plane.catalog.plan_models import RoleLimits
 from control_plane.errors import DatabaseServerError
 from control_plane.naming import server_acl_lock_key
 
 log = logging.getLogger(__name__)
+
+# Databases every PostgreSQL server has, on which provisioning closes PUBLIC's CONNECT.
+DEFAULT_SHARED_DATABASES = ("postgres", "template1")
+
+
+def scram_verifier(conn: psycopg.Connection, role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of `password`, computed here (libpq), so the password never reaches the server.
+
+    `CREATE/ALTER ROLE ... PASSWORD '<verifier>'` is what the server logs (log_statement, a failing
+    statement): the verifier proves a password but cannot be used to log in with.
+    """
+    return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
 
 
 def _server_error(exc: psycopg.Error) -> DatabaseServerError:
@@ -29,8 +42,10 @@ class PostgresAdmin:
     opens and closes its own connection.
     """
 
-    def __init__(self, admin_url: str, connect_timeout: int = 10) -> None:
+    def __init__(self, admin_url: str, connect_timeout: int = 10,
+                 shared_databases: tuple[str, ...] = DEFAULT_SHARED_DATABASES) -> None:
         self._url = admin_url
+        self._shared_databases = shared_databases
         self._connect_timeout = connect_timeout
         self._held: psycopg.Connection | None = None
 
@@ -92,21 +107,42 @@ class PostgresAdmin:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             conn.execute(sql.SQL("{} {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                 "NOBYPASSRLS PASSWORD {}").format(verb, ident, sql.Literal(password)))
+                                 "NOBYPASSRLS PASSWORD {}").format(verb, ident,
+                                                                   sql.Literal(scram_verifier(conn, role, password))))
             # A non-superuser admin must be a member of the role to create a database owned by it
             # and to drop it later; a superuser needs nothing.
             is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
             if not is_super:
                 conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(ident))
 
+    def apply_limits(self, role: str, limits: RoleLimits) -> None:
+        """The plan's limits on the tenant's role: CONNECTION LIMIT and per-session timeouts (RESET when unset).
+
+        Role settings apply to new sessions; CONNECTION LIMIT counts every session of the role on this
+        server, so N application replicas together cannot take more than the plan allows.
+        """
+        ident = sql.Identifier(role)
+        limit = -1 if limits.connection_limit is None else int(limits.connection_limit)
+        with self.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(ident, sql.Literal(limit)))
+            for name, value in limits.settings().items():
+                if value is None:
+                    conn.execute(sql.SQL("ALTER ROLE {} RESET {}").format(ident, sql.Identifier(name)))
+                else:
+                    conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                        ident, sql.Identifier(name), sql.Literal(str(int(value)))))
+
     def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool:
-        """Create the database owned by `owner` unless it exists; True when it was created now."""
+        """Create the database owned by `owner` unless it exists; True when it was created now.
+
+        From `template` (our template database) or else `template0`: `template1` is the server's, and
+        whatever someone added to it (objects, extensions, grants) must not land in a tenant's database.
+        """
         with self.connect() as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 return False
-            query = sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner))
-            if template:
-                query = query + sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            query = sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}").format(
+                sql.Identifier(database), sql.Identifier(owner), sql.Identifier(template or "template0"))
             conn.execute(query)
             return True
 
@@ -161,16 +197,17 @@ class PostgresAdmin:
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(db, sql.Identifier(retired)))
 
     def close_other_databases(self) -> None:
-        """Revoke PUBLIC's CONNECT on every other connectable database of the server (postgres, template1...).
+        """Revoke PUBLIC's CONNECT on the server's shared databases (`postgres`, `template1` by default).
 
         PostgreSQL grants CONNECT to PUBLIC by default, so without this a tenant role could log in to
-        `postgres` or to a catalog on the same server. The admin keeps access through an explicit grant
-        made first; owners and superusers keep theirs anyway.
+        `postgres`. Only the databases named in `shared_databases` are touched: another application's
+        database on the same server is not ours to change. The admin keeps access through an explicit
+        grant made first; owners and superusers keep theirs anyway.
         """
         with self.connect() as conn, self._acl_lock(conn):
             open_databases = [row[0] for row in conn.execute(
-                "SELECT datname FROM pg_database WHERE datallowconn "
-                "AND has_database_privilege('public', datname, 'CONNECT')").fetchall()]
+                "SELECT datname FROM pg_database WHERE datname = ANY(%s) "
+                "AND has_database_privilege('public', datname, 'CONNECT')", (list(self._shared_databases),)).fetchall()]
             for database in open_databases:
                 db = sql.Identifier(database)
                 try:
@@ -178,12 +215,6 @@ class PostgresAdmin:
                     conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(db))
                 except psycopg.errors.InsufficientPrivilege:
                     log.warning("cannot revoke PUBLIC's CONNECT on database %s: not its owner", database)
-                except (psycopg.errors.InvalidCatalogName, psycopg.errors.InternalError_) as exc:
-                    # Dropped since we listed it (a deletion on this server, someone's cleanup): there is
-                    # nothing left to close, and no reason to fail this provisioning for it.
-                    if isinstance(exc, psycopg.errors.InternalError_) and "concurrently" not in str(exc):
-                        raise
-                    log.info("database %s went away while closing it to PUBLIC", database)
 
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:

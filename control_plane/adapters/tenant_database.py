@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import URL
@@ -14,6 +14,9 @@ import tenant_migrations
 from tenant_migrations.seed import seed
 
 from control_plane.errors import DatabaseServerError, TenantMigrationError
+
+
+_UNBOUNDED = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 
 
 def _message(exc: BaseException) -> str:
@@ -31,6 +34,8 @@ class TenantDatabase:
     database: str
     role: str
     password: str = field(repr=False)
+    # The server's libpq TLS options (sslmode, sslrootcert, ...), as registered with its admin URL.
+    tls: Mapping[str, str] = field(default_factory=dict)
 
     def url(self) -> URL:
         return URL.create("postgresql+psycopg", username=self.role, password=self.password,
@@ -39,10 +44,11 @@ class TenantDatabase:
     @contextmanager
     def _connect(self, options: str | None = None) -> Iterator[Connection]:
         # NullPool: jobs are short-lived forked processes, a pool would only outlive its use.
-        connect_args: dict = {"connect_timeout": 10, "application_name": "tenant-control-plane"}
-        if options:
-            connect_args["options"] = options  # libpq `-c name=value` settings for this session
-        engine = create_engine(self.url(), poolclass=NullPool, connect_args=connect_args)
+        connect_args: dict = {**self.tls, "connect_timeout": 10, "application_name": "tenant-control-plane"}
+        # The plan's timeouts are set on the tenant role for its applications; the control plane's own
+        # sessions (a long migration, a seed) lift them, unless `options` bounds them itself.
+        connect_args["options"] = f"{_UNBOUNDED} {options or ''}".strip()  # later -c settings win
+        engine = create_engine(self.url(), poolclass=NullPool, connect_args=connect_args, hide_parameters=True)
         try:
             with engine.connect() as conn:
                 yield conn

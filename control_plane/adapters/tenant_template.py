@@ -60,7 +60,7 @@ class TenantTemplate:
             if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
                 conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(owner))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(db))  # a half-built one
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(db))  # not the server's template1
             conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
         with self._admin.connect(name) as conn:
             conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(owner))

@@ -7,12 +7,16 @@ from control_plane import logs
 from control_plane.api.blueprint import Access, required_access
 from control_plane.services.auth import Principal, authenticate
 
+# Blueprints only super admins may use at all, and single endpoints likewise.
+SUPER_ADMIN_BLUEPRINTS = frozenset({"servers", "plans", "migrations"})
+SUPER_ADMIN_ENDPOINTS = frozenset({("tenants.Tenants", "POST")})
+
 
 def authenticate_request() -> None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    g.principal = authenticate(current_app.extensions["control_plane"], bearer)
+    g.principal = authenticate(current_app.extensions["control_plane"], bearer, client=request.remote_addr)
     logs.bind(actor=g.principal.actor)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from control_plane.api.input import InputSchema
+from control_plane.api.disclosure import TenantAdminView
 from control_plane.catalog.backup_models import BackupStatus, BackupTrigger, CopyStatus
 from control_plane.naming import tenant_id_problem
 
@@ -29,7 +30,7 @@ class BackupCopySchema(Schema):
     deleted_at = fields.DateTime(allow_none=True)
 
 
-class BackupSchema(Schema):
+class BackupSchema(TenantAdminView, Schema):
     id = fields.String()
     tenant_id = fields.String()
     status = fields.Enum(BackupStatus, by_value=True)

@@ -35,6 +35,7 @@ class TenantBackups(MethodView):
     @blp.response(202, OperationSchema, headers=_202)
     @blp.alt_response(404, description="No such tenant")
     @blp.alt_response(409, description="The tenant cannot be backed up in its current status")
+    @blp.alt_response(429, description="A tenant admin's daily allowance of manual backups is used up")
     def post(self, body, tenant_id):
         """Start a backup; the operation's result names the backup once it is complete and verified."""
         return accepted(backups.request_backup(services(), principal(), tenant_id,

@@ -7,6 +7,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from control_plane.api.input import InputSchema
 from control_plane.catalog.drain_models import DrainItemStatus, DrainStatus
+from control_plane.api.disclosure import TenantAdminView
 from control_plane.catalog.models import OperationKind, OperationStatus, ServerStatus, TenantStatus
 from control_plane.naming import tenant_id_problem
 
@@ -84,7 +85,7 @@ class MoveSchema(InputSchema):
     mode = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["online", "offline"]))
 
 
-class OperationSchema(Schema):
+class OperationSchema(TenantAdminView, Schema):
     id = fields.String()
     kind = fields.Enum(OperationKind, by_value=True)
     tenant_id = fields.String(allow_none=True)

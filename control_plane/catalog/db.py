@@ -17,8 +17,16 @@ from tenant_runtime.catalog import sqlalchemy_url  # noqa: F401 (re-exported: sh
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+# TCP keepalives on every catalog connection: a job holds its tenant's advisory lock on one, and without
+# them a worker cut off by a network partition keeps that lock (and the tenant) for hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
 def create_catalog_engine(url: str, **kwargs) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
+    # Bound parameters (a token's hash, an encrypted secret) stay out of error messages and tracebacks.
+    kwargs.setdefault("hide_parameters", True)
+    kwargs["connect_args"] = {**KEEPALIVES, **kwargs.get("connect_args", {})}
     engine = create_engine(sqlalchemy_url(url), **kwargs)
     event.listen(engine, "handle_error", _unavailable)
     return engine

@@ -87,6 +87,9 @@ class DatabaseServer(Base):
     port: Mapped[int] = mapped_column(Integer)
     # The admin DSN (with its password) encrypted with the KEYRING; never stored or shown in clear.
     admin_url_encrypted: Mapped[str] = mapped_column(Text)
+    # The admin URL's libpq TLS options (sslmode, sslrootcert, ...), in clear: every connection to this
+    # server carries them, the tenant runtime's included (it cannot decrypt the admin URL).
+    tls: Mapped[dict[str, str]] = mapped_column(_json, default=dict)
     status: Mapped[ServerStatus] = mapped_column(_enum(ServerStatus, "server_status"), default=ServerStatus.ACTIVE)
     max_tenants: Mapped[int | None] = mapped_column(Integer)
     # Capacity on size (None: unbounded); connections are bounded by the server's own max_connections.
@@ -146,7 +149,7 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    plan: Mapped[str] = mapped_column(String(50), default="standard")
+    plan: Mapped[str] = mapped_column(String(50), ForeignKey("plans.name"), default="standard")
     status: Mapped[TenantStatus] = mapped_column(_enum(TenantStatus, "tenant_status"), index=True)
     server_name: Mapped[str | None] = mapped_column(ForeignKey("database_servers.name"), index=True)
     database_name: Mapped[str] = mapped_column(String(63))
@@ -301,6 +304,18 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # None: never expires (tokens created before expiry existed, or created with --expires-in never).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def usable(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def revoke(self, now: datetime) -> bool:
+        """Revoke the token; False when it already was (revocation is idempotent)."""
+        if self.revoked_at is not None:
+            return False
+        self.revoked_at = now
+        return True
 
 
 class AuditEvent(Base):
@@ -313,3 +328,7 @@ class AuditEvent(Base):
     tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
     operation_id: Mapped[str | None] = mapped_column(String(36))
     details: Mapped[dict[str, Any]] = mapped_column(_json, default=dict)
+
+
+# Plans live in their own module; tenants.plan refers to them, so they belong to the same metadata.
+from control_plane.catalog import plan_models  # noqa: E402,F401

@@ -106,9 +106,12 @@ def rotate_keys(ctx: ServiceContext, actor: str = "system") -> dict[str, int]:
             with transaction(ctx.sessions) as session:
                 row = session.get(model, pk, with_for_update=True)
                 value = getattr(row, column) if row is not None else None
-                if not value or Keyring.key_id_of(value) == keyring.current_key_id:
+                if not value:
                     continue
+                # Role passwords go under RUNTIME_KEYRING's current key, the rest under KEYRING's.
                 rewrapped = keyring.rewrap(value, context_of(pk))
+                if rewrapped == value:
+                    continue
                 if isinstance(row, TenantBackupKey):
                     row.rewrap(rewrapped, keyring.current_key_id)
                 else:

@@ -32,6 +32,7 @@ from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backup_keys import (destroy_tenant_key, key_for_existing_backup, key_for_new_backup)
 from control_plane.services.context import ServiceContext, role_secret_context, server_secret_context
+from control_plane.services.fair_use import check_manual_backup
 from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
 from control_plane.services.retention import Policy, policy_of
 
@@ -285,6 +286,8 @@ def request_backup(ctx: ServiceContext, principal: Principal, tenant_id: str, *,
             raise TenantNotFoundError(tenant_id)
         if tenant.status not in BACKUPABLE:
             raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "back up")
+        if trigger is BackupTrigger.MANUAL:
+            check_manual_backup(ctx, session, principal, tenant_id, expires_in_days)
         op = new_operation(principal, OperationKind.BACKUP, tenant_id, params, idempotency_key, request_fingerprint)
         session.add(op)
         session.flush()

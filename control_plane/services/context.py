@@ -7,10 +7,12 @@ from typing import Any, Callable, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.adapters.crypto import Keyring
+from control_plane.adapters.crypto import ControlPlaneKeyring
 from control_plane.catalog.models import DatabaseServer, Tenant
+from control_plane.errors import InsecureServerError
 from control_plane.settings import Settings
 from tenant_runtime.crypto import role_secret_context  # noqa: F401 (re-exported: the runtime decrypts them)
+from control_plane.tls import postgres_verifies
 
 
 class JobQueue(Protocol):
@@ -32,6 +34,7 @@ class ServerAdmin(Protocol):
     def ping(self) -> None: ...
     def database_exists(self, database: str) -> bool: ...
     def ensure_role(self, role: str, password: str) -> None: ...
+    def apply_limits(self, role: str, limits: Any) -> None: ...
     def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool: ...
     def restrict_connect(self, database: str, role: str) -> None: ...
     def close_other_databases(self) -> None: ...
@@ -52,6 +55,11 @@ class TenantDatabasePort(Protocol):
     def seed(self, admin_email: str, admin_name: str, admin_password_hash: str) -> None: ...
 
 
+class AuthThrottle(Protocol):
+    def retry_after(self, key: str) -> int | None: ...
+    def record_failure(self, key: str) -> None: ...
+
+
 class MigrationJobs(Protocol):
     def enqueue_items(self, claims: list[tuple[str, int]]) -> None: ...
     def is_pending(self, item_id: str, token: int) -> bool: ...
@@ -61,12 +69,13 @@ class MigrationJobs(Protocol):
 class ServiceContext:
     settings: Settings
     sessions: sessionmaker[Session]
-    keyring: Keyring
+    keyring: ControlPlaneKeyring
     queue: JobQueue
     events: TenantEvents
     locks: TenantLocks
     server_admin: Callable[[str], ServerAdmin]  # admin URL → admin adapter
-    tenant_database: Callable[[str, int, str, str, str], TenantDatabasePort]  # host, port, db, role, password
+    # host, port, db, role, password, and tls= the server's TLS options
+    tenant_database: Callable[..., TenantDatabasePort]
     tenant_template: Callable[[ServerAdmin], TemplatePort]  # a server's admin → its template
     # Hook point for the backups feature: called before a tenant's database is dropped.
     final_backup: Callable[[Tenant, Any], None] = lambda tenant, operation: None
@@ -85,6 +94,10 @@ class ServiceContext:
     # (`backup_first`), called with the tenant lock held; returns what to record (e.g. {"backup_id": ...}).
     # None means there is no backups feature: runs then refuse `backup_first` rather than skip it silently.
     pre_migration_backup: Callable[[Tenant, Any], dict | None] | None = None
+    # Counts failed authentications per client address (None: not throttled).
+    auth_throttle: AuthThrottle | None = None
+    # Grants a tenant application's runtime its least-privilege catalog role and Redis user.
+    runtime_access: Any = None
 
     # Read-only state of the job queues, workers and schedulers (adapters.queue_monitor), for /metrics and
     # the super admin's queue view.
@@ -100,20 +113,26 @@ class ServiceContext:
     after_move: Callable[[str, str | None], None] = lambda operation_id, error: None
 
     def admin_for(self, server: DatabaseServer) -> ServerAdmin:
+        self.check_tls(server)
         return self.server_admin(self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
 
     def admin_url_of(self, server: DatabaseServer) -> str:
         """The server's admin DSN (a secret: never log it)."""
         return self.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name))
+    def check_tls(self, server: DatabaseServer) -> None:
+        """With REQUIRE_TLS, refuse to use a server registered without certificate verification."""
+        if self.settings.require_tls and not postgres_verifies(server.tls or {}):
+            raise InsecureServerError(server.name)
 
     def template_for(self, server: DatabaseServer) -> TemplatePort:
         return self.tenant_template(self.admin_for(server))
 
     def database_of(self, tenant: Tenant) -> TenantDatabasePort:
         assert tenant.server is not None, "tenant has not been placed on a server"
+        self.check_tls(tenant.server)
         password = self.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
         return self.tenant_database(tenant.server.host, tenant.server.port, tenant.database_name,
-                                    tenant.role_name, password)
+                                    tenant.role_name, password, tls=tenant.server.tls or {})
 
 
 def server_secret_context(server_name: str) -> str:

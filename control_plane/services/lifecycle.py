@@ -10,6 +10,8 @@ import tenant_migrations
 
 from control_plane.catalog.models import Operation, Tenant, TenantStatus
 from control_plane.services import audit
+from control_plane.services.auth import revoke_tenant_tokens
+from control_plane.services.plans import limits_of
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.servers import choose_server
 from control_plane.services.warm_pools import claim_spare
@@ -36,6 +38,7 @@ def provision(ctx: ServiceContext, session: Session, op: Operation, tenant: Tena
         warm = claim_spare(ctx, admin, tenant, password)
         report("create_role", 15)
         admin.ensure_role(tenant.role_name, password)
+        admin.apply_limits(tenant.role_name, limits_of(session, tenant))
 
         report("create_database", 30)
         if warm:
@@ -127,6 +130,7 @@ def delete(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,
         report("drop_role", 80)
         admin.drop_role(tenant.role_name)
     tenant.mark_deleted()
+    revoke_tenant_tokens(session, tenant.id)
     audit.record(session, "system", "tenant.deleted", tenant.id, op.id)
     session.commit()
     _announce(ctx, tenant)

@@ -171,7 +171,8 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
         check_read(opened, backup, sizes[0] if sizes else -1)
 
     report("check", 70)
-    restored = ctx.tenant_database(tenant.server.host, tenant.server.port, scratch, tenant.role_name, password)
+    restored = ctx.tenant_database(tenant.server.host, tenant.server.port, scratch, tenant.role_name, password,
+                                   tls=tenant.server.tls or {})
     revision = restored.current_revision()
     if revision not in tenant_migrations.known_revisions():
         raise BackupIntegrityError(f"the restored database is at schema revision {revision!r}, which this "

@@ -14,35 +14,70 @@ from control_plane.errors import (ConflictError, ControlPlaneError, DatabaseServ
                                   ValidationError)
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, server_secret_context
+from control_plane.tls import postgres_tls_options, postgres_verifies
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "default"
 
 
-def _endpoint(admin_url: str) -> tuple[str, int]:
+def _endpoint(ctx: ServiceContext, admin_url: str) -> tuple[str, int, dict[str, str]]:
+    """Host, port and TLS options of an admin URL; with REQUIRE_TLS, only a URL that verifies the server."""
     try:
         url = make_url(admin_url)
     except Exception as exc:  # SQLAlchemy raises ArgumentError with the URL in it: don't echo it
         raise ValidationError("admin_url", "is not a valid PostgreSQL URL") from exc
     if not url.drivername.startswith("postgres") or not url.host:
         raise ValidationError("admin_url", "must be a postgresql:// URL with a host")
-    return url.host, url.port or 5432
+    tls = postgres_tls_options(admin_url)
+    if ctx.settings.require_tls and not postgres_verifies(tls):
+        raise ValidationError("admin_url", "REQUIRE_TLS is on: the URL needs sslmode=verify-full (and sslrootcert)")
+    return url.host, url.port or 5432, tls
 
 
-def ensure_default_server(ctx: ServiceContext) -> None:
-    """Register TENANT_DB_ADMIN_URL as the `default` server, or refresh its credentials when they changed."""
-    host, port = _endpoint(ctx.settings.tenant_db_admin_url)
+def ensure_default_server(ctx: ServiceContext) -> bool:
+    """Register TENANT_DB_ADMIN_URL as the `default` server on first start; True if it is registered as given.
+
+    Once registered, the catalog's URL wins: a process started with a different TENANT_DB_ADMIN_URL (an old
+    secret, another environment's file) must not silently re-point every tenant of the server. The
+    difference is logged (without the URL) and `tenantctl servers set-url default` applies it deliberately.
+    """
+    host, port, tls = _endpoint(ctx, ctx.settings.tenant_db_admin_url)
     context = server_secret_context(DEFAULT_SERVER)
+    with ctx.sessions() as session:
+        server = session.get(DatabaseServer, DEFAULT_SERVER)
+        if server is not None:
+            if ctx.keyring.decrypt(server.admin_url_encrypted, context) == ctx.settings.tenant_db_admin_url:
+                if server.tls != tls:  # registered before servers kept their TLS options
+                    with transaction(ctx.sessions) as writer:
+                        writer.get(DatabaseServer, DEFAULT_SERVER, with_for_update=True).tls = tls
+                return True
+            log.warning("TENANT_DB_ADMIN_URL differs from the registered server %r (%s:%s, given %s:%s): "
+                        "not applied; run `tenantctl servers set-url %s` to change it",
+                        DEFAULT_SERVER, server.host, server.port, host, port, DEFAULT_SERVER)
+            return False
     with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, DEFAULT_SERVER, with_for_update=True)
-        if server is None:
-            session.add(DatabaseServer(name=DEFAULT_SERVER, host=host, port=port,
+        if session.get(DatabaseServer, DEFAULT_SERVER, with_for_update=True) is None:
+            session.add(DatabaseServer(name=DEFAULT_SERVER, host=host, port=port, tls=tls,
                                        admin_url_encrypted=ctx.keyring.encrypt(ctx.settings.tenant_db_admin_url, context)))
             audit.record(session, "system", "server.registered", server=DEFAULT_SERVER)
-        elif ctx.keyring.decrypt(server.admin_url_encrypted, context) != ctx.settings.tenant_db_admin_url:
-            server.host, server.port = host, port
-            server.admin_url_encrypted = ctx.keyring.encrypt(ctx.settings.tenant_db_admin_url, context)
+    return True
+
+
+def set_server_url(ctx: ServiceContext, actor: str, name: str, admin_url: str) -> DatabaseServer:
+    """Point a registered server at a new admin URL (new credentials, a new address), checked first."""
+    host, port, tls = _endpoint(ctx, admin_url)
+    ctx.server_admin(admin_url).ping()
+    with transaction(ctx.sessions) as session:
+        server = session.get(DatabaseServer, name, with_for_update=True)
+        if server is None:
+            raise ServerNotFoundError(name)
+        server.host, server.port, server.tls = host, port, tls
+        server.admin_url_encrypted = ctx.keyring.encrypt(admin_url, server_secret_context(name))
+        audit.record(session, actor, "server.url_changed", server=name)
+    return server
 
 
 def _tenant_counts(session: Session) -> dict[str, int]:
@@ -94,7 +129,7 @@ def check_servers(ctx: ServiceContext) -> dict[str, bool]:
 
 def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, max_tenants: int | None,
                     max_size_bytes: int | None = None) -> DatabaseServer:
-    host, port = _endpoint(admin_url)
+    host, port, tls = _endpoint(ctx, admin_url)
     # Refuse a server we cannot administer now rather than fail every provisioning later: the URL given is
     # what is wrong (422), not this service (a 502 would say the control plane failed).
     try:
@@ -105,6 +140,7 @@ def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, 
         if session.get(DatabaseServer, name) is not None:
             raise ConflictError(f"database server {name!r} already exists")
         server = DatabaseServer(name=name, host=host, port=port, max_tenants=max_tenants, max_size_bytes=max_size_bytes,
+                                tls=tls,
                                 admin_url_encrypted=ctx.keyring.encrypt(admin_url, server_secret_context(name)))
         session.add(server)
         audit.record(session, actor, "server.registered", server=name)

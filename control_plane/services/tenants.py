@@ -15,13 +15,14 @@ from control_plane.adapters.crypto import random_password
 from control_plane.adapters.passwords import hash_password
 from control_plane.catalog.db import page, transaction
 from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantDomain, TenantStatus, utcnow
-from control_plane.errors import (DomainTakenError, IllegalTransitionError, TenantExistsError, TenantNotFoundError,
-                                  ValidationError)
+from control_plane.errors import (ControlPlaneError, DomainTakenError, IllegalTransitionError, TenantExistsError,
+                                  TenantNotFoundError, ValidationError)
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, operation_secret_context, role_secret_context
 from control_plane.services.servers import choose_server
 from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+from control_plane.services.plans import apply_to_tenant, limits_of, require_plan
 from control_plane.services.rpo import backup_stale_clause
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def request_tenant(ctx: ServiceContext, principal: Principal, *, tenant_id: str,
                 raise TenantExistsError(tenant_id)
             _check_domains_free(session, domains, tenant_id)
             choose_server(session)  # no server has room: 503 now, not a failed provisioning later
+            require_plan(session, plan)
             tenant = Tenant(id=tenant_id, name=name, plan=plan, status=TenantStatus.PROVISIONING,
                             database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
                             role_password_encrypted=ctx.keyring.encrypt(random_password(), role_secret_context(tenant_id)))
@@ -141,6 +143,7 @@ def update_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str, *, 
             if name is not None and name != tenant.name:
                 tenant.name = changes["name"] = name
             if plan is not None and plan != tenant.plan:
+                require_plan(session, plan)
                 tenant.plan = changes["plan"] = plan
             if domains is not None and domains != tenant.domains:
                 _check_domains_free(session, domains, tenant_id)
@@ -152,7 +155,23 @@ def update_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str, *, 
         raise _conflict_from(exc, tenant_id, domains or []) from exc
     if "domains" in changes:
         ctx.events.publish(tenant_id, "domains", domains=domains)
+    if "plan" in changes:
+        apply_plan_change(ctx, tenant)
     return tenant
+
+
+def apply_plan_change(ctx: ServiceContext, tenant: Tenant) -> None:
+    """The new plan's limits on the tenant's role now (if it has one); runtimes re-read the tenant."""
+    if tenant.server_name is not None and tenant.status is not TenantStatus.PROVISIONING:
+        with ctx.sessions() as session:
+            fresh = session.get(Tenant, tenant.id)
+            limits = limits_of(session, fresh)
+        try:
+            apply_to_tenant(ctx, fresh, limits)
+        except ControlPlaneError as exc:  # the change stands; `tenantctl plans apply` converges later
+            log.warning("tenant %s: plan %s recorded but not applied to its role: %s", tenant.id, tenant.plan,
+                        exc.detail)
+    ctx.events.publish(tenant.id, "plan", plan=tenant.plan)
 
 
 def _set_status(ctx: ServiceContext, principal: Principal, tenant_id: str, action: str, audit_action: str) -> Tenant:

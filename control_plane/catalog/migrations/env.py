@@ -5,6 +5,7 @@ from control_plane.catalog.models import Base
 import control_plane.catalog.migration_run_models  # noqa: F401  (registers its tables on Base.metadata)
 import control_plane.catalog.backup_models  # noqa: F401  (registers its tables on Base.metadata)
 import control_plane.catalog.drain_models  # noqa: F401  (registers its tables on Base.metadata)
+import control_plane.catalog.plan_models  # noqa: F401  (registers its tables on Base.metadata)
 
 config = context.config
 engine = config.attributes["engine"]
