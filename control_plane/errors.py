@@ -65,6 +65,17 @@ class IllegalTransitionError(ConflictError):
         self.action = action
 
 
+class LockLostError(ControlPlaneError):
+    """The connection holding a tenant's lock is gone (a partition, a restarted catalog): the lock may be
+    someone else's by now, so the work must stop rather than go on unprotected."""
+
+    title = "Tenant lock lost"
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(f"the lock on tenant {tenant_id!r} was lost (its catalog connection is gone)")
+        self.tenant_id = tenant_id
+
+
 class TenantBusyError(ConflictError):
     def __init__(self, tenant_id: str) -> None:
         super().__init__(f"tenant {tenant_id!r} is locked by another job")

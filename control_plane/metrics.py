@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 
 from control_plane.services import fleet, reconcile
+from control_plane.services.quotas import storage_quotas
 from control_plane.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,10 @@ def _servers(ctx: ServiceContext) -> Iterable[Metric]:
                               labels=["server"])
     sizes = GaugeMetricFamily("control_plane_tenant_database_size_bytes", "Size of the tenant's database",
                               labels=["tenant_id"])
+    quotas = GaugeMetricFamily("control_plane_tenant_storage_quota_bytes",
+                               "The storage quota of the tenant's plan (tenants whose plan has one)", labels=["tenant_id"])
+    for tenant_id, quota in storage_quotas(ctx):
+        quotas.add_metric([tenant_id], quota)
     for server, count, databases in fleet.servers_with_tenant_counts(ctx):
         tenants.add_metric([server.name], count)
         usage = _server_usage(ctx, server)
@@ -239,4 +244,4 @@ def _servers(ctx: ServiceContext) -> Iterable[Metric]:
         for database, size in usage["database_sizes"].items():
             if database in databases:
                 sizes.add_metric([databases[database]], size)
-    yield from (up, tenants, connections, limit, sizes)
+    yield from (up, tenants, connections, limit, sizes, quotas)

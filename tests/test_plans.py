@@ -1,9 +1,14 @@
 """Plans as catalog records, their limits on each tenant's role (connection limit, timeouts), API and CLI."""
 from __future__ import annotations
 
-from click.testing import CliRunner
+import json
 
-from control_plane.catalog.models import TokenRole
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from control_plane.catalog.models import AuditEvent, TokenRole
+from control_plane.naming import TENANT_EVENTS_CHANNEL
+from control_plane.services.servers import check_servers
 from control_plane.cli import cli
 from control_plane.services.auth import create_token
 from helpers import create_tenant, one, tenant_login
@@ -59,3 +64,33 @@ def test_plans_from_the_cli(settings):
     listed = runner.invoke(cli, ["plans", "list"], catch_exceptions=False).stdout
     assert "cli-plan" in listed and "statement_timeout_ms=3000" in listed and "connection_limit" not in listed
     assert runner.invoke(cli, ["plans", "create", "cli-bad", "--connection-limit", "0"]).exit_code == 2
+
+
+def test_storage_quota_crossings_are_announced_once_each(client, auth, run_jobs, ctx, admin_url, redis_conn):
+    assert client.post("/v1/plans", headers=auth, json={"name": "metered", "storage_quota_bytes": 10 ** 12}).status_code == 201
+    create_tenant(client, auth, "quota-clinic", plan="metered")
+    run_jobs()
+    size = one(admin_url, "SELECT pg_database_size('tenant_quota_clinic_db')")
+    events = redis_conn.pubsub()
+    events.subscribe(TENANT_EVENTS_CHANNEL)
+
+    def crossings() -> list[int]:
+        with ctx.sessions() as session:
+            return [e.details["level"] for e in session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "tenant.storage_quota").order_by(AuditEvent.id))]
+
+    check_servers(ctx)
+    assert crossings() == []
+    for quota, expected in ((int(size / 0.9), [80]), (int(size / 0.85), [80]), (size // 2, [80, 100]),
+                            (10 ** 12, [80, 100, 0])):
+        client.patch("/v1/plans/metered", headers=auth, json={"storage_quota_bytes": quota})
+        check_servers(ctx)
+        assert crossings() == expected
+    announced = []
+    while (message := events.get_message(timeout=1)) is not None:
+        if message["type"] == "message" and json.loads(message["data"])["change"] == "storage_quota":
+            announced.append(json.loads(message["data"])["level"])
+    events.close()
+    assert announced == [80, 100, 0]
+    assert 'control_plane_tenant_storage_quota_bytes{tenant_id="quota-clinic"} 1e+12' in \
+        client.get("/metrics").get_data(as_text=True)

@@ -17,6 +17,7 @@ from control_plane.bootstrap import build_context, dispose
 from control_plane.catalog.db import create_catalog_engine
 from control_plane.catalog.models import DatabaseServer, Operation, OperationKind, OperationStatus, TokenRole
 from control_plane.cli import cli
+from control_plane.errors import LockLostError
 from control_plane.naming import tenant_lock_key
 from control_plane.services.auth import create_token
 from control_plane.services.context import server_secret_context
@@ -155,3 +156,18 @@ def test_tenant_admins_have_a_daily_backup_allowance_and_a_retention_cap(client,
     assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 86400
     # Super admins are not limited, in number or in retention.
     assert client.post("/v1/tenants/fair/backups", json={"expires_in_days": 3650}, headers=auth).status_code == 202
+
+
+def test_a_lost_lock_connection_is_detected_and_the_lock_freed(ctx, admin_url):
+    key = tenant_lock_key("leased")
+    high, low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+    with ctx.locks.hold("leased") as lease:
+        lease.check()
+        with admin_connect(admin_url) as conn:  # what a partition or a catalog failover does to the session
+            ended = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND classid::bigint = %s AND objid::bigint = %s", (high, low)).fetchone()[0]
+        assert ended == 1
+        with pytest.raises(LockLostError):
+            lease.check()
+    with ctx.locks.hold("leased", wait_seconds=1) as again:
+        again.check()

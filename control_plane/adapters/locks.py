@@ -1,14 +1,38 @@
 """Per-tenant advisory locks in the catalog database: all work on one tenant runs one at a time."""
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from control_plane.errors import TenantBusyError
+from control_plane.errors import CatalogUnavailableError, LockLostError, TenantBusyError
 from control_plane.naming import tenant_lock_key
+
+log = logging.getLogger(__name__)
+
+
+class TenantLease:
+    """A held tenant lock; `check()` proves it is still held (call it between steps of long work)."""
+
+    def __init__(self, conn: Connection, tenant_id: str, key: int) -> None:
+        self._conn, self.tenant_id = conn, tenant_id
+        # pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low 32 bits).
+        self._high, self._low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+    def check(self) -> None:
+        try:
+            held = self._conn.execute(text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid() AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1)"),
+                {"high": self._high, "low": self._low}).scalar()
+            self._conn.rollback()  # never leave the lock's session idle in a transaction
+        except (DBAPIError, CatalogUnavailableError) as exc:
+            raise LockLostError(self.tenant_id) from exc
+        if not held:
+            raise LockLostError(self.tenant_id)
 
 
 class PostgresTenantLocks:
@@ -16,7 +40,7 @@ class PostgresTenantLocks:
         self._engine = engine
 
     @contextmanager
-    def hold(self, tenant_id: str, wait_seconds: float = 30) -> Iterator[None]:
+    def hold(self, tenant_id: str, wait_seconds: float = 30) -> Iterator[TenantLease]:
         """Hold the tenant's session-level advisory lock on a dedicated catalog connection.
 
         Session-level (not transaction-level) so the job can commit progress while holding it; if the
@@ -36,8 +60,13 @@ class PostgresTenantLocks:
                     raise TenantBusyError(tenant_id) from exc
                 raise
             try:
-                yield
+                yield TenantLease(conn, tenant_id, key)
             finally:
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                conn.commit()
+                try:
+                    conn.rollback()
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+                except (DBAPIError, CatalogUnavailableError):
+                    # The lock's session is gone, and the lock went with it: nothing left to release.
+                    log.warning("tenant %s: its lock connection was gone when the work ended", tenant_id)
+                    conn.invalidate()

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from control_plane.adapters.postgres_admin import PostgresAdmin
+from control_plane.adapters.postgres_admin import PostgresAdmin, scram_verifier
 from control_plane.errors import DatabaseServerError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class PostgresLogicalReplication:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
             conn.execute(sql.SQL("{} {} WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
-                         .format(verb, ident, sql.Literal(password)))
+                         .format(verb, ident, sql.Literal(scram_verifier(conn, name, password))))
         self.source.grant_connect(database, name)
         with self._db(self.source, database) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
@@ -105,10 +105,18 @@ class PostgresLogicalReplication:
                                  password=password, application_name=name, connect_timeout="10", **options)
         with self._db(self.target, database) as conn:
             if not conn.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,)).fetchone():
+                # The subscription's connection string must carry the replication role's password in clear
+                # (PostgreSQL keeps it in pg_subscription): keep that statement out of the server's log when
+                # the admin may say so (a superuser setting); the role is dropped when the move ends.
+                quiet = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+                if quiet:
+                    conn.execute("SET log_statement = 'none'")
                 # Connects to the source and creates the slot there; the copy then runs in the background.
                 conn.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} "
                                      "WITH (copy_data = true, create_slot = true, enabled = true)")
                              .format(ident, sql.Literal(conninfo), ident))
+                if quiet:
+                    conn.execute("RESET log_statement")
 
     def copy_progress(self, database: str, name: str) -> tuple[int, int]:
         """(tables whose initial copy is done, tables); raises when the subscription reports errors."""

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from control_plane.api.access_schemas import AuditEventSchema, AuditQuerySchema, TokenQuerySchema, TokenSchema
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import services
 from control_plane.services import audit, auth
 
-blp = Blueprint("access", __name__, url_prefix="/v1", description="API tokens and the audit trail")
+blp = ApiBlueprint("access", __name__, url_prefix="/v1", description="API tokens and the audit trail")
 
 
 @blp.route("/tokens")
 class Tokens(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.arguments(TokenQuerySchema, location="query")
     @blp.response(200, TokenSchema(many=True))
     @blp.paginate()
@@ -27,6 +28,7 @@ class Tokens(MethodView):
 
 @blp.route("/tokens/<token_id>")
 class TokenItem(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.response(204)
     @blp.alt_response(404, description="No such token (or another tenant's)")
     def delete(self, token_id):
@@ -37,6 +39,7 @@ class TokenItem(MethodView):
 
 @blp.route("/audit-events")
 class AuditEvents(MethodView):
+    @blp.access(Access.AUTHENTICATED)
     @blp.arguments(AuditQuerySchema, location="query")
     @blp.response(200, AuditEventSchema(many=True))
     @blp.paginate()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from control_plane.api.input import InputSchema
 from control_plane.catalog.models import TokenRole
 
 
@@ -17,7 +18,7 @@ class TokenSchema(Schema):
     revoked_at = fields.DateTime(allow_none=True)
 
 
-class TokenQuerySchema(Schema):
+class TokenQuerySchema(InputSchema):
     tenant_id = fields.String(validate=validate.Length(max=40))
     include_revoked = fields.Boolean(load_default=False)
 
@@ -32,7 +33,7 @@ class AuditEventSchema(Schema):
     details = fields.Dict()
 
 
-class AuditQuerySchema(Schema):
+class AuditQuerySchema(InputSchema):
     tenant_id = fields.String(validate=validate.Length(max=40))
     actor = fields.String(validate=validate.Length(min=1, max=200))
     action = fields.String(validate=validate.Length(min=1, max=64),

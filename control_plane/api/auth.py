@@ -7,10 +7,6 @@ from control_plane import logs
 from control_plane.api.blueprint import Access, required_access
 from control_plane.services.auth import Principal, authenticate
 
-# Blueprints only super admins may use at all, and single endpoints likewise.
-SUPER_ADMIN_BLUEPRINTS = frozenset({"servers", "plans", "migrations"})
-SUPER_ADMIN_ENDPOINTS = frozenset({("tenants.Tenants", "POST")})
-
 
 def authenticate_request() -> None:
     header = request.headers.get("Authorization", "")

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
 from control_plane.api.auth import principal
+from control_plane.api.blueprint import Access, ApiBlueprint
+from control_plane.api.input import InputSchema
 from control_plane.api.common import services
 from control_plane.services import plans
 
-blp = Blueprint("plans", __name__, url_prefix="/v1/plans", description="Plans and their per-tenant limits")
+blp = ApiBlueprint("plans", __name__, url_prefix="/v1/plans", description="Plans and their per-tenant limits")
 
 
-class PlanLimitsSchema(Schema):
+class PlanLimitsSchema(InputSchema):
     description = fields.String(allow_none=True, validate=validate.Length(max=200))
     connection_limit = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=10_000), metadata={
         "description": "sessions the tenant's role may hold on its server, all replicas together (null: no limit)"})
@@ -34,11 +35,13 @@ class PlanSchema(PlanCreateSchema):
 
 @blp.route("")
 class Plans(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, PlanSchema(many=True))
     def get(self):
         """Every plan with its limits."""
         return plans.list_plans(services(), principal())
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(PlanCreateSchema)
     @blp.response(201, PlanSchema)
     @blp.alt_response(409, description="A plan with this name exists")
@@ -49,12 +52,14 @@ class Plans(MethodView):
 
 @blp.route("/<name>")
 class PlanItem(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
     @blp.response(200, PlanSchema)
     @blp.alt_response(404, description="No such plan")
     def get(self, name):
         """One plan."""
         return plans.get_plan(services(), principal(), name)
 
+    @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(PlanLimitsSchema)
     @blp.response(200, PlanSchema)
     @blp.alt_response(404, description="No such plan")

@@ -162,6 +162,8 @@ class Tenant(Base):
     last_backup_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     search_text: Mapped[str] = mapped_column(Text, Computed("(id::text || ' ') || name::text", persisted=True))
+    # 0, 80 or 100: the share of its plan's storage quota the sweeper last saw (services.quotas).
+    storage_quota_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     domain_rows: Mapped[list["TenantDomain"]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", order_by="TenantDomain.domain", lazy="selectin")

@@ -25,7 +25,7 @@ class TenantEvents(Protocol):
 
 
 class TenantLocks(Protocol):
-    def hold(self, tenant_id: str, wait_seconds: float = 30) -> AbstractContextManager[None]: ...
+    def hold(self, tenant_id: str, wait_seconds: float = 30) -> AbstractContextManager[Any]: ...  # a lease: .check()
 
 
 class ServerAdmin(Protocol):

@@ -54,7 +54,7 @@ def execute_operation(ctx: ServiceContext, operation_id: str) -> None:
         tenant_id = op.tenant_id
 
     # The lock serialises everything done to one tenant (a retried job, a duplicate dispatch, another kind).
-    with log_context(operation_id=operation_id, tenant_id=tenant_id), ctx.locks.hold(tenant_id), \
+    with log_context(operation_id=operation_id, tenant_id=tenant_id), ctx.locks.hold(tenant_id) as lease, \
             ctx.sessions() as session:
         op = session.get(Operation, operation_id, populate_existing=True)
         if op.status.finished:  # finished by another job while we waited for the lock
@@ -65,6 +65,7 @@ def execute_operation(ctx: ServiceContext, operation_id: str) -> None:
         tenant = session.get(Tenant, tenant_id)
 
         def report(step: str, progress: int) -> None:
+            lease.check()  # between steps: never go on once the tenant's lock is lost (LockLostError)
             op.report(step, progress)
             session.commit()
             log.info("tenant %s operation %s: %s (%d%%)", tenant_id, op.id, step, progress)

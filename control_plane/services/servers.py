@@ -14,6 +14,7 @@ from control_plane.errors import (ConflictError, ControlPlaneError, DatabaseServ
                                   ValidationError)
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, server_secret_context
+from control_plane.services.quotas import check_storage
 from control_plane.tls import postgres_tls_options, postgres_verifies
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def check_servers(ctx: ServiceContext) -> dict[str, bool]:
             if usage is not None:
                 server.connections, server.max_connections = usage["connections"], usage["max_connections"]
                 server.database_bytes = sum(usage["database_sizes"].values())
+    check_storage(ctx, {name: usage["database_sizes"] for name, (usage, _) in seen.items() if usage is not None})
     return {name: usage is not None for name, (usage, _) in seen.items()}
 
 

@@ -1,15 +1,15 @@
 """catalog: API tokens expire; servers keep their TLS options in clear
 
-Revision ID: 0006_security
-Revises: 0005_server_load
+Revision ID: 0008_security
+Revises: 0007_tenant_search
 Create Date: 2026-11-30 03:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0006_security'
-down_revision = '0005_server_load'
+revision = '0008_security'
+down_revision = '0007_tenant_search'
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """catalog: plans as records (per-tenant limits); tenants.plan refers to one
 
-Revision ID: 0007_plans
-Revises: 0006_security
+Revision ID: 0009_plans
+Revises: 0008_security
 Create Date: 2026-11-30 03:10:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0007_plans'
-down_revision = '0006_security'
+revision = '0009_plans'
+down_revision = '0008_security'
 branch_labels = None
 depends_on = None
 
@@ -32,8 +32,10 @@ def upgrade() -> None:
     op.execute("INSERT INTO plans (name, created_at, updated_at) "
                "SELECT DISTINCT plan, now(), now() FROM tenants WHERE plan <> 'standard'")
     op.create_foreign_key('tenants_plan_fkey', 'tenants', 'plans', ['plan'], ['name'])
+    op.add_column('tenants', sa.Column('storage_quota_level', sa.Integer(), server_default='0', nullable=False))
 
 
 def downgrade() -> None:
+    op.drop_column('tenants', 'storage_quota_level')
     op.drop_constraint('tenants_plan_fkey', 'tenants', type_='foreignkey')
     op.drop_table('plans')
