@@ -14,9 +14,9 @@ Label cardinality is bounded (see "Metrics" in the README):
 Never label with operation ids, request ids, users or free text.
 
 To add fleet metrics (drills, moves, quotas...): write a function taking the ServiceContext and
-yielding prometheus_client metric families, decorate it with `@fleet_source("name")`, and import its
-module from `_load_sources` below. A source that fails is reported by `control_plane_metrics_source_up`
-instead of breaking the scrape.
+yielding prometheus_client metric families and decorate it with `@fleet_source("name")` in this module
+(imports of its services inside the function keep this module light). A source that fails is reported by
+`control_plane_metrics_source_up` instead of breaking the scrape.
 """
 from __future__ import annotations
 
