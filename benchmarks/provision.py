@@ -84,8 +84,8 @@ def main(argv: list[str]) -> None:
                 "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)),"
                 " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))"
                 " FROM operations")).one()
-        print(f"  (warm pool: {warm_claims} of {count} provisionings claimed a spare; the others found the pool "
-              "empty while it refilled)")
+        print(f"  (warm pool: {warm_claims} of {count} provisionings claimed a spare, the others cloned the template "
+              "while the pool refilled)")
         print(f"  (all runs: median queue wait {waits[0] * 1000:.1f} ms, median job run {waits[1] * 1000:.1f} ms)")
 
 
