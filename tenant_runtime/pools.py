@@ -290,12 +290,16 @@ class PoolRegistry:
                     if first is ticket and self._open < self.max_connections:
                         self._take_locked(entry)
                         return
-                    # Only openers below their share take a slot from another tenant, by closing one
-                    # of its idle connections; one closing per such opener, so that closings (each
-                    # waiting for its session to end) run side by side.
-                    if (self._open >= self.max_connections and entry.open < share
-                            and self._closing < len(below)):
-                        victims = self._victims_locked(exclude=entry)
+                    # Openers below their share take a slot from another tenant, by closing one of its
+                    # idle connections; one closing per such opener, so that closings (each waiting for
+                    # its session to end) run side by side. The first in line at or above its share
+                    # (a busy tenant growing) may still take an idle connection of a tenant that no
+                    # longer counts as a user of the budget: that starves nobody.
+                    if self._open >= self.max_connections:
+                        if entry.open < share and self._closing < len(below):
+                            victims = self._victims_locked(exclude=entry)
+                        elif first is ticket and not self._closing:
+                            victims = self._victims_locked(exclude=entry, stale_only=True)
                         self._closing += bool(victims)
                     if not victims:
                         self._cond.wait(0.05)
@@ -327,11 +331,15 @@ class PoolRegistry:
         users = sum(1 for e in self._entries.values() if e.active or (e.open and e.last_used >= recent))
         return max(1, self.max_connections // max(1, users))
 
-    def _victims_locked(self, exclude: PoolEntry) -> list[PoolEntry]:
-        """Pools to take an idle connection from: those with the most idle first (a surplus goes
-        before anyone's only connection), then the least recently used."""
-        candidates = [e for e in self._entries.values() if e is not exclude and not e.retired and e.idle > 0]
-        candidates.sort(key=lambda e: (-e.idle, e.last_used))
+    def _victims_locked(self, exclude: PoolEntry, stale_only: bool = False) -> list[PoolEntry]:
+        """Pools to take an idle connection from: first those of tenants that no longer count as users of
+        the budget (unused for FAIR_SHARE_WINDOW), then those with the most idle (a surplus goes before
+        anyone's only connection), then the least recently used. Under skewed traffic this keeps the busy
+        tenants' connections and recycles the long tail's."""
+        recent = monotonic() - FAIR_SHARE_WINDOW
+        candidates = [e for e in self._entries.values() if e is not exclude and not e.retired and e.idle > 0
+                      and not (stale_only and (e.active or e.last_used >= recent))]
+        candidates.sort(key=lambda e: (e.last_used >= recent, -e.idle, e.last_used))
         return candidates
 
     def _refuse_if_closed(self, entry: PoolEntry) -> None:
