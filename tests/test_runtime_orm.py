@@ -111,7 +111,7 @@ def test_the_orm_path_stays_within_the_budget(bulk_tenants, router_factory, admi
 
 @pytest.mark.parametrize("orm", [True, False], ids=["orm", "psycopg"])
 def test_the_clinic_crm_on_both_paths(clinics, router_factory, orm):
-    router = router_factory()
+    router = router_factory(strategies=("header",))  # these requests name their tenant in X-Tenant-ID
     web = create_app(router, orm=orm).test_client()
     a, b = {"X-Tenant-ID": "rt-orm-a"}, {"X-Tenant-ID": "rt-orm-b"}
 
@@ -147,7 +147,7 @@ def test_the_clinic_crm_on_both_paths(clinics, router_factory, orm):
 
 
 def test_the_request_session_is_closed_and_rolled_back_on_errors(clinics, router_factory):
-    router = router_factory()
+    router = router_factory(strategies=("header",))  # these requests name their tenant in X-Tenant-ID
     checked_out = CheckedOut(router)
     app = create_app(router)
 
