@@ -245,7 +245,7 @@ def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
               help="A file holding the new admin URL (keeps the password out of shell history).")
 def servers_set_url(name: str, admin_url_file) -> None:
     """Change a registered server's admin URL (TENANT_DB_ADMIN_URL is applied only on first registration)."""
-    server = servers.set_server_url(context(), SYSTEM.actor, name, admin_url_file.read().strip())
+    server = servers.replace_server(context(), SYSTEM.actor, name, admin_url_file.read().strip())
     click.echo(f"{server.name} now at {server.host}:{server.port}")
 
 

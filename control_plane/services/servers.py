@@ -67,20 +67,6 @@ def ensure_default_server(ctx: ServiceContext) -> bool:
     return True
 
 
-def set_server_url(ctx: ServiceContext, actor: str, name: str, admin_url: str) -> DatabaseServer:
-    """Point a registered server at a new admin URL (new credentials, a new address), checked first."""
-    host, port, tls = _endpoint(ctx, admin_url)
-    ctx.server_admin(admin_url).ping()
-    with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, name, with_for_update=True)
-        if server is None:
-            raise ServerNotFoundError(name)
-        server.host, server.port, server.tls = host, port, tls
-        server.admin_url_encrypted = ctx.keyring.encrypt(admin_url, server_secret_context(name))
-        audit.record(session, actor, "server.url_changed", server=name)
-    return server
-
-
 def _tenant_counts(session: Session) -> dict[str, int]:
     return dict(session.execute(select(Tenant.server_name, func.count()).where(Tenant.status != TenantStatus.DELETED)
                                 .group_by(Tenant.server_name)).all())
@@ -150,14 +136,15 @@ def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, 
 
 
 def replace_server(ctx: ServiceContext, actor: str, name: str, admin_url: str) -> DatabaseServer:
-    """Point a registered server at a replacement (after a disaster): its tenants stay placed on it by name."""
-    host, port = _endpoint(admin_url)
+    """Point a registered server at a new admin URL (new credentials, a replacement after a disaster), checked
+    first: its tenants stay placed on it by name."""
+    host, port, tls = _endpoint(ctx, admin_url)
     ctx.server_admin(admin_url).ping()
     with transaction(ctx.sessions) as session:
         server = session.get(DatabaseServer, name, with_for_update=True)
         if server is None:
             raise ServerNotFoundError(name)
-        server.host, server.port = host, port
+        server.host, server.port, server.tls = host, port, tls
         server.admin_url_encrypted = ctx.keyring.encrypt(admin_url, server_secret_context(name))
         audit.record(session, actor, "server.replaced", server=name, host=host, port=port)
     return server
