@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -26,12 +27,22 @@ from control_plane.settings import Settings
 
 
 PROCESSES = ("serve", "worker", "scheduler")
+CLI_EPILOG = """\b
+Exit codes: 0 ok, 1 the operation failed, 2 usage or invalid input, 3 not found, 4 conflict or busy.
+Shell completion (bash): eval "$(_TENANTCTL_COMPLETE=bash_source tenantctl)"  (zsh_source, fish_source)
+"""
 
 
-@click.group()
+@click.group(epilog=CLI_EPILOG)
+@click.version_option(package_name="tenant-control-plane", prog_name="tenantctl")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def cli(verbose: bool) -> None:
-    """Operate the database-per-tenant control plane."""
+    """Operate the database-per-tenant control plane.
+
+    With TENANTCTL_API_URL and TENANTCTL_TOKEN set, every tenant, operation, backup, migration and server
+    command goes through the HTTP API (no catalog access or KEYRING needed); serve, worker, scheduler,
+    catalog and tokens create always run locally.
+    """
     # The long-running processes (serve, worker, scheduler) log at INFO; other commands only warn.
     process = click.get_current_context().invoked_subcommand in PROCESSES
     try:
@@ -106,6 +117,7 @@ def tenants_group() -> None:
 @click.option("--plan", default="standard", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the provisioning.")
 def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[str, ...], plan: str, wait: bool) -> None:
+    """Create a tenant and provision its database (follows the provisioning unless --no-wait)."""
     from control_plane.api.schemas import TenantCreateSchema
 
     body = TenantCreateSchema().load({"id": tenant_id, "name": name, "admin_email": admin_email,
@@ -120,6 +132,7 @@ def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[s
 @click.option("-q", "query")
 @click.option("--backup-stale", is_flag=True, default=None, help="Only tenants whose newest backup is older than their RPO.")
 def tenants_list(status: str | None, server: str | None, query: str | None, backup_stale: bool | None) -> None:
+    """List tenants (filter by status, server, a search -q over id, name and domains, or RPO)."""
     items, total = tenants.list_tenants(context(), SYSTEM, status=TenantStatus(status) if status else None,
                                         server=server, q=query, backup_stale=backup_stale, limit=10_000)
     click.echo(f"{'ID':<40} {'STATUS':<13} {'SERVER':<12} REVISION")
@@ -131,6 +144,7 @@ def tenants_list(status: str | None, server: str | None, query: str | None, back
 @tenants_group.command("show")
 @click.argument("tenant_id")
 def tenants_show(tenant_id: str) -> None:
+    """One tenant, as JSON."""
     from control_plane.api.schemas import TenantSchema
 
     click.echo(json.dumps(TenantSchema().dump(tenants.get_tenant(context(), SYSTEM, tenant_id)), indent=2))
@@ -139,12 +153,14 @@ def tenants_show(tenant_id: str) -> None:
 @tenants_group.command("suspend")
 @click.argument("tenant_id")
 def tenants_suspend(tenant_id: str) -> None:
+    """Suspend a tenant: tenant runtimes refuse its requests."""
     click.echo(tenants.suspend_tenant(context(), SYSTEM, tenant_id).status.value)
 
 
 @tenants_group.command("resume")
 @click.argument("tenant_id")
 def tenants_resume(tenant_id: str) -> None:
+    """Resume a suspended tenant."""
     click.echo(tenants.resume_tenant(context(), SYSTEM, tenant_id).status.value)
 
 
@@ -153,6 +169,7 @@ def tenants_resume(tenant_id: str) -> None:
 @click.option("--target", default="head", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True)
 def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
+    """Bring a tenant's schema to head or to a given revision."""
     ctx = context()
     started(ctx, tenants.request_migration(ctx, SYSTEM, tenant_id, target), wait)
 
@@ -179,6 +196,7 @@ def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.confirmation_option(prompt="Drop the tenant's database and role?")
 def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool) -> None:
+    """Delete a tenant: final backup (unless --no-final-backup), then drop its database and role."""
     ctx = context()
     started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
 
@@ -192,6 +210,7 @@ def operations_group() -> None:
 @click.argument("operation_id")
 @click.option("--follow", "follow_progress", is_flag=True, help="Show progress until it finishes.")
 def operations_show(operation_id: str, follow_progress: bool) -> None:
+    """One operation, as JSON; --follow shows its progress until it ends."""
     from control_plane.api.schemas import OperationSchema
 
     ctx = context()
@@ -205,6 +224,7 @@ def operations_show(operation_id: str, follow_progress: bool) -> None:
 @click.argument("operation_id")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 def operations_retry(operation_id: str, wait: bool) -> None:
+    """Run a failed operation again; its steps resume where they stopped."""
     ctx = context()
     started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait)
 
@@ -223,6 +243,7 @@ def servers_group() -> None:
 
 @servers_group.command("list")
 def servers_list() -> None:
+    """Tenant database servers with their status and tenant count."""
     for server, count in servers.list_servers(context()):
         load = f"{server.connections}/{server.max_connections} connections" if server.max_connections else "not checked"
         click.echo(f"{server.name:<20} {server.host}:{server.port:<6} {server.health:<11} {count} tenants, {load}, "
@@ -235,6 +256,7 @@ def servers_list() -> None:
               help="A file holding the admin URL (keeps the password out of shell history).")
 @click.option("--max-tenants", type=int)
 def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
+    """Register a tenant database server (its admin URL read from a file)."""
     server = servers.register_server(context(), SYSTEM.actor, name, admin_url_file.read().strip(), max_tenants)
     click.echo(f"registered {server.name} at {server.host}:{server.port}")
 
@@ -274,6 +296,7 @@ def servers_drain(name: str, undo: bool, no_move: bool, concurrency: int, mode: 
 @click.argument("run_id")
 @click.option("--follow", is_flag=True)
 def servers_drain_status(run_id: str, follow: bool) -> None:
+    """A drain run's progress."""
     ctx = context()
     if follow:
         _follow_drain(ctx, run_id)
@@ -312,6 +335,10 @@ for catalog_command in (catalog_backup, catalog_backups_list, catalog_restore):
 
 def main() -> None:
     try:
+        if os.environ.get("TENANTCTL_API_URL"):
+            from control_plane.cli_api import build_api_cli
+
+            build_api_cli(cli)(standalone_mode=True, prog_name="tenantctl")
         cli(standalone_mode=True)
     except ControlPlaneError as exc:
         click.echo(f"error: {exc.detail}", err=True)

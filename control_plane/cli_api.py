@@ -1,0 +1,351 @@
+"""`tenantctl` through the HTTP API: with TENANTCTL_API_URL and TENANTCTL_TOKEN set, every command the API
+serves is an HTTP request (no catalog access, no KEYRING on the operator's machine).
+
+Each command is one `Endpoint` (method, path, which parameters go to the path, the query or the body,
+which columns a table shows): adding a command for a new endpoint is one entry in ENDPOINTS. Exit
+codes: 0 ok, 1 the operation failed (or the API refused for another reason), 2 usage or invalid input,
+3 not found, 4 conflict or busy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import requests
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
+EXIT_BY_STATUS = {400: EXIT_USAGE, 422: EXIT_USAGE, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT, 423: EXIT_CONFLICT}
+POLL_SECONDS = 0.5  # a human-facing refresh, not synchronisation
+TIMEOUT_SECONDS = 30
+
+
+class ApiCommandError(click.ClickException):
+    """An answer that is not a success, or a failed operation: printed as `error: ...`, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ApiClient:
+    """The API at `url` with a bearer `token`; TLS certificates are verified (requests' default)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
+
+    @classmethod
+    def from_env(cls) -> ApiClient:
+        url, token = os.environ.get("TENANTCTL_API_URL"), os.environ.get("TENANTCTL_TOKEN")
+        if not url or not token:
+            raise ApiCommandError("set TENANTCTL_API_URL and TENANTCTL_TOKEN", EXIT_USAGE)
+        return cls(url, token)
+
+    def call(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+             body: dict[str, Any] | None = None) -> tuple[Any, requests.Response]:
+        try:
+            response = self.session.request(method, self.url + path, params=params, json=body,
+                                            timeout=TIMEOUT_SECONDS)
+        except requests.RequestException as exc:
+            raise ApiCommandError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+        data = response.json() if response.content and "json" in response.headers.get("Content-Type", "") else None
+        if response.status_code >= 400:
+            problem = data if isinstance(data, dict) else {}
+            detail = problem.get("detail") or problem.get("title") or response.reason
+            if problem.get("errors"):
+                detail = f"{detail}: {json.dumps(problem['errors'])}"
+            raise ApiCommandError(f"{response.status_code} {detail}",
+                                  EXIT_BY_STATUS.get(response.status_code, EXIT_FAILED))
+        return data, response
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One command: `tenantctl <group> <name>` is `<method> <path>`.
+
+    `path` names its parameters as `{name}`; `query` and `body` list the parameters sent there, as
+    `key` or `key=parameter` when the API's name differs; `columns` are a list's table columns.
+    `starts_work`: the answer is an operation, followed to its end unless --no-wait.
+    """
+
+    name: str
+    method: str
+    path: str
+    help: str
+    examples: tuple[str, ...]
+    params: tuple[click.Parameter, ...] = ()
+    query: tuple[str, ...] = ()
+    body: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    starts_work: bool = False
+    confirm: str | None = None
+    # Body fields computed from the options (a mode implied by another option, a flag inverted).
+    derived: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def _arg(name: str) -> click.Argument:
+    return click.Argument([name])
+
+
+def _opt(*decls: str, **attrs: Any) -> click.Option:
+    return click.Option(list(decls), **attrs)
+
+
+TENANT = _arg("tenant_id")
+OPERATION_COLUMNS = ("id", "kind", "tenant_id", "status", "progress", "step", "error")
+TENANT_COLUMNS = ("id", "name", "status", "server", "schema_revision", "last_backup_at")
+BACKUP_COLUMNS = ("id", "status", "trigger", "completed_at", "stored_bytes", "schema_revision")
+STATUS = _opt("--status", help="Only in this status.")
+LIMIT = _opt("--limit", "page_size", type=click.IntRange(1, 1000), default=100, show_default=True,
+             help="At most this many rows.")
+
+ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
+    "tenants": ("Tenants and their lifecycle.", (
+        Endpoint("create", "POST", "/v1/tenants", "Create a tenant and provision its database.",
+                 ("tenantctl tenants create acme-clinic --name 'Acme Clinic' --admin-email owner@acme.example",),
+                 (TENANT, _opt("--name", required=True), _opt("--admin-email", required=True),
+                  _opt("--domain", "domains", multiple=True, help="A domain (repeat for several)."),
+                  _opt("--plan", help="The tenant's plan.")),
+                 body=("id=tenant_id", "name", "admin_email", "domains", "plan"), starts_work=True),
+        Endpoint("list", "GET", "/v1/tenants", "List tenants (filters combine).",
+                 ("tenantctl tenants list --status active", "tenantctl tenants list -q acme --json"),
+                 (STATUS, _opt("--server"), _opt("-q", "query", help="Search id, name and domains."),
+                  _opt("--backup-stale", is_flag=True, default=None, help="Only tenants past their RPO."), LIMIT),
+                 query=("status", "server", "q=query", "backup_stale", "page_size"), columns=TENANT_COLUMNS),
+        Endpoint("show", "GET", "/v1/tenants/{tenant_id}", "One tenant.", ("tenantctl tenants show acme-clinic",),
+                 (TENANT,)),
+        Endpoint("update", "PATCH", "/v1/tenants/{tenant_id}", "Change a tenant's name, domains or plan.",
+                 ("tenantctl tenants update acme-clinic --name 'Acme Clinic Ltd'",),
+                 (TENANT, _opt("--name"), _opt("--domain", "domains", multiple=True, default=None),
+                  _opt("--plan")), body=("name", "domains", "plan")),
+        Endpoint("suspend", "POST", "/v1/tenants/{tenant_id}/suspend", "Suspend: runtimes refuse its requests.",
+                 ("tenantctl tenants suspend acme-clinic",), (TENANT,)),
+        Endpoint("resume", "POST", "/v1/tenants/{tenant_id}/resume", "Resume a suspended tenant.",
+                 ("tenantctl tenants resume acme-clinic",), (TENANT,)),
+        Endpoint("migrate", "POST", "/v1/tenants/{tenant_id}/migrate", "Bring the schema to head or a revision.",
+                 ("tenantctl tenants migrate acme-clinic --target head",),
+                 (TENANT, _opt("--target", default="head", show_default=True)), body=("target",), starts_work=True),
+        Endpoint("move", "POST", "/v1/tenants/{tenant_id}/move", "Move the tenant to another database server.",
+                 ("tenantctl tenants move acme-clinic --server pg2", "tenantctl tenants move acme-clinic --server pg2 "
+                  "--mode offline"),
+                 (TENANT, _opt("--server", required=True), _opt("--mode", type=click.Choice(["online", "offline"]))),
+                 body=("server", "mode"), starts_work=True),
+        Endpoint("delete", "DELETE", "/v1/tenants/{tenant_id}", "Delete: final backup, then drop database and role.",
+                 ("tenantctl tenants delete acme-clinic --yes",),
+                 (TENANT, _opt("--final-backup/--no-final-backup", default=True, show_default=True),
+                  _opt("--purge", is_flag=True, help="Also destroy its backup key and backups.")),
+                 query=("final_backup", "purge"), starts_work=True, confirm="Drop the tenant's database and role?"),
+    )),
+    "operations": ("Asynchronous operations.", (
+        Endpoint("list", "GET", "/v1/operations", "List operations, newest first.",
+                 ("tenantctl operations list --status failed",),
+                 (_opt("--tenant", "tenant_id"), STATUS, _opt("--kind"), LIMIT),
+                 query=("tenant_id", "status", "kind", "page_size"), columns=OPERATION_COLUMNS),
+        Endpoint("show", "GET", "/v1/operations/{operation_id}", "One operation; --follow watches it to its end.",
+                 ("tenantctl operations show 5f0c... --follow",), (_arg("operation_id"),)),
+        Endpoint("retry", "POST", "/v1/operations/{operation_id}/retry", "Run a failed operation again.",
+                 ("tenantctl operations retry 5f0c...",), (_arg("operation_id"),), starts_work=True),
+    )),
+    "backups": ("Encrypted per-tenant backups and restores.", (
+        Endpoint("create", "POST", "/v1/tenants/{tenant_id}/backups", "Back a tenant up now.",
+                 ("tenantctl backups create acme-clinic",),
+                 (TENANT, _opt("--expires-in-days", type=click.IntRange(1, 3650))), body=("expires_in_days",),
+                 starts_work=True),
+        Endpoint("list", "GET", "/v1/tenants/{tenant_id}/backups", "A tenant's backups, newest first.",
+                 ("tenantctl backups list acme-clinic --json",), (TENANT, STATUS, LIMIT),
+                 query=("status", "page_size"), columns=BACKUP_COLUMNS),
+        Endpoint("show", "GET", "/v1/backups/{backup_id}", "One backup and its manifest.",
+                 ("tenantctl backups show 9b1e...",), (_arg("backup_id"),)),
+        Endpoint("restore", "POST", "/v1/tenants/{tenant_id}/restore",
+                 "Restore a backup in place (a safety backup first), or as a new tenant.",
+                 ("tenantctl backups restore acme-clinic 9b1e...",
+                  "tenantctl backups restore acme-clinic 9b1e... --new-tenant acme-copy"),
+                 (TENANT, _arg("backup_id"), _opt("--new-tenant", "new_tenant_id"),
+                  _opt("--safety-backup/--no-safety-backup", default=True, show_default=True)),
+                 body=("backup_id", "new_tenant_id", "safety_backup"), starts_work=True,
+                 derived=lambda o: {"mode": "new_tenant" if o.get("new_tenant_id") else "in_place"}),
+        Endpoint("policy", "GET", "/v1/tenants/{tenant_id}/backup-policy", "A tenant's retention policy and RPO.",
+                 ("tenantctl backups policy acme-clinic",), (TENANT,)),
+    )),
+    "migrations": ("Bulk schema migration runs.", (
+        Endpoint("run", "POST", "/v1/migration-runs", "Start a bulk migration run.",
+                 ("tenantctl migrations run --target head --concurrency 8",),
+                 (_opt("--target", default="head", show_default=True),
+                  _opt("--tenant", "tenants", multiple=True, default=None, help="Only these (repeat)."),
+                  _opt("--concurrency", type=int), _opt("--canary", type=int), _opt("--max-failures", type=int),
+                  _opt("--backup-first", is_flag=True, default=None), _opt("--dry-run", is_flag=True, default=None)),
+                 body=("target", "tenants", "concurrency", "canary", "max_failures", "backup_first", "dry_run")),
+        Endpoint("list", "GET", "/v1/migration-runs", "Migration runs, newest first.",
+                 ("tenantctl migrations list",), (STATUS, LIMIT), query=("status", "page_size"),
+                 columns=("id", "status", "target_revision", "counts", "created_at", "error")),
+        Endpoint("status", "GET", "/v1/migration-runs/{run_id}", "One run with its per-tenant items.",
+                 ("tenantctl migrations status 3c2d... --json",), (_arg("run_id"),)),
+        Endpoint("resume", "POST", "/v1/migration-runs/{run_id}/resume", "Resume a stopped run.",
+                 ("tenantctl migrations resume 3c2d...",), (_arg("run_id"),)),
+        Endpoint("cancel", "POST", "/v1/migration-runs/{run_id}/cancel", "Cancel a run.",
+                 ("tenantctl migrations cancel 3c2d...",), (_arg("run_id"),)),
+        Endpoint("drift", "GET", "/v1/migrations/drift", "Tenants whose schema differs from their revision.",
+                 ("tenantctl migrations drift",)),
+    )),
+    "servers": ("Tenant database servers.", (
+        Endpoint("list", "GET", "/v1/servers", "Servers with their load and capacity.", ("tenantctl servers list",),
+                 columns=("name", "host", "port", "status", "tenants", "max_tenants")),
+        Endpoint("show", "GET", "/v1/servers/{name}", "One server.", ("tenantctl servers show default",),
+                 (_arg("name"),)),
+        Endpoint("add", "POST", "/v1/servers", "Register a server (its admin URL read from a file).",
+                 ("tenantctl servers add pg2 --admin-url-file ./pg2-url",),
+                 (_arg("name"), _opt("--admin-url-file", "admin_url", type=click.File(), required=True,
+                                     help="A file holding the admin URL (keeps it out of shell history)."),
+                  _opt("--max-tenants", type=int)), body=("name", "admin_url", "max_tenants")),
+        Endpoint("drain", "POST", "/v1/servers/{name}/drain", "Stop placing tenants on a server (--undo: again).",
+                 ("tenantctl servers drain pg1", "tenantctl servers drain pg1 --undo"),
+                 (_arg("name"), _opt("--undo", is_flag=True)), derived=lambda o: {"draining": not o["undo"]}),
+    )),
+    "fleet": ("The fleet as a whole.", (
+        Endpoint("reconcile", "GET", "/v1/fleet/reconcile", "Report orphans, missing databases and drift.",
+                 ("tenantctl fleet reconcile --json",)),
+    )),
+}
+
+# Commands that stay local (they are the processes, or bootstrap the API's first token).
+LOCAL_COMMANDS = ("serve", "worker", "scheduler")
+LOCAL_SUBCOMMANDS = {"catalog": None, "tokens": ("create",)}
+
+
+def _split(spec: str) -> tuple[str, str]:
+    key, _, param = spec.partition("=")
+    return key, param or key
+
+
+def _value(raw: Any) -> Any:
+    if isinstance(raw, tuple):
+        return list(raw) or None
+    if hasattr(raw, "read"):
+        return raw.read().strip()
+    return raw
+
+
+def _render(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def print_data(data: Any, columns: tuple[str, ...], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    if isinstance(data, list):
+        table = Table(*(column.upper() for column in columns or (sorted(data[0]) if data else ())))
+        for row in data:
+            table.add_row(*(_render(row.get(column)) for column in columns or sorted(row)))
+        console.print(table)
+    elif isinstance(data, dict):
+        table = Table("FIELD", "VALUE", show_header=False)
+        for key, value in data.items():
+            table.add_row(key, _render(value))
+        console.print(table)
+    elif data is not None:
+        click.echo(_render(data))
+
+
+def follow_operation(client: ApiClient, operation: dict[str, Any], as_json: bool) -> None:
+    """A progress bar (percent, step, elapsed, ETA) until the operation ends; then its record; exit 1 if it
+    did not succeed."""
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[step]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{operation['kind']} {operation.get('tenant_id') or ''}", total=100, step="")
+        while True:
+            progress.update(task, completed=operation["progress"], step=operation.get("step") or "")
+            if operation["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(POLL_SECONDS)
+            operation, _ = client.call("GET", f"/v1/operations/{operation['id']}")
+    print_data(operation, (), as_json)
+    if operation["status"] != "succeeded":
+        raise ApiCommandError(operation.get("error") or f"operation {operation['status']}")
+
+
+def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
+    as_json, wait = options.pop("as_json"), options.pop("wait", False)
+    follow = options.pop("follow", False)
+    client = ApiClient.from_env()
+    path = re.sub(r"\{(\w+)\}", lambda m: urllib.parse.quote(str(options[m.group(1)]), safe=""), endpoint.path)
+    query = {key: _value(options.get(param)) for key, param in map(_split, endpoint.query)}
+    body = {key: _value(options.get(param)) for key, param in map(_split, endpoint.body)}
+    body.update(endpoint.derived(options) if endpoint.derived else {})
+    query = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in query.items() if v is not None}
+    body = {k: v for k, v in body.items() if v is not None}
+    data, _ = client.call(endpoint.method, path, params=query or None,
+                          body=body if endpoint.method in ("POST", "PATCH", "PUT") else None)
+    if (endpoint.starts_work and wait) or follow:
+        click.echo(f"operation {data['id']} ({data['kind']}) {data['status']}", err=True)
+        follow_operation(client, data, as_json)
+    else:
+        print_data(data, endpoint.columns, as_json)
+
+
+def endpoint_command(endpoint: Endpoint) -> click.Command:
+    params = list(endpoint.params)
+    if endpoint.starts_work:
+        params.append(click.Option(["--wait/--no-wait"], default=True, show_default=True,
+                                   help="Follow the operation with a progress bar until it ends."))
+    if endpoint.path == "/v1/operations/{operation_id}":
+        params.append(click.Option(["--follow"], is_flag=True, help="Show progress until it ends."))
+    if endpoint.confirm:
+        params.append(click.Option(["--yes"], is_flag=True, expose_value=False, is_eager=False,
+                                   callback=_confirm(endpoint.confirm), help="Confirm without prompting."))
+    params.append(click.Option(["--json", "as_json"], is_flag=True, help="Print the API's JSON answer."))
+    epilog = "\b\nExamples:\n" + "\n".join(f"  {example}" for example in endpoint.examples)
+    return click.Command(endpoint.name, params=params, help=f"{endpoint.help}\n\n{endpoint.method} {endpoint.path}",
+                         epilog=epilog, short_help=endpoint.help,
+                         callback=lambda **options: _invoke(endpoint, options))
+
+
+def _confirm(prompt: str):
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if not value and not click.confirm(prompt):
+            ctx.abort()
+    return callback
+
+
+def build_api_cli(local: click.Group) -> click.Group:
+    """The CLI in API mode: the ENDPOINTS groups, plus the local-only commands taken from `local`."""
+    api_cli = click.Group("tenantctl", help=local.help, params=list(local.params), callback=local.callback,
+                          epilog=local.epilog)
+    for group_name, (group_help, endpoints) in ENDPOINTS.items():
+        group = click.Group(group_name, help=group_help)
+        for endpoint in endpoints:
+            group.add_command(endpoint_command(endpoint))
+        api_cli.add_command(group)
+    for name in LOCAL_COMMANDS:
+        if name in local.commands:
+            api_cli.add_command(local.commands[name])
+    for name, subcommands in LOCAL_SUBCOMMANDS.items():
+        source = local.commands.get(name)
+        if not isinstance(source, click.Group):
+            continue
+        target = api_cli.commands.get(name)
+        if target is None:
+            target = click.Group(name, help=source.help)
+            api_cli.add_command(target)
+        for sub in subcommands or source.commands:
+            if sub in source.commands:
+                target.add_command(source.commands[sub])
+    return api_cli
