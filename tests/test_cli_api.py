@@ -82,6 +82,7 @@ def test_servers_migrations_and_fleet_through_the_api(tenantctl) -> None:
     assert as_json(tenantctl("migrations", "list", "--json")) == []
     assert isinstance(as_json(tenantctl("migrations", "drift", "--json")), dict | list)
     assert isinstance(as_json(tenantctl("fleet", "reconcile", "--json")), dict)
+    assert isinstance(as_json(tenantctl("queues", "list", "--json")), dict | list)
 
 
 def test_a_tenant_admin_token_sees_only_its_tenant(live_api: str, ctx, tenantctl) -> None:
@@ -106,7 +107,7 @@ def test_every_command_has_help_and_the_api_ones_examples_and_json() -> None:
         for name, command in walk(tree):
             assert (command.help or "").strip(), f"tenantctl {name} has no help text"
     for name, command in walk(API_CLI):
-        if name.split()[0] in ("tenants", "operations", "backups", "migrations", "servers", "fleet"):
+        if name.split()[0] in ("tenants", "operations", "backups", "migrations", "servers", "fleet", "queues"):
             assert "Examples:" in (command.epilog or ""), name
             assert any(p.name == "as_json" for p in command.params), name
     version = CliRunner().invoke(cli, ["--version"])
