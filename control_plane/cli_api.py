@@ -110,6 +110,12 @@ STATUS = _opt("--status", help="Only in this status.")
 LIMIT = _opt("--limit", "page_size", type=click.IntRange(1, 1000), default=100, show_default=True,
              help="At most this many rows.")
 
+PLAN_FIELDS = ("description", "connection_limit", "statement_timeout_ms", "idle_in_transaction_timeout_ms",
+               "storage_quota_bytes", "backup_rpo_hours")
+PLAN_LIMITS = tuple(_opt(f"--{name.replace('_', '-')}", name, type=str if name == "description" else int)
+                    for name in PLAN_FIELDS)
+
+# Group name -> (help, its commands); the group "" holds top-level commands.
 ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
     "tenants": ("Tenants and their lifecycle.", (
         Endpoint("create", "POST", "/v1/tenants", "Create a tenant and provision its database.",
@@ -211,13 +217,46 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
         Endpoint("remove", "DELETE", "/v1/servers/{name}", "Unregister a server that holds no tenant.",
                  ("tenantctl servers remove pg2 --yes",), (_arg("name"),), confirm="Unregister this server?"),
         Endpoint("drain", "POST", "/v1/servers/{name}/drain",
-                 "Move every tenant off a server as a run (--no-move: only stop placing new ones; --undo: place again).",
+                 "Move every tenant off a server as a run (--no-move: only stop placing new ones; "
+                 "--undo: place again).",
                  ("tenantctl servers drain pg1 --concurrency 4", "tenantctl servers drain pg1 --undo"),
                  (_arg("name"), _opt("--undo", is_flag=True), _opt("--move/--no-move", "move_tenants", default=True),
                   _opt("--concurrency", type=int), _opt("--mode", type=click.Choice(["online", "offline"]))),
                  body=("move_tenants", "concurrency", "mode"), derived=lambda o: {"draining": not o["undo"]}),
         Endpoint("drain-status", "GET", "/v1/drain-runs/{run_id}", "A drain run with its per-tenant items.",
                  ("tenantctl servers drain-status 7a1b... --json",), (_arg("run_id"),)),
+    )),
+    "tokens": ("API tokens (`tokens create` runs locally: it makes the first one).", (
+        Endpoint("list", "GET", "/v1/tokens", "API tokens (never their secret).",
+                 ("tenantctl tokens list --tenant acme-clinic",),
+                 (_opt("--tenant", "tenant_id"), _opt("--include-revoked", is_flag=True, default=None), LIMIT),
+                 query=("tenant_id", "include_revoked", "page_size"),
+                 columns=("id", "name", "role", "tenant_id", "expires_at", "last_used_at", "revoked_at")),
+        Endpoint("revoke", "DELETE", "/v1/tokens/{token_id}", "Revoke a token.", ("tenantctl tokens revoke 1f2e...",),
+                 (_arg("token_id"),)),
+    )),
+    "plans": ("Plans and their per-tenant limits.", (
+        Endpoint("list", "GET", "/v1/plans", "Plans and their limits.", ("tenantctl plans list",),
+                 columns=("name", "connection_limit", "statement_timeout_ms", "storage_quota_bytes",
+                          "backup_rpo_hours", "description")),
+        Endpoint("show", "GET", "/v1/plans/{name}", "One plan.", ("tenantctl plans show standard",), (_arg("name"),)),
+        Endpoint("create", "POST", "/v1/plans", "Create a plan.",
+                 ("tenantctl plans create premium --connection-limit 40 --backup-rpo-hours 4",),
+                 (_arg("name"), *PLAN_LIMITS), body=("name", *PLAN_FIELDS)),
+        Endpoint("set", "PATCH", "/v1/plans/{name}", "Change a plan's limits (applied to its tenants' roles).",
+                 ("tenantctl plans set premium --connection-limit 60",), (_arg("name"), *PLAN_LIMITS),
+                 body=PLAN_FIELDS),
+    )),
+    "": ("", (
+        Endpoint("audit", "GET", "/v1/audit-events", "Who did what to which tenant, newest first.",
+                 ("tenantctl audit --tenant acme-clinic --action 'tenant.*'",
+                  "tenantctl audit --since 2026-11-01T00:00:00Z"),
+                 (_opt("--tenant", "tenant_id"), _opt("--actor"),
+                  _opt("--action", help="Exact, or a family: 'tenant.*'."),
+                  _opt("--since", help="ISO 8601 with a time zone."),
+                  _opt("--until", help="ISO 8601 with a time zone."), LIMIT),
+                 query=("tenant_id", "actor", "action", "since", "until", "page_size"),
+                 columns=("at", "actor", "action", "tenant_id", "operation_id", "details")),
     )),
     "queues": ("Job queues and workers.", (
         Endpoint("list", "GET", "/v1/queues", "The job queues: depth and oldest job.", ("tenantctl queues list",)),
@@ -341,10 +380,11 @@ def build_api_cli(local: click.Group) -> click.Group:
     api_cli = click.Group("tenantctl", help=local.help, params=list(local.params), callback=local.callback,
                           epilog=local.epilog)
     for group_name, (group_help, endpoints) in ENDPOINTS.items():
-        group = click.Group(group_name, help=group_help)
+        group = click.Group(group_name, help=group_help) if group_name else api_cli
         for endpoint in endpoints:
             group.add_command(endpoint_command(endpoint))
-        api_cli.add_command(group)
+        if group is not api_cli:
+            api_cli.add_command(group)
     for name in LOCAL_COMMANDS:
         if name in local.commands:
             api_cli.add_command(local.commands[name])

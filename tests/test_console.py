@@ -97,6 +97,11 @@ def test_super_admin_creates_backs_up_restores_and_retries(page: Page, live_api:
     expect(page.locator("#tenant-operations .badge.failed")).to_have_count(0, timeout=SLOW)
     expect(page.locator("#tenant-backups .badge", has_text="completed")).to_have_count(2, timeout=SLOW)
 
+    page.get_by_role("link", name="Servers").click()
+    expect(page.locator("#servers tr", has_text="default")).to_contain_text("tenants")
+    page.get_by_role("link", name="Migration runs").click()
+    expect(page.locator("#runs")).to_contain_text("No migration runs.")
+
 
 def test_tenant_admin_sees_only_its_tenant(page: Page, live_api: str, ctx, client, auth) -> None:
     for tenant_id in ("mine-clinic", "other-clinic"):
