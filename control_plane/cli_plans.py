@@ -45,6 +45,7 @@ def plans_group() -> None:
 @plans_group.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def plans_list(as_json: bool) -> None:
+    """Plans and their per-tenant limits."""
     rows = PlanSchema(many=True).dump(plans.list_plans(context(), SYSTEM))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -58,6 +59,7 @@ def plans_list(as_json: bool) -> None:
 @click.argument("name")
 @_limit_options
 def plans_create(name: str, **limits) -> None:
+    """Create a plan with the given limits."""
     body = _validated(PlanCreateSchema(), {"name": name, **_given(limits)})
     plan = plans.create_plan(context(), SYSTEM, body.pop("name"), **body)
     click.echo(f"created plan {plan.name}")
