@@ -164,7 +164,8 @@ def migrations() -> None:
               help="The first N tenants go first and must all succeed before the rest start.")
 @click.option("--max-failures", default=0, show_default=True, type=click.IntRange(0),
               help="Stop starting tenants once more than this many failed.")
-@click.option("--backup-first", is_flag=True, help="Back each tenant up before migrating it.")
+@click.option("--backup-first/--no-backup-first", default=None,
+              help="Back each tenant up before migrating it (default: when the run crosses a destructive revision).")
 @click.option("--dry-run", is_flag=True, help="Print the SQL per starting revision; touch no tenant.")
 @click.option("--lock-timeout", default=5.0, show_default=True, type=click.FloatRange(0.01),
               help="Seconds a migration statement may wait for a lock in the tenant database.")
@@ -173,7 +174,7 @@ def migrations() -> None:
 @click.option("--follow", is_flag=True, help="Show live progress, then a summary table; exit 1 unless it succeeded.")
 @_ITEMS
 def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...], concurrency: int, canary: int,
-                max_failures: int, backup_first: bool, dry_run: bool, lock_timeout: float, statement_timeout: float,
+                max_failures: int, backup_first: bool | None, dry_run: bool, lock_timeout: float, statement_timeout: float,
                 follow: bool, items: str) -> None:
     """Bring every tenant (or a selection) to TARGET, CONCURRENCY at a time."""
     ctx = _context()

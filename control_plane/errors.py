@@ -165,8 +165,11 @@ class TenantMigrationError(ControlPlaneError):
 
     title = "Tenant migration failed"
 
-    def __init__(self, detail: str, from_revision: str | None, reached_revision: str | None) -> None:
+    def __init__(self, detail: str, from_revision: str | None, reached_revision: str | None,
+                 lock_timeout: bool = False) -> None:
         super().__init__(detail)
         self.from_revision = from_revision
         self.reached_revision = reached_revision
+        # It gave up waiting for a lock the tenant's application held (lock_timeout): worth retrying later.
+        self.lock_timeout = lock_timeout
 

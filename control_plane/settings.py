@@ -85,6 +85,10 @@ class Settings:
     require_tls: bool = False
     # The databases every server has on which provisioning revokes PUBLIC's CONNECT (never any other).
     shared_databases: tuple[str, ...] = ("postgres", "template1")
+    # Migration runs: how many times a tenant whose migration hit lock_timeout is tried again, and the
+    # first wait before that (doubling at each retry). A busy tenant is normal, not broken.
+    migration_lock_retries: int = 3
+    migration_lock_backoff_ms: int = 1000
 
     def __repr__(self) -> str:
         return redacted_repr(self)
@@ -130,6 +134,8 @@ class Settings:
             auth_failure_limit=_int_setting("AUTH_FAILURE_LIMIT", environ, 20),
             auth_failure_window_seconds=_int_setting("AUTH_FAILURE_WINDOW_SECONDS", environ, 60),
             tenant_admin_backups_per_day=_int_setting("TENANT_ADMIN_BACKUPS_PER_DAY", environ, 5),
+            migration_lock_retries=_int_setting("MIGRATION_LOCK_RETRIES", environ, 3),
+            migration_lock_backoff_ms=_int_setting("MIGRATION_LOCK_BACKOFF_MS", environ, 1000),
             shared_databases=tuple(name.strip() for name in read_setting(
                 "SHARED_DATABASES", environ, "postgres,template1").split(",") if name.strip()),
         )

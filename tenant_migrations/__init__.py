@@ -38,6 +38,7 @@ __all__ = [
     "offline_sql",
     "resolve_target",
     "script_directory",
+    "destructive_revisions",
 ]
 
 HEAD = "head"
@@ -101,6 +102,22 @@ def resolve_target(target: str) -> str | None:
         f"unknown tenant schema revision {target!r}: expected {HEAD!r}, {BASE!r} "
         f"or one of {', '.join(known)}"
     )
+
+
+def destructive_revisions(from_revision: str | None, to_revision: str | None) -> list[str]:
+    """The revisions that going from one revision to another crosses and that lose data, oldest first.
+
+    A revision file declares that its upgrade drops or rewrites data with a module-level
+    ``destructive = True`` (read through Alembic's script directory). A downgrade undoes what the
+    revisions it crosses created, so every one of them counts.
+    """
+    known = known_revisions()
+    start, end = _position(from_revision, known), _position(to_revision, known)
+    if end < start:
+        return known[end + 1:start + 1]
+    scripts = script_directory()
+    return [revision for revision in known[start + 1:end + 1]
+            if getattr(scripts.get_revision(revision).module, "destructive", False) is True]
 
 
 def current_revision(connection: Connection) -> str | None:

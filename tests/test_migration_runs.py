@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import timedelta
 
 import psycopg
 import pytest
 from rq import Queue
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.bootstrap import build_context, dispose
 from control_plane.catalog.migration_run_models import MigrationRunItem
-from control_plane.catalog.models import Tenant, TenantStatus
+from control_plane.catalog.models import AuditEvent, Tenant, TenantStatus
 from control_plane.naming import database_name
 from control_plane.services.auth import SYSTEM
 from control_plane.services.migration_runs import cancel_run
@@ -296,10 +298,20 @@ def test_dry_run_renders_sql_per_starting_revision_and_touches_nothing(fleet, cl
     assert client.post(f"/v1/migration-runs/{run['id']}/resume", headers=auth).status_code == 409
 
 
-def test_a_long_application_transaction_makes_the_migration_give_up_quickly(fleet, client, auth, run_jobs, admin_url):
+def _lock_retries(ctx, tenant_id: str) -> int:
+    with ctx.sessions() as session:
+        return session.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.action == "migration_run.item_lock_retry", AuditEvent.tenant_id == tenant_id))
+
+
+def test_a_tenant_held_busy_forever_fails_after_bounded_lock_timeout_retries(fleet, client, auth, ctx, run_jobs,
+                                                                             admin_url, monkeypatch):
     """lock_timeout: DDL queued behind an open transaction would block every query on the table behind it."""
+    monkeypatch.setenv("MIGRATION_LOCK_RETRIES", "2")
+    monkeypatch.setenv("MIGRATION_LOCK_BACKOFF_MS", "100")
     ids = fleet.ids[:2]
     busy = ids[0]
+    retries_before = _lock_retries(ctx, busy)
     with psycopg.connect(admin_url, dbname=database_name(busy)) as app_session:
         app_session.execute("SELECT count(*) FROM leads")  # an open transaction holding ACCESS SHARE on leads
         run = start_run(client, auth, tenants=ids, concurrency=1, max_failures=1, lock_timeout_seconds=0.2)
@@ -308,8 +320,44 @@ def test_a_long_application_transaction_makes_the_migration_give_up_quickly(flee
     done = get_run(client, auth, run["id"])
     item = items_by_tenant(done)[busy]
     assert item["status"] == "failed" and "lock timeout" in item["error"] and item["to_revision"] == FIRST
+    assert "on each of 3 attempts" in item["error"] and item["from_revision"] == FIRST
+    assert _lock_retries(ctx, busy) - retries_before == 2  # two retries, then it counts as a failure
     assert items_by_tenant(done)[ids[1]]["status"] == "succeeded"
     assert database_revision(admin_url, busy) == FIRST
+    assert tenant(client, auth, busy)["status"] == "active"
     client.post(f"/v1/migration-runs/{run['id']}/resume", headers=auth)
     run_jobs()
     assert get_run(client, auth, run["id"])["status"] == "succeeded"
+
+
+def test_a_tenant_busy_for_a_while_is_migrated_after_lock_timeout_retries(fleet, client, auth, ctx, run_jobs,
+                                                                          admin_url, monkeypatch):
+    monkeypatch.setenv("MIGRATION_LOCK_RETRIES", "5")
+    monkeypatch.setenv("MIGRATION_LOCK_BACKOFF_MS", "300")
+    busy = fleet.ids[0]
+    retries_before = _lock_retries(ctx, busy)
+    app_session = psycopg.connect(admin_url, dbname=database_name(busy))
+    app_session.execute("SELECT count(*) FROM leads")
+
+    def end_the_transaction_after_a_retry() -> None:
+        # The application's transaction ends once the migration has given up on it at least once.
+        deadline = time.monotonic() + 60
+        while _lock_retries(ctx, busy) == retries_before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        app_session.rollback()
+
+    releaser = threading.Thread(target=end_the_transaction_after_a_retry)
+    try:
+        run = start_run(client, auth, tenants=[busy], concurrency=1, max_failures=0, lock_timeout_seconds=0.2)
+        releaser.start()
+        run_jobs()
+    finally:
+        releaser.join()
+        app_session.close()
+    done = get_run(client, auth, run["id"])
+    item = items_by_tenant(done)[busy]
+    assert done["status"] == "succeeded", done
+    assert (item["status"], item["from_revision"], item["to_revision"], item["attempts"]) == (
+        "succeeded", FIRST, HEAD, 1)
+    assert _lock_retries(ctx, busy) > retries_before
+    assert database_revision(admin_url, busy) == HEAD

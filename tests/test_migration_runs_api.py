@@ -5,11 +5,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import tenant_migrations
+
 from control_plane.adapters.tenant_template import TenantTemplate
 from control_plane.catalog.models import Tenant, TokenRole
-from control_plane.jobs import migration_runs as migration_jobs
 from control_plane.naming import database_name, template_database_name
 from control_plane.services.auth import create_token
+from helpers import tenant
 from migration_fleet import FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, put_at_revision, start_run
 
 
@@ -94,35 +96,51 @@ def test_backup_first_is_refused_without_a_backups_feature(client, auth, ctx, mo
     assert response.status_code == 422 and "backup_first" in response.get_json()["errors"]["json"]
 
 
-def test_backup_first_backs_each_tenant_up_before_migrating_it(client, auth, ctx, run_jobs, admin_url, fleet,
-                                                               monkeypatch, tmp_path):
-    log = tmp_path / "backups"
-    failing = fleet[1]
+def test_a_destructive_revision_makes_the_run_back_up_first_for_real_and_a_failed_backup_skips(
+        client, auth, ctx, run_jobs, admin_url, fleet, monkeypatch):
+    # As if HEAD's revision file said `destructive = True` (read through Alembic's script directory).
+    monkeypatch.setattr(tenant_migrations.script_directory().get_revision(HEAD).module, "destructive", True,
+                        raising=False)
+    backed, unbackable = fleet
+    # pg_dump runs as the tenant's role: a table that role may not read makes the real backup fail.
+    with psycopg.connect(admin_url, dbname=database_name(unbackable), autocommit=True) as conn:
+        conn.execute("CREATE TABLE not_for_the_tenant (x int)")
+    try:
+        run = start_run(client, auth, tenants=fleet, max_failures=0)
+        assert run["backup_first"] is True and run["result"] == {"destructive_revisions": [HEAD]}
+        run_jobs()
+    finally:
+        with psycopg.connect(admin_url, dbname=database_name(unbackable), autocommit=True) as conn:
+            conn.execute("DROP TABLE not_for_the_tenant")
+    done = get_run(client, auth, run["id"])
+    items = items_by_tenant(done)
+    assert done["status"] == "succeeded", done  # a skipped tenant is not a failed migration
+    assert (done["counts"]["succeeded"], done["counts"]["skipped"]) == (1, 1)
 
-    def fake_backup(tenant, item_id):
-        # Runs in the work horse, with the tenant lock held: the database must still be at its old revision.
-        log.open("a").write(f"{tenant.id} {database_revision(admin_url, tenant.id)}\n")
-        if tenant.id == failing:
-            raise RuntimeError("backup store unreachable")
-        return {"backup_id": f"b-{tenant.id}"}
+    backup = client.get(f"/v1/backups/{items[backed]['backup']['backup_id']}", headers=auth)
+    assert backup.status_code == 200, backup.get_json()
+    manifest = backup.get_json()
+    assert (manifest["tenant_id"], manifest["status"], manifest["trigger"]) == (backed, "completed", "pre-migrate")
+    assert manifest["schema_revision"] == FIRST  # taken before the migration
+    assert items[backed]["status"] == "succeeded" and database_revision(admin_url, backed) == HEAD
 
-    real_build_context = migration_jobs.build_context
+    assert items[unbackable]["status"] == "skipped" and items[unbackable]["error"] is None
+    assert items[unbackable]["skip_reason"].startswith("pre-migration backup failed")
+    assert "permission denied" in items[unbackable]["skip_reason"]
+    assert database_revision(admin_url, unbackable) == FIRST  # no backup, no migration
+    assert tenant(client, auth, unbackable)["status"] == "active"
 
-    def build_context_with_backups(settings, **kwargs):
-        built = real_build_context(settings, **kwargs)
-        built.pre_migration_backup = fake_backup
-        return built
 
-    monkeypatch.setattr(migration_jobs, "build_context", build_context_with_backups)
-    monkeypatch.setattr(ctx, "pre_migration_backup", fake_backup)
-    run = start_run(client, auth, tenants=fleet, backup_first=True, max_failures=1)
-    run_jobs()
-    done = items_by_tenant(get_run(client, auth, run["id"]))
-    assert log.read_text().split("\n")[:2] == [f"{fleet[0]} {FIRST}", f"{failing} {FIRST}"]
-    assert done[fleet[0]]["status"] == "succeeded" and done[fleet[0]]["backup"] == {"backup_id": f"b-{fleet[0]}"}
-    assert done[failing]["status"] == "failed"
-    assert done[failing]["error"] == "pre-migration backup failed: RuntimeError: backup store unreachable"
-    assert database_revision(admin_url, failing) == FIRST  # no backup, no migration
+def test_backup_first_can_be_turned_off_and_is_off_when_nothing_destructive_is_crossed(client, auth, fleet,
+                                                                                        monkeypatch):
+    assert start_run(client, auth, tenants=fleet, dry_run=True)["backup_first"] is False
+    monkeypatch.setattr(tenant_migrations.script_directory().get_revision(HEAD).module, "destructive", True,
+                        raising=False)
+    assert tenant_migrations.destructive_revisions(FIRST, HEAD) == [HEAD]
+    assert tenant_migrations.destructive_revisions(HEAD, HEAD) == []
+    assert tenant_migrations.destructive_revisions(HEAD, FIRST) == [HEAD]  # a downgrade drops what it undoes
+    assert start_run(client, auth, tenants=fleet, dry_run=True, backup_first=False)["backup_first"] is False
+    assert start_run(client, auth, tenants=fleet, dry_run=True)["backup_first"] is True
 
 
 def test_a_run_to_head_rebuilds_the_provisioning_template(client, auth, run_jobs, fleet, monkeypatch, tmp_path):

@@ -19,6 +19,11 @@ from control_plane.errors import DatabaseServerError, TenantMigrationError
 _UNBOUNDED = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 
 
+def _lock_timed_out(exc: BaseException) -> bool:
+    """PostgreSQL's lock_not_available (55P03): a lock wait hit lock_timeout."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == "55P03"
+
+
 def _message(exc: BaseException) -> str:
     """PostgreSQL's own message (never the DSN) for driver errors, the exception's text otherwise."""
     if isinstance(exc, DBAPIError):
@@ -79,7 +84,8 @@ class TenantDatabase:
             except Exception as exc:
                 reached = self._revision_after_failure(conn)
                 raise TenantMigrationError(f"tenant database {self.database}: {_message(exc)}",
-                                           from_revision=before, reached_revision=reached) from exc
+                                           from_revision=before, reached_revision=reached,
+                                           lock_timeout=_lock_timed_out(exc)) from exc
 
     @staticmethod
     def _revision_after_failure(conn: Connection) -> str | None:

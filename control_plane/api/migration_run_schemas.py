@@ -27,7 +27,8 @@ class RunCreateSchema(InputSchema):
     concurrency = fields.Integer(load_default=4, validate=validate.Range(min=1, max=MAX_CONCURRENCY))
     canary = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_RUN_TENANTS))
     max_failures = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_RUN_TENANTS))
-    backup_first = fields.Boolean(load_default=False)
+    # Omitted or null: on exactly when the run crosses a revision declared destructive.
+    backup_first = fields.Boolean(load_default=None, allow_none=True)
     dry_run = fields.Boolean(load_default=False)
     lock_timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0.01, max=3600))
     statement_timeout_seconds = fields.Float(load_default=600.0, validate=validate.Range(min=0.1, max=86400))

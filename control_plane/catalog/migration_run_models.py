@@ -226,7 +226,8 @@ class MigrationRunItem(Base):
         self._end(RunItemStatus.FAILED)
 
     def skip(self, reason: str) -> None:
-        if self.status not in (RunItemStatus.PENDING, RunItemStatus.QUEUED):
+        """Left alone: not migratable (pending or queued), or its pre-migration backup failed (running)."""
+        if self.status not in (RunItemStatus.PENDING, RunItemStatus.QUEUED, RunItemStatus.RUNNING):
             raise self._illegal("skip")
         self.skip_reason = reason
         self._end(RunItemStatus.SKIPPED)

@@ -46,6 +46,7 @@ class _Outcome:
     reached: str | None = None
     reached_known: bool = False
     error: str | None = None
+    skip_reason: str | None = None
     backup: dict[str, Any] | None = None
 
 
@@ -164,11 +165,10 @@ def _migrate(ctx: ServiceContext, item_id: str, started: _Started) -> _Outcome:
             outcome.backup = ctx.pre_migration_backup(started.tenant, item_id) or {}
         except Exception as exc:  # the item boundary: the tenant is not migrated without its backup
             log.exception("tenant %s: pre-migration backup failed (run item %s)", tenant_id, item_id)
-            outcome.error = f"pre-migration backup failed: {describe(exc)}"
+            outcome.skip_reason = f"pre-migration backup failed: {describe(exc)}"
             return outcome
     try:
-        outcome.from_revision, outcome.reached = started.database.migrate_bounded(
-            started.target, lock_timeout_ms=started.lock_timeout_ms, statement_timeout_ms=started.statement_timeout_ms)
+        outcome.from_revision, outcome.reached = _migrate_retrying_locks(ctx, item_id, started)
         outcome.reached_known = True
     except TenantMigrationError as exc:
         log.warning("tenant %s: migration to %s failed: %s", tenant_id, started.target, exc.detail)
@@ -185,6 +185,40 @@ def _migrate(ctx: ServiceContext, item_id: str, started: _Started) -> _Outcome:
     return outcome
 
 
+def _migrate_retrying_locks(ctx: ServiceContext, item_id: str, started: _Started) -> tuple[str | None, str | None]:
+    """migrate_bounded, tried again with a doubling backoff when it gives up at lock_timeout; (from, reached).
+
+    Retried here rather than re-enqueued: the worker keeps the tenant lock and the run's slot, so nothing
+    else starts on the tenant meanwhile and the run's concurrency stays what it says. A revision applied
+    before the lock wait stays applied (one transaction per revision): the next try goes on from there.
+    """
+    retries, backoff = ctx.settings.migration_lock_retries, ctx.settings.migration_lock_backoff_ms / 1000
+    first_from: str | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            before, reached = started.database.migrate_bounded(
+                started.target, lock_timeout_ms=started.lock_timeout_ms,
+                statement_timeout_ms=started.statement_timeout_ms)
+            return (first_from if attempt > 1 else before), reached
+        except TenantMigrationError as exc:
+            if attempt == 1:
+                first_from = exc.from_revision
+            if not exc.lock_timeout:
+                raise TenantMigrationError(exc.detail, first_from, exc.reached_revision) from exc
+            if attempt > retries:
+                raise TenantMigrationError(f"{exc.detail} (lock timeout on each of {attempt} attempts)", first_from,
+                                           exc.reached_revision, lock_timeout=True) from exc
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning("tenant %s: migration hit lock_timeout (run item %s, attempt %d of %d); retrying in %.1fs",
+                        started.tenant.id, item_id, attempt, retries + 1, delay)
+            with transaction(ctx.sessions) as session:
+                audit.record(session, "system", "migration_run.item_lock_retry", started.tenant.id, None,
+                             item_id=item_id, attempt=attempt, retry_in_seconds=delay, error=exc.detail)
+            time.sleep(delay)
+
+
 def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome: _Outcome) -> tuple[Claims, bool]:
     with transaction(ctx.sessions) as session:
         run = lock_run(session, run_id)
@@ -196,7 +230,12 @@ def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome:
             tenant.schema_revision = outcome.reached
         tenant.activate()
         item.backup = outcome.backup
-        if outcome.error:
+        if outcome.skip_reason:
+            # Not migrated without its backup; not a failure of the migration either (the budget is untouched).
+            item.skip(outcome.skip_reason)
+            audit.record(session, "system", "migration_run.item_skipped", tenant.id, None, run_id=run.id,
+                         reason=outcome.skip_reason)
+        elif outcome.error:
             item.fail(outcome.error, outcome.from_revision, outcome.reached if outcome.reached_known else None)
             audit.record(session, "system", "tenant.migration_failed", tenant.id, None, run_id=run.id,
                          from_revision=outcome.from_revision, revision=tenant.schema_revision, error=outcome.error)

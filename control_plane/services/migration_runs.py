@@ -39,7 +39,8 @@ class RunRequest:
     concurrency: int = 4
     canary: int = 0
     max_failures: int = 0
-    backup_first: bool = False
+    # None: back each tenant up first exactly when the run's path crosses a destructive revision.
+    backup_first: bool | None = None
     dry_run: bool = False
     lock_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 600.0
@@ -69,9 +70,30 @@ def _validate(ctx: ServiceContext, request: RunRequest) -> str:
         raise ValidationError("concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
     if request.canary < 0 or request.max_failures < 0:
         raise ValidationError("canary" if request.canary < 0 else "max_failures", "must not be negative")
-    if request.backup_first and not request.dry_run and ctx.pre_migration_backup is None:
-        raise ValidationError("backup_first", "this deployment has no backups feature to take the backups with")
     return target_revision
+
+
+def _destructive_path(tenants: list[Tenant], target_revision: str) -> list[str]:
+    """The destructive revisions (see tenant_migrations.destructive_revisions) any active tenant would cross."""
+    crossed: set[str] = set()
+    for from_revision in {t.schema_revision for t in tenants if t.status is TenantStatus.ACTIVE}:
+        try:
+            crossed.update(tenant_migrations.destructive_revisions(from_revision, target_revision))
+        except ValueError:  # a revision this code does not know: that tenant's migration fails and says so
+            continue
+    known = tenant_migrations.known_revisions()
+    return sorted(crossed, key=known.index)
+
+
+def _backup_first(ctx: ServiceContext, request: RunRequest, destructive: list[str]) -> bool:
+    """As asked, else on exactly when the path crosses a destructive revision; 422 if no backups feature."""
+    backup_first = request.backup_first if request.backup_first is not None else bool(destructive)
+    if backup_first and not request.dry_run and ctx.pre_migration_backup is None:
+        why = ("this deployment has no backups feature to take the backups with" if request.backup_first else
+               f"the run crosses destructive revision(s) {', '.join(destructive)} and this deployment has no "
+               "backups feature: pass backup_first: false to migrate without backups")
+        raise ValidationError("backup_first", why)
+    return backup_first
 
 
 def _select_tenants(session: Session, request: RunRequest) -> list[Tenant]:
@@ -137,12 +159,14 @@ def request_run(ctx: ServiceContext, principal: Principal, request: RunRequest,
             if replay is not None:
                 return replay
             tenants = _select_tenants(session, request)
+            destructive = _destructive_path(tenants, target_revision)
+            backup_first = _backup_first(ctx, request, destructive)
             run = MigrationRun(
                 target=request.target, target_revision=target_revision,
                 selection={"tenants": list(request.tenants) if request.tenants is not None else None,
                            "statuses": [s.value for s in request.statuses] if request.statuses else None},
                 concurrency=request.concurrency, canary=request.canary, max_failures=request.max_failures,
-                backup_first=request.backup_first, dry_run=request.dry_run,
+                backup_first=backup_first, dry_run=request.dry_run,
                 lock_timeout_ms=int(request.lock_timeout_seconds * 1000),
                 statement_timeout_ms=int(request.statement_timeout_seconds * 1000),
                 status=MigrationRunStatus.QUEUED, requested_by=principal.token_id, actor=principal.actor,
@@ -150,8 +174,10 @@ def request_run(ctx: ServiceContext, principal: Principal, request: RunRequest,
             session.add(run)
             session.flush()
             claims: list[tuple[str, int]] = []
+            if destructive:
+                run.result = {"destructive_revisions": destructive}
             if request.dry_run:
-                run.result = dry_run_plan(tenants, target_revision)
+                run.result = {**(run.result or {}), **dry_run_plan(tenants, target_revision)}
                 run.start()
                 run.finish()
             else:
@@ -161,7 +187,8 @@ def request_run(ctx: ServiceContext, principal: Principal, request: RunRequest,
                 claims = advance(session, run)
             audit.record(session, principal.actor, "migration_run.requested", run_id=run.id, target=run.target,
                          target_revision=target_revision, tenants=run.total, concurrency=run.concurrency,
-                         canary=run.canary, max_failures=run.max_failures, dry_run=run.dry_run)
+                         canary=run.canary, max_failures=run.max_failures, dry_run=run.dry_run,
+                         backup_first=run.backup_first, destructive_revisions=destructive)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         with ctx.sessions() as session:
