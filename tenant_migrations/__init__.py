@@ -108,13 +108,11 @@ def destructive_revisions(from_revision: str | None, to_revision: str | None) ->
     """The revisions that going from one revision to another crosses and that lose data, oldest first.
 
     A revision file declares that its upgrade drops or rewrites data with a module-level
-    ``destructive = True`` (read through Alembic's script directory). A downgrade undoes what the
-    revisions it crosses created, so every one of them counts.
+    ``destructive = True`` (read through Alembic's script directory). A downgrade counts the declared
+    revisions it undoes.
     """
     known = known_revisions()
-    start, end = _position(from_revision, known), _position(to_revision, known)
-    if end < start:
-        return known[end + 1:start + 1]
+    start, end = sorted((_position(from_revision, known), _position(to_revision, known)))
     scripts = script_directory()
     return [revision for revision in known[start + 1:end + 1]
             if getattr(scripts.get_revision(revision).module, "destructive", False) is True]
