@@ -190,7 +190,7 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
                  (_opt("--target", default="head", show_default=True),
                   _opt("--tenant", "tenants", multiple=True, default=None, help="Only these (repeat)."),
                   _opt("--concurrency", type=int), _opt("--canary", type=int), _opt("--max-failures", type=int),
-                  _opt("--backup-first", is_flag=True, default=None), _opt("--dry-run", is_flag=True, default=None)),
+                  _opt("--backup-first/--no-backup-first", "backup_first", default=None), _opt("--dry-run", is_flag=True, default=None)),
                  body=("target", "tenants", "concurrency", "canary", "max_failures", "backup_first", "dry_run")),
         Endpoint("list", "GET", "/v1/migration-runs", "Migration runs, newest first.",
                  ("tenantctl migrations list",), (STATUS, LIMIT), query=("status", "page_size"),
