@@ -281,7 +281,9 @@ def measure(ctx, sizes: list[int], work: str) -> None:
     from control_plane.adapters.pg_backup import choose_client
     from control_plane.catalog.backup_models import Backup
     from control_plane.catalog.models import Tenant
-    from control_plane.services import backups, restores, tenants
+    from control_plane.services.kinds import backup as backups
+    from control_plane.services.kinds import provision as tenants
+    from control_plane.services.kinds import restore as restores
     from control_plane.services.auth import SYSTEM
     from control_plane.services.context import role_secret_context
     from control_plane.services.runner import execute_operation

@@ -25,7 +25,8 @@ from benchmarks._catalog import throwaway_catalog
 from control_plane.bootstrap import redis_client
 from control_plane.catalog.migration_run_models import MigrationRunStatus
 from control_plane.catalog.models import Tenant, TenantStatus
-from control_plane.services import migration_runs, tenants
+from control_plane.services import migration_runs
+from control_plane.services.kinds import provision as tenants
 from control_plane.services.auth import SYSTEM
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.migration_runs import RunRequest

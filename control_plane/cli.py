@@ -18,11 +18,12 @@ from control_plane.cli_plans import plans_group
 from control_plane.cli_runtime import runtime_group
 from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
-from control_plane.catalog.models import TenantStatus
+from control_plane.catalog.models import OperationStatus, TenantStatus
 from control_plane.errors import ControlPlaneError
 from control_plane.logs import configure_logging
-from control_plane.services import drains, moves, operations, servers, tenants
+from control_plane.services import drains, operations, servers, tenants
 from control_plane.services.auth import SYSTEM
+from control_plane.services.kinds import delete, migrate, move, provision
 from control_plane.settings import Settings
 
 
@@ -123,7 +124,7 @@ def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[s
     body = TenantCreateSchema().load({"id": tenant_id, "name": name, "admin_email": admin_email,
                                       "domains": list(domains), "plan": plan})
     ctx = context()
-    started(ctx, tenants.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait)
+    started(ctx, provision.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait)
 
 
 @tenants_group.command("list")
@@ -171,7 +172,7 @@ def tenants_resume(tenant_id: str) -> None:
 def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
     """Bring a tenant's schema to head or to a given revision."""
     ctx = context()
-    started(ctx, tenants.request_migration(ctx, SYSTEM, tenant_id, target), wait)
+    started(ctx, migrate.request_migration(ctx, SYSTEM, tenant_id, target), wait)
 
 
 @tenants_group.command("move")
@@ -186,7 +187,7 @@ def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait:
         raise click.UsageError("--online and --offline exclude each other")
     ctx = context()
     mode = "offline" if offline else "online" if online else None
-    started(ctx, moves.request_move(ctx, SYSTEM, tenant_id, server=server, mode=mode), wait)
+    started(ctx, move.request_move(ctx, SYSTEM, tenant_id, server=server, mode=mode), wait)
 
 
 @tenants_group.command("delete")
@@ -198,7 +199,7 @@ def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait:
 def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool) -> None:
     """Delete a tenant: final backup (unless --no-final-backup), then drop its database and role."""
     ctx = context()
-    started(ctx, tenants.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
+    started(ctx, delete.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
 
 
 @cli.group("operations")
@@ -229,11 +230,24 @@ def operations_retry(operation_id: str, wait: bool) -> None:
     started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait)
 
 
-@operations_group.command("redispatch")
-def operations_redispatch() -> None:
-    """Enqueue again the operations the catalog says must run but no job will run."""
-    for op_id in operations.redispatch_stalled(context()):
-        click.echo(op_id)
+@operations_group.command("cancel")
+@click.argument("operation_id")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it until it has stopped.")
+def operations_cancel(operation_id: str, wait: bool) -> None:
+    """Cancel a queued operation at once, a running one at its next safe step (undoing what it started)."""
+    ctx = context()
+    op = operations.cancel_operation(ctx, SYSTEM, operation_id)
+    click.echo(f"operation {op.id} ({op.kind.value}) {op.status.value}", err=True)
+    if wait:
+        follow(ctx, op.id, expect=OperationStatus.CANCELLED)
+
+
+@operations_group.command("sweep")
+def operations_sweep() -> None:
+    """What the scheduler does every minute: re-dispatch lost operations, fail and retry abandoned ones."""
+    from control_plane.services.sweeper import sweep
+
+    click.echo(json.dumps(sweep(context()).as_dict(), indent=2))
 
 
 @cli.group("servers")

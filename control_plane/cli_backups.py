@@ -10,7 +10,9 @@ import click
 
 from control_plane.catalog.backup_models import BackupStatus
 from control_plane.cli_support import context, started
-from control_plane.services import backups, restores
+from control_plane.services import backups
+from control_plane.services.kinds import backup as backup_kind
+from control_plane.services.kinds import restore as restores
 from control_plane.services.auth import SYSTEM
 
 
@@ -36,7 +38,7 @@ def backups_group() -> None:
 def backups_create(tenant_id: str, expires_in_days: int | None, wait: bool) -> None:
     """Back a tenant up now."""
     ctx = context()
-    started(ctx, backups.request_backup(ctx, SYSTEM, tenant_id, expires_in_days=expires_in_days), wait)
+    started(ctx, backup_kind.request_backup(ctx, SYSTEM, tenant_id, expires_in_days=expires_in_days), wait)
 
 
 @backups_group.command("list")
@@ -116,7 +118,7 @@ def backups_restore(tenant_id: str, backup_id: str, new_tenant_id: str | None, s
 @click.option("--tenant", "tenant_ids", multiple=True, help="Only these tenants (default: all).")
 def backups_prune(tenant_ids: tuple[str, ...]) -> None:
     """Expire what the retention policies no longer keep; drop retired databases past their grace period."""
-    from control_plane.services.retention import prune_backups
+    from control_plane.services.pruning import prune_backups
 
     report = prune_backups(context(), tenant_ids=list(tenant_ids) or None)
     click.echo(json.dumps(vars(report), indent=2))
@@ -162,12 +164,12 @@ def keys_rotate() -> None:
 @click.command("scheduler")
 @click.option("--once", is_flag=True, help="Start what is due and prune now, then exit (for cron and tests).")
 @click.option("--interval", default=60, show_default=True, type=click.IntRange(10, 3600),
-              help="Seconds between schedule ticks.")
+              help="Seconds between schedule ticks and operation sweeps.")
 def scheduler_command(once: bool, interval: int) -> None:
     """Daily staggered backups of every active tenant, hourly pruning and stale-backup warnings (RQ's
     cron scheduler enqueues the ticks; workers run them)."""
     from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
-    from control_plane.services.retention import prune_backups
+    from control_plane.services.pruning import prune_backups
 
     if once:
         ctx = context()
@@ -177,7 +179,7 @@ def scheduler_command(once: bool, interval: int) -> None:
         click.echo(json.dumps({"started": started, "pruned": vars(report), "stale_backups": stale}, indent=2))
         return
 
-    from control_plane.jobs.backups import build_cron
+    from control_plane.jobs.backups import run_cron
     from control_plane.settings import Settings
 
-    build_cron(Settings.from_env(), interval).start()
+    run_cron(Settings.from_env(), interval)

@@ -20,8 +20,8 @@ def context() -> ServiceContext:
     return ctx
 
 
-def follow(ctx: ServiceContext, operation_id: str) -> None:
-    """Print the operation's progress until it finishes; exit 1 if it failed."""
+def follow(ctx: ServiceContext, operation_id: str, expect: OperationStatus = OperationStatus.SUCCEEDED) -> None:
+    """Print the operation's progress until it finishes; exit 1 if it did not end as `expect`ed."""
     last = None
     while True:
         op = operations.get_operation(ctx, SYSTEM, operation_id)
@@ -34,7 +34,7 @@ def follow(ctx: ServiceContext, operation_id: str) -> None:
         time.sleep(0.5)  # a human-facing poll, not synchronisation
     if op.result:
         click.echo(json.dumps(op.result, indent=2))
-    if op.status is not OperationStatus.SUCCEEDED:
+    if op.status is not expect:
         raise click.ClickException(op.error or f"operation {op.status.value}")
 
 

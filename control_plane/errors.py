@@ -77,14 +77,42 @@ class LockLostError(ControlPlaneError):
 
 
 class TenantBusyError(ConflictError):
+    """A job could not take the tenant's advisory lock in time (internal: the job is re-queued)."""
+
     def __init__(self, tenant_id: str) -> None:
         super().__init__(f"tenant {tenant_id!r} is locked by another job")
         self.tenant_id = tenant_id
 
 
-class IdempotencyKeyReusedError(ConflictError):
+class LockedError(ControlPlaneError):
+    status = 423
+    title = "Locked"
+    retry_after = 5
+
+
+class TenantLockedError(LockedError):
+    """Another operation holds the tenant's work slot: one operation at a time per tenant."""
+
+    def __init__(self, tenant_id: str, operation_id: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} is busy with operation {operation_id}",
+                         operation_id=operation_id, operation=f"/v1/operations/{operation_id}")
+        self.tenant_id = tenant_id
+        self.operation_id = operation_id
+
+
+class IdempotencyKeyReusedError(ControlPlaneError):
+    status = 422
+    title = "Unprocessable entity"
+
     def __init__(self, key: str) -> None:
-        super().__init__(f"Idempotency-Key {key!r} was already used for a different request")
+        super().__init__(f"Idempotency-Key {key!r} was already used for a different request",
+                         errors={"headers": {"Idempotency-Key": ["was already used for a different request"]}})
+
+
+class OperationCancelledError(ControlPlaneError):
+    """Raised at a step boundary of a running operation whose cancel was requested (the runner undoes it)."""
+
+    title = "Operation cancelled"
 
 
 class NoServerAvailableError(ControlPlaneError):

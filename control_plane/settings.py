@@ -50,8 +50,6 @@ class Settings:
     queue_name: str = "operations"
     # Seconds a job may run before RQ considers it dead; long because backups and moves stream data.
     job_timeout: int = 3600
-    # A job that stopped reporting progress for this long is considered abandoned and re-dispatched.
-    abandoned_after_seconds: int = 300
     max_request_bytes: int = 64 * 1024
     # Clone a template database kept at head (fast) instead of running every migration per tenant.
     provision_from_template: bool = True

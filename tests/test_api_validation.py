@@ -99,7 +99,7 @@ def test_idempotency_key_replays_the_same_operation(client, auth):
     assert first.status_code == second.status_code == 202
     assert first.get_json()["id"] == second.get_json()["id"]
     other = client.post("/v1/tenants", json={**VALID, "name": "Other"}, headers=headers)
-    assert other.status_code == 409
+    assert other.status_code == 422 and "Idempotency-Key" in other.get_json()["errors"]["headers"]
 
 
 def test_no_token_is_401_and_bad_token_is_401(client):

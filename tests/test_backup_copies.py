@@ -17,7 +17,7 @@ from control_plane.app import create_app
 from control_plane.bootstrap import build_context, dispose
 from control_plane.catalog.backup_models import Backup, BackupStatus, CopyStatus
 from control_plane.catalog.models import utcnow
-from control_plane.services.retention import prune_backups
+from control_plane.services.pruning import prune_backups
 from helpers import tenant_login
 
 KEPT = tid("kept")

@@ -8,7 +8,7 @@ import pytest
 import tenant_migrations
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
-from control_plane.services import lifecycle
+from control_plane.services.kinds import provision
 from helpers import create_tenant, databases, one, operation, roles, tenant
 
 HEAD = tenant_migrations.head_revision()
@@ -124,14 +124,14 @@ STEPS = {
 def test_crash_after_each_step_then_retry_converges(client, auth, run_jobs, monkeypatch, admin_url, step):
     with monkeypatch.context() as patch:
         if step == "activate":
-            original = lifecycle.audit.record
+            original = provision.audit.record
 
             def record_then_crash(session, actor, action, *args, **kwargs):
                 original(session, actor, action, *args, **kwargs)
                 if action == "tenant.provisioned":
                     raise _crash()
 
-            patch.setattr(lifecycle.audit, "record", record_then_crash)
+            patch.setattr(provision.audit, "record", record_then_crash)
         else:
             owner, name = STEPS[step]
             patch.setattr(owner, name, _after(getattr(owner, name), _crash))
@@ -191,14 +191,14 @@ def test_operation_lost_with_redis_is_redispatched(client, auth, run_jobs, ctx, 
     from datetime import timedelta
 
     from control_plane.catalog.models import Operation
-    from control_plane.services.operations import redispatch_stalled
+    from control_plane.services.sweeper import sweep
     from rq import Queue
 
     op = create_tenant(client, auth, "lost")
     Queue(settings.queue_name, connection=redis_conn).empty()  # the job vanished (Redis restarted empty)
     with ctx.sessions() as session, session.begin():
         session.get(Operation, op["id"]).created_at -= timedelta(minutes=5)
-    assert redispatch_stalled(ctx) == [op["id"]]
-    assert redispatch_stalled(ctx) == []  # now pending in RQ: not dispatched twice
+    assert sweep(ctx).dispatched == [op["id"]]
+    assert sweep(ctx).dispatched == []  # now pending in RQ: not dispatched twice
     run_jobs()
     assert operation(client, auth, op["id"])["status"] == "succeeded"

@@ -67,7 +67,15 @@ def test_idempotency_key_replays_the_run_and_refuses_another_body(client, auth, 
     assert client.get("/v1/migration-runs", headers=auth).get_json()[0]["id"] == first.get_json()["id"]
     assert len(client.get("/v1/migration-runs", headers=auth).get_json()) == 1
     other = client.post("/v1/migration-runs", json={"tenants": fleet, "concurrency": 2}, headers=headers)
-    assert other.status_code == 409
+    assert other.status_code == 422
+
+    # Cancel and resume honour the key too: a replay answers the run again, another request with it is 422.
+    run_id = first.get_json()["id"]
+    stop = {**auth, "Idempotency-Key": "stop-42"}
+    assert client.post(f"/v1/migration-runs/{run_id}/cancel", headers=stop).status_code == 200
+    assert client.post(f"/v1/migration-runs/{run_id}/cancel", headers=stop).status_code == 200
+    reused = client.post(f"/v1/migration-runs/{run_id}/resume", headers=stop)
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.get_json()["errors"]["headers"]
 
 
 def test_list_read_and_conflicts(client, auth, run_jobs, fleet):

@@ -13,6 +13,8 @@ from control_plane.naming import job_id
 
 log = logging.getLogger(__name__)
 
+OPERATION_JOB = "control_plane.jobs.run_operation"
+
 _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
@@ -29,7 +31,7 @@ class RqJobQueue:
     def enqueue_operation(self, operation_id: str) -> None:
         try:
             self._queue.enqueue_call(
-                "control_plane.jobs.run_operation", args=(operation_id,), job_id=job_id(operation_id),
+                OPERATION_JOB, args=(operation_id,), job_id=job_id(operation_id),
                 timeout=self._job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
                 description=f"operation {operation_id}")
         except redis.RedisError as exc:
@@ -41,6 +43,8 @@ class RqJobQueue:
             return Job.fetch(job_id(operation_id), connection=self._connection).get_status() in _PENDING
         except NoSuchJobError:
             return False
+        except redis.RedisError as exc:
+            raise DependencyUnavailableError("could not read the job queue: Redis unavailable") from exc
 
     def ping(self) -> None:
         self._connection.ping()

@@ -53,6 +53,11 @@ class PostgresTenantLocks:
                 # later make unrelated row locks (SELECT ... FOR UPDATE) time out. At least 1 ms: 0 means wait forever.
                 conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
                              {"ms": f"{max(1, int(wait_seconds * 1000))}"})
+                # The lock must not outlive a dead node by long: the server probes this connection after
+                # 10 s idle, every 5 s, 3 times (harmless on the pooled connection after the lock is gone).
+                conn.execute(text("SELECT set_config('tcp_keepalives_idle', '10', false), "
+                                  "set_config('tcp_keepalives_interval', '5', false), "
+                                  "set_config('tcp_keepalives_count', '3', false)"))
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
                 conn.commit()
             except OperationalError as exc:

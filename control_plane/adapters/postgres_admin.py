@@ -221,6 +221,16 @@ class PostgresAdmin:
             # WITH (FORCE) ends the sessions still open on it (tenant apps, a crashed job's connection).
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
+    def drop_databases_owned_by(self, role: str) -> list[str]:
+        """Drop every database `role` owns (live, retired copies, restore scratch databases); their names."""
+        with self.connect() as conn:
+            owned = [row[0] for row in conn.execute(
+                "SELECT d.datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s "
+                "AND NOT d.datistemplate ORDER BY 1", (role,))]
+            for database in owned:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        return owned
+
     def drop_role(self, role: str) -> None:
         with self.connect() as conn:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

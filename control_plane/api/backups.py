@@ -9,7 +9,9 @@ from control_plane.api.backup_schemas import (BackupManifestSchema, BackupPolicy
                                               BackupRequestSchema, BackupSchema, RestoreSchema)
 from control_plane.api.common import accepted, idempotency_key, services
 from control_plane.api.schemas import OperationSchema
-from control_plane.services import backups, restores
+from control_plane.services import backups
+from control_plane.services.kinds import backup as backup_kind
+from control_plane.services.kinds import restore as restores
 
 blp = ApiBlueprint("backups", __name__, url_prefix="/v1", description="Backups, restores and retention")
 
@@ -38,7 +40,7 @@ class TenantBackups(MethodView):
     @blp.alt_response(429, description="A tenant admin's daily allowance of manual backups is used up")
     def post(self, body, tenant_id):
         """Start a backup; the operation's result names the backup once it is complete and verified."""
-        return accepted(backups.request_backup(services(), principal(), tenant_id,
+        return accepted(backup_kind.request_backup(services(), principal(), tenant_id,
                                                expires_in_days=body.get("expires_in_days"),
                                                idempotency_key=idempotency_key()))
 

@@ -71,7 +71,7 @@ class ResumeMigrationRun(MethodView):
     @blp.alt_response(409, description="The run succeeded or was a dry run")
     def post(self, run_id):
         """Re-queue failed and pending items, and items whose worker died; safe to repeat."""
-        return _accepted(migration_runs.resume_run(services(), principal(), run_id))
+        return _accepted(migration_runs.resume_run(services(), principal(), run_id, idempotency_key=idempotency_key()))
 
 
 @blp.route("/migration-runs/<run_id>/cancel")
@@ -82,7 +82,7 @@ class CancelMigrationRun(MethodView):
     @blp.alt_response(409, description="The run already ended")
     def post(self, run_id):
         """No new tenant starts; those being migrated finish and are recorded. `resume` continues the run."""
-        return migration_runs.cancel_run(services(), principal(), run_id)
+        return migration_runs.cancel_run(services(), principal(), run_id, idempotency_key=idempotency_key())
 
 
 @blp.route("/migrations/drift")

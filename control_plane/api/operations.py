@@ -5,7 +5,7 @@ from flask.views import MethodView
 
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import accepted, services
+from control_plane.api.common import accepted, idempotency_key, services
 from control_plane.api.schemas import OperationQuerySchema, OperationSchema
 from control_plane.services import operations
 
@@ -42,6 +42,20 @@ class RetryOperation(MethodView):
     @blp.access(Access.SUPER_ADMIN)
     @blp.response(202, OperationSchema)
     @blp.alt_response(409, description="The operation has not failed")
+    @blp.alt_response(423, description="Another operation holds the tenant")
     def post(self, operation_id):
         """Run a failed operation again; its steps resume where they stopped."""
-        return accepted(operations.retry_operation(services(), principal(), operation_id))
+        return accepted(operations.retry_operation(services(), principal(), operation_id,
+                                                   idempotency_key=idempotency_key()))
+
+
+@blp.route("/<operation_id>/cancel")
+class CancelOperation(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
+    @blp.response(202, OperationSchema)
+    @blp.alt_response(409, description="The operation has already finished")
+    def post(self, operation_id):
+        """Cancel: a queued operation at once (`cancelled`); a running one stops at its next safe step and
+        undoes what it started (`cancel_requested_at` is set until then); the tenant returns to its status."""
+        return accepted(operations.cancel_operation(services(), principal(), operation_id,
+                                                    idempotency_key=idempotency_key()))

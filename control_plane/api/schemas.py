@@ -97,6 +97,7 @@ class OperationSchema(TenantAdminView, Schema):
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
+    cancel_requested_at = fields.DateTime(allow_none=True)
     result = fields.Dict(allow_none=True)
 
 

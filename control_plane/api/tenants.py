@@ -8,7 +8,8 @@ from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.common import accepted, idempotency_key, services
 from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, MoveSchema, OperationSchema,
                                        TenantCreateSchema, TenantQuerySchema, TenantSchema, TenantUpdateSchema)
-from control_plane.services import moves, tenants
+from control_plane.services import tenants
+from control_plane.services.kinds import delete, migrate, move, provision
 
 blp = ApiBlueprint("tenants", __name__, url_prefix="/v1/tenants", description="Tenants and their lifecycle")
 
@@ -35,7 +36,7 @@ class Tenants(MethodView):
     @blp.alt_response(422, description="Invalid input; `errors` names the fields")
     def post(self, body):
         """Create a tenant: records it and starts its provisioning."""
-        op = tenants.request_tenant(services(), principal(), tenant_id=body.pop("id"),
+        op = provision.request_tenant(services(), principal(), tenant_id=body.pop("id"),
                                     idempotency_key=idempotency_key(), **body)
         return accepted(op)
 
@@ -66,7 +67,7 @@ class TenantItem(MethodView):
 
         `purge=true` also destroys the tenant's backup key and deletes its backups (crypto-shredding).
         """
-        return accepted(tenants.request_deletion(services(), principal(), tenant_id,
+        return accepted(delete.request_deletion(services(), principal(), tenant_id,
                                                  final_backup=query["final_backup"], purge=query["purge"],
                                                  idempotency_key=idempotency_key()))
 
@@ -99,7 +100,7 @@ class MigrateTenant(MethodView):
     @blp.alt_response(409, description="The tenant is busy")
     def post(self, body, tenant_id):
         """Bring the tenant's schema to `head` or to a given revision (upgrade or downgrade)."""
-        return accepted(tenants.request_migration(services(), principal(), tenant_id, body["target"],
+        return accepted(migrate.request_migration(services(), principal(), tenant_id, body["target"],
                                                   idempotency_key=idempotency_key()))
 
 
@@ -116,5 +117,5 @@ class MoveTenant(MethodView):
         """Move the tenant's database to another server: `online` (logical replication, a write freeze under a
         second), `offline` (pg_dump | pg_restore while the tenant is held) or, without `mode`, online when the
         servers allow it. The chosen mode is in the operation's `result.mode`."""
-        return accepted(moves.request_move(services(), principal(), tenant_id, server=body["server"],
+        return accepted(move.request_move(services(), principal(), tenant_id, server=body["server"],
                                            mode=body["mode"], idempotency_key=idempotency_key()))

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.expression import true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from control_plane.errors import IllegalTransitionError
+from control_plane.errors import IllegalTransitionError, TenantLockedError
 
 
 def utcnow() -> datetime:
@@ -23,9 +23,9 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
+def _enum(cls: type[enum.Enum], name: str, constraint: bool = True) -> Enum:
     # Stored by value in a VARCHAR with a CHECK constraint: adding a state needs no ALTER TYPE.
-    return Enum(cls, name=name, native_enum=False, create_constraint=True, length=32,
+    return Enum(cls, name=name, native_enum=False, create_constraint=constraint, length=32,
                 values_callable=lambda members: [m.value for m in members], validate_strings=True)
 
 
@@ -49,6 +49,8 @@ class TenantStatus(str, enum.Enum):
 
 
 class OperationKind(str, enum.Enum):
+    """Kinds of work. Each has one object in control_plane/services/kinds/ (see that package's docstring)."""
+
     PROVISION = "provision"
     MIGRATE = "migrate"
     DELETE = "delete"
@@ -136,6 +138,10 @@ _TENANT_TRANSITIONS: dict[str, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "retry_provisioning": (frozenset({TenantStatus.FAILED, TenantStatus.PROVISIONING}), TenantStatus.PROVISIONING),
 }
 
+# Statuses that only an operation holds: when it ends, the tenant leaves them for its settled status.
+BUSY_STATUSES = frozenset({TenantStatus.PROVISIONING, TenantStatus.MIGRATING, TenantStatus.RESTORING,
+                           TenantStatus.MOVING, TenantStatus.DELETING})
+
 
 class Tenant(Base):
     __tablename__ = "tenants"
@@ -164,6 +170,8 @@ class Tenant(Base):
     search_text: Mapped[str] = mapped_column(Text, Computed("(id::text || ' ') || name::text", persisted=True))
     # 0, 80 or 100: the share of its plan's storage quota the sweeper last saw (services.quotas).
     storage_quota_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The tenant's work slot: the unfinished operation that changes it. One at a time; reads never wait.
+    operation_id: Mapped[str | None] = mapped_column(String(36))
 
     domain_rows: Mapped[list["TenantDomain"]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", order_by="TenantDomain.domain", lazy="selectin")
@@ -184,6 +192,29 @@ class Tenant(Base):
         if self.status not in allowed:
             raise IllegalTransitionError("tenant", self.id, self.status.value, action.replace("_", " "))
         self.status = target
+
+    def begin_work(self, action: str, allowed: frozenset[TenantStatus], busy: TenantStatus | None) -> None:
+        """Start a kind of work: refuse (409) from a status it may not start from; enter its busy status."""
+        if self.status not in allowed:
+            raise IllegalTransitionError("tenant", self.id, self.status.value, action)
+        if busy is not None:
+            self.status = busy
+
+    def return_to(self, status: TenantStatus) -> None:
+        """Work ended: leave the busy status for the one the work settles on (or came from)."""
+        if self.status is not status and self.status not in BUSY_STATUSES:
+            raise IllegalTransitionError("tenant", self.id, self.status.value, f"return to {status.value}")
+        self.status = status
+
+    def take_slot(self, operation_id: str, holder_unfinished: bool) -> None:
+        """Hold the work slot for `operation_id`; `holder_unfinished` says whether its current holder still runs."""
+        if self.operation_id not in (None, operation_id) and holder_unfinished:
+            raise TenantLockedError(self.id, self.operation_id)
+        self.operation_id = operation_id
+
+    def release_slot(self, operation_id: str) -> None:
+        if self.operation_id == operation_id:
+            self.operation_id = None
 
     def activate(self) -> None:
         self._transition("activate")
@@ -241,7 +272,8 @@ class Operation(Base):
                       Index("ix_operations_tenant_id_created_at", "tenant_id", "created_at"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    kind: Mapped[OperationKind] = mapped_column(_enum(OperationKind, "operation_kind"))
+    # No CHECK constraint: the kinds' registry validates it, so adding a kind needs no catalog migration.
+    kind: Mapped[OperationKind] = mapped_column(_enum(OperationKind, "operation_kind", constraint=False))
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
     status: Mapped[OperationStatus] = mapped_column(_enum(OperationStatus, "operation_status"), index=True,
                                                     default=OperationStatus.QUEUED)
@@ -260,10 +292,19 @@ class Operation(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The tenant status to go back to when the work ends without settling elsewhere (failure, cancel).
+    return_status: Mapped[TenantStatus | None] = mapped_column(_enum(TenantStatus, "operation_return_status"))
+    # Set by a cancel request on a running operation: it stops at its next step boundary.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the sweeper runs it again by itself (its worker died and its kind is safe to repeat).
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def _guard(self, action: str, *allowed: OperationStatus) -> None:
+        if self.status not in allowed:
+            raise IllegalTransitionError("operation", self.id, self.status.value, action)
 
     def start(self) -> None:
-        if self.status.finished:
-            raise IllegalTransitionError("operation", self.id, self.status.value, "start")
+        self._guard("start", OperationStatus.QUEUED, OperationStatus.RUNNING)
         self.status = OperationStatus.RUNNING
         self.attempts += 1
         self.started_at = self.started_at or utcnow()
@@ -276,22 +317,47 @@ class Operation(Base):
         self.heartbeat_at = utcnow()
 
     def succeed(self, result: dict[str, Any] | None = None) -> None:
+        self._guard("succeed", OperationStatus.RUNNING)
         self.status = OperationStatus.SUCCEEDED
         self.progress = 100
         self.result = result or {}
         self.finished_at = utcnow()
 
     def fail(self, error: str) -> None:
+        self._guard("fail", OperationStatus.QUEUED, OperationStatus.RUNNING)
         self.status = OperationStatus.FAILED
         self.error = error
         self.finished_at = utcnow()
 
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._guard("cancel", OperationStatus.QUEUED, OperationStatus.RUNNING)
+        self.status = OperationStatus.CANCELLED
+        self.error = reason
+        self.finished_at = utcnow()
+
+    def request_cancel(self) -> None:
+        self._guard("cancel", OperationStatus.RUNNING)
+        self.cancel_requested_at = self.cancel_requested_at or utcnow()
+
     def requeue(self) -> None:
-        if self.status != OperationStatus.FAILED:
-            raise IllegalTransitionError("operation", self.id, self.status.value, "retry")
+        self._guard("retry", OperationStatus.FAILED)
         self.status = OperationStatus.QUEUED
         self.error = None
         self.finished_at = None
+        self.cancel_requested_at = None
+        self.retry_at = None
+
+
+class RequestKey(Base):
+    """An Idempotency-Key used on a POST that restarts or stops work (retry, cancel, resume): the same key
+    with the same request answers the current state again; with another request, 422. Kept 24 hours."""
+
+    __tablename__ = "request_keys"
+
+    requested_by: Mapped[str] = mapped_column(String(100), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ApiToken(Base):

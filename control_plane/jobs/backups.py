@@ -1,15 +1,22 @@
 """RQ entry points of the backup schedule: the scheduler's tick and the prune job (safe to run twice)."""
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
+import redis
 from rq.cron import CronScheduler
+from rq.exceptions import StopRequested
 
 from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.jobs.fleet import advance_drains, check_servers, refill_warm_pools, report_reconcile
+from control_plane.jobs.sweeper import sweep_operations
 from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
-from control_plane.services.retention import prune_backups as prune
+from control_plane.services.pruning import prune_backups as prune
 from control_plane.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def schedule_backups() -> list[str]:
@@ -63,6 +70,9 @@ def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
     several schedulers (or a restarted one) never start a tenant's daily backup twice.
     """
     cron = CronScheduler(connection=redis_client(settings), name=f"tenantctl-scheduler:{settings.queue_name}")
+    # Nothing stranded: lost jobs re-dispatched, dead workers' operations failed and retried (services.sweeper).
+    cron.register(sweep_operations, queue_name=settings.queue_name, interval=interval, job_timeout=600,
+                  name=f"{settings.queue_name}:sweep-operations")
     cron.register(schedule_backups, queue_name=settings.queue_name, interval=interval, job_timeout=600,
                   name=f"{settings.queue_name}:schedule-backups")
     cron.register(prune_backups, queue_name=settings.queue_name, cron="17 * * * *", job_timeout=settings.job_timeout,
@@ -80,3 +90,18 @@ def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
     cron.register(warn_stale_backups, queue_name=settings.queue_name, cron="47 * * * *", job_timeout=600,
                   name=f"{settings.queue_name}:warn-stale-backups")
     return cron
+
+
+def run_cron(settings: Settings, interval: int = 60, retry_seconds: float = 5.0) -> None:
+    """The scheduler process: RQ's cron scheduler, started again whenever Redis goes away and comes back
+    (RQ's own loop ends on a Redis error); a fresh one enqueues its interval jobs, the sweep first, at once."""
+    while True:
+        try:
+            build_cron(settings, interval).start()
+            return  # stopped by a signal
+        except redis.RedisError:
+            log.warning("scheduler: Redis unavailable; starting again in %.0f s", retry_seconds)
+            try:
+                time.sleep(retry_seconds)
+            except StopRequested:
+                return

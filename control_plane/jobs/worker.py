@@ -8,50 +8,42 @@ from rq import Worker
 import tenant_migrations
 
 from control_plane.bootstrap import build_context, dispose, redis_client
-from control_plane.catalog.db import transaction
-from control_plane.catalog.models import Operation, Tenant
+from control_plane.adapters.job_queue import OPERATION_JOB
 from control_plane.adapters.migration_job_queue import ITEM_JOB as MIGRATION_ITEM_JOB
 from control_plane.jobs.migration_runs import migration_item_horse_killed
-from control_plane.services.migration_dispatch import reconcile_runs
-from control_plane.services.operations import redispatch_stalled
-from control_plane.services.runner import HANDLERS
+from control_plane.services.runner import fail_abandoned
+from control_plane.services.sweeper import sweep
 from control_plane.services.servers import ensure_default_server
 from control_plane.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The dead horse's catalog session may take a moment to end and release the tenant lock.
+KILLED_LOCK_WAIT_SECONDS = 10.0
 
 
 def _mark_horse_killed(settings: Settings):
     def handler(job, pid: int, status: int, rusage) -> None:
         if job.func_name == MIGRATION_ITEM_JOB:
             return migration_item_horse_killed(settings, job.args[0], pid, status)
-        operation_id = job.args[0] if job.args else None
-        if not operation_id:
+        if job.func_name != OPERATION_JOB or not job.args:
             return
+        operation_id = job.args[0]
         ctx = build_context(settings, pool_size=1)
         try:
-            with transaction(ctx.sessions) as session:
-                op = session.get(Operation, operation_id, with_for_update=True)
-                if op is None or op.status.finished:
-                    return
-                op.fail(f"{op.step or op.kind.value}: the worker process died (exit status {status})")
-                tenant = session.get(Tenant, op.tenant_id, with_for_update=True)
-                HANDLERS[op.kind].on_failure(ctx, session, op, tenant)
-            log.error("tenant %s operation %s: work horse %d died", op.tenant_id, operation_id, pid)
+            fail_abandoned(ctx, operation_id, f"the worker process died (work horse {pid}, exit status {status})",
+                           lock_wait=KILLED_LOCK_WAIT_SECONDS)
         finally:
             dispose(ctx)
     return handler
 
 
 def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = False) -> bool:
-    """Re-dispatch stalled operations, then work until stopped (or, with burst, until the queue is empty)."""
+    """Sweep (services.sweeper), then work until stopped (or, with burst, until the queue is empty)."""
     ctx = build_context(settings, pool_size=1)
     try:
         ensure_default_server(ctx)
-        redispatched = redispatch_stalled(ctx)
-        if redispatched:
-            log.info("re-dispatched %d stalled operations at start-up", len(redispatched))
-        log.info("migration runs at start-up: %s", reconcile_runs(ctx))
+        log.info("sweep at start-up: %s", sweep(ctx).as_dict())
     finally:
         dispose(ctx)
     return build_worker(settings).work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
@@ -75,5 +67,8 @@ def build_worker(settings: Settings) -> Worker:
     works (start-up and `_mark_horse_killed` build and dispose their own).
     """
     _preload()
-    return Worker([settings.queue_name], connection=redis_client(settings),
+    worker = Worker([settings.queue_name], connection=redis_client(settings),
                   work_horse_killed_handler=_mark_horse_killed(settings))
+    # Back on Redis within 15 s of its return (RQ's default backoff grows to 60 s): see the sweeper's guarantee.
+    worker.max_connection_wait_time = 15
+    return worker

@@ -18,6 +18,8 @@ from control_plane.backup_errors import BackupIntegrityError, BackupStoreError
 from control_plane.catalog.backup_models import Backup, BackupCopy, BackupStatus, CopyStatus
 from control_plane.catalog.models import utcnow
 from control_plane.errors import ControlPlaneError
+from control_plane.services.backup_objects import (check_read, data_key, load_manifest, manifest_key, open_backup,
+                                                   store_for)
 from control_plane.services.context import ServiceContext
 from control_plane.services.retention import Policy, retained_ids
 
@@ -37,7 +39,6 @@ def copy_backup(ctx: ServiceContext, session: Session, backup: Backup) -> Backup
 
     Never raises for a store failure: the copy is recorded `failed` with the reason (prune retries it).
     """
-    from control_plane.services.backups import data_key, manifest_key, store_for
 
     target = ctx.copy_store
     if target is None or target.url == backup.store_url:
@@ -113,7 +114,6 @@ def fetch_verified(ctx: ServiceContext, session: Session, backup: Backup,
     A missing or damaged object falls back to the next location; a key that is gone does not (no copy
     can help: the same key seals them all).
     """
-    from control_plane.services.backups import check_read, data_key, load_manifest, open_backup, store_for
 
     locations: list[tuple[str, str, Any]] = []
     if backup.status is BackupStatus.COMPLETED:

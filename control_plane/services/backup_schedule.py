@@ -23,11 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from control_plane.catalog.backup_models import BackupPolicy, BackupTrigger
 from control_plane.catalog.models import (Operation, OperationKind, OperationStatus, Tenant, TenantStatus, TokenRole,
                                           utcnow)
-from control_plane.errors import ConfigurationError, ConflictError, TenantNotFoundError
+from control_plane.errors import ConfigurationError, ConflictError, LockedError, TenantNotFoundError
 from control_plane.services.auth import Principal
-from control_plane.services.backups import request_backup
 from control_plane.logs import log_context
 from control_plane.services import fleet
+from control_plane.services.kinds.backup import request_backup
 from control_plane.services.context import ServiceContext
 from control_plane.services.fleet import TenantBackupState
 from control_plane.services.rpo import DEFAULT_RPO_HOURS
@@ -133,7 +133,7 @@ def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit
             break
         try:
             op = request_backup(ctx, SCHEDULER, tenant_id, trigger=BackupTrigger.SCHEDULED, idempotency_key=key)
-        except (ConflictError, TenantNotFoundError) as exc:
+        except (ConflictError, LockedError, TenantNotFoundError) as exc:
             log.info("tenant %s: scheduled backup not started: %s", tenant_id, exc.detail)
             continue
         except IntegrityError:
@@ -166,7 +166,7 @@ def retry_failed_backups(ctx: ServiceContext, now: datetime | None = None) -> li
     for op_id in due:
         try:
             retry_operation(ctx, SCHEDULER, op_id)
-        except (ConflictError, TenantNotFoundError) as exc:
+        except (ConflictError, LockedError, TenantNotFoundError) as exc:
             log.info("operation %s: scheduled backup not retried: %s", op_id, exc.detail)
             continue
         retried.append(op_id)

@@ -11,74 +11,39 @@ import logging
 import time
 from contextlib import closing
 from datetime import timedelta
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, object_session
 
 from control_plane import naming
 from control_plane.adapters.backup_format import (CHUNK_SIZE, CIPHER, COMPRESSION, FORMAT_VERSION, PG_ARCHIVE_MAGIC,
-                                                  BackupHeader, IterReader, OpenedBackup, SealStats, new_key, seal,
+                                                  BackupHeader, IterReader, SealStats, new_key, seal,
                                                   wrap_data_key)
 from control_plane.backup_errors import BackupIntegrityError, BackupNotFoundError, BackupStoreError
 from control_plane.catalog.backup_models import (Backup, BackupPolicy, BackupStatus, BackupTrigger, CopyStatus,
                                                  RetiredDatabase)
 from control_plane.catalog.db import transaction
-from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, Tenant, TenantStatus, new_id,
-                                          utcnow)
-from control_plane.errors import (ControlPlaneError, IllegalTransitionError, ServerNotFoundError,
-                                  TenantNotFoundError, ValidationError)
+from control_plane.catalog.models import Operation, Tenant, TenantStatus, new_id, utcnow
+from control_plane.errors import (ControlPlaneError, IllegalTransitionError, OperationCancelledError, TenantNotFoundError,
+                                  ValidationError)
 from control_plane.services import audit
 from control_plane.services.auth import Principal
-from control_plane.services.backup_keys import (destroy_tenant_key, key_for_existing_backup, key_for_new_backup)
-from control_plane.services.context import ServiceContext, role_secret_context, server_secret_context
-from control_plane.services.fair_use import check_manual_backup
-from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+from control_plane.services.backup_copies import copy_backup
+from control_plane.services.backup_keys import destroy_tenant_key, key_for_new_backup
+from control_plane.services.backup_objects import (MAX_MANIFEST_BYTES, check_read, data_key, delete_objects,
+                                                   load_manifest, manifest_key, open_backup, store_for, tools_for,
+                                                   tools_for_server)
+from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.retention import Policy, policy_of
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[str, int], None]
-
-BACKUPABLE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
-MAX_MANIFEST_BYTES = 256 * 1024
 HEARTBEAT_SECONDS = 10.0
 
 
 def _describe(exc: BaseException) -> str:
     return exc.detail if isinstance(exc, ControlPlaneError) else f"{type(exc).__name__}: {exc}"
-
-
-# -- adapters for a server / a backup ------------------------------------------------------------------
-
-def tools_for(ctx: ServiceContext, server: DatabaseServer):
-    return ctx.backup_tools(ctx.keyring.decrypt(server.admin_url_encrypted, server_secret_context(server.name)))
-
-
-def tools_for_server(ctx: ServiceContext, session: Session, server_name: str):
-    server = session.get(DatabaseServer, server_name)
-    if server is None:
-        raise ServerNotFoundError(server_name)
-    return tools_for(ctx, server)
-
-
-def store_for(ctx: ServiceContext, backup: Backup):
-    """The store holding `backup`: the current one, or the one BACKUP_STORE_URL named when it was taken."""
-    if backup.store_url == ctx.backup_store.url:
-        return ctx.backup_store
-    return ctx.open_backup_store(backup.store_url)
-
-
-def data_key(backup: Backup) -> str:
-    return backup.object_prefix + naming.BACKUP_DATA_OBJECT
-
-
-def manifest_key(backup: Backup) -> str:
-    return backup.object_prefix + naming.BACKUP_MANIFEST_OBJECT
-
-
-def delete_objects(ctx: ServiceContext, backup: Backup) -> int:
-    return store_for(ctx, backup).delete_prefix(backup.object_prefix)
 
 
 def drop_retired_database(ctx: ServiceContext, session: Session, retired: RetiredDatabase) -> None:
@@ -111,6 +76,9 @@ class _Heartbeat:
         self._last = now
         with transaction(self._ctx.sessions) as session:
             session.execute(update(Operation).where(Operation.id == self._operation_id).values(heartbeat_at=utcnow()))
+            cancelled = session.scalar(select(Operation.cancel_requested_at).where(Operation.id == self._operation_id))
+        if cancelled is not None:  # a safe point: the partial objects are deleted as for any failure
+            raise OperationCancelledError("cancelled while the backup was streaming")
         log.info("operation %s: %d MB of archive streamed", self._operation_id, stats.archive_bytes >> 20)
 
 
@@ -206,8 +174,6 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
         raise
     log.info("tenant %s operation %s: backup %s completed (%d → %d bytes)", tenant.id, operation_id, backup_id,
              backup.archive_bytes, backup.stored_bytes)
-    from control_plane.services.backup_copies import copy_backup
-
     copy_backup(ctx, session, backup)
     return backup
 
@@ -241,61 +207,6 @@ def abandon_attempts(ctx: ServiceContext, session: Session, operation_id: str, e
         _give_up(ctx, session, backup, error, commit)
 
 
-# -- the BACKUP operation ------------------------------------------------------------------------------
-
-def run_backup(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
-    abandon_attempts(ctx, session, op.id, "abandoned: the job was interrupted and retried")
-    if tenant.status not in BACKUPABLE:
-        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "back up")
-    report("backup", 10)
-    backup = perform_backup(ctx, session, tenant, BackupTrigger(op.params.get("trigger", "manual")), op.id,
-                            expires_in_days=op.params.get("expires_in_days"))
-    result = {"backup_id": backup.id, "location": backup.location, "archive_bytes": backup.archive_bytes,
-              "stored_bytes": backup.stored_bytes, "sha256": backup.sha256}
-    for copy in backup.copies:
-        result["copy"] = {"location": copy.location, "status": copy.status.value, "method": copy.method,
-                          "error": copy.error}
-    return result
-
-
-def backup_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
-    abandon_attempts(ctx, session, op.id, op.error or "the backup job failed", commit=False)
-    audit.record(session, "system", "backup.failed", tenant.id, op.id, error=op.error)
-
-
-def retry_backup(tenant: Tenant, op: Operation) -> None:
-    if tenant.status not in BACKUPABLE:
-        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "back up")
-
-
-def request_backup(ctx: ServiceContext, principal: Principal, tenant_id: str, *,
-                   trigger: BackupTrigger = BackupTrigger.MANUAL, expires_in_days: int | None = None,
-                   idempotency_key: str | None = None) -> Operation:
-    """Record a BACKUP operation (queued) and enqueue it. Super admins, and the tenant's own admins."""
-    principal.require_tenant(tenant_id)
-    params: dict[str, Any] = {"trigger": trigger.value}
-    if expires_in_days is not None:
-        params["expires_in_days"] = expires_in_days
-    request_fingerprint = fingerprint(OperationKind.BACKUP, tenant_id, params)
-    with transaction(ctx.sessions) as session:
-        replay = find_replay(session, principal, idempotency_key, request_fingerprint)
-        if replay is not None:
-            return replay
-        tenant = session.get(Tenant, tenant_id, with_for_update=True)
-        if tenant is None:
-            raise TenantNotFoundError(tenant_id)
-        if tenant.status not in BACKUPABLE:
-            raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "back up")
-        if trigger is BackupTrigger.MANUAL:
-            check_manual_backup(ctx, session, principal, tenant_id, expires_in_days)
-        op = new_operation(principal, OperationKind.BACKUP, tenant_id, params, idempotency_key, request_fingerprint)
-        session.add(op)
-        session.flush()
-        audit.record(session, principal.actor, "tenant.backup_requested", tenant_id, op.id, **params)
-    dispatch(ctx, op.id)
-    return op
-
-
 # -- reading ---------------------------------------------------------------------------------------------
 
 def list_backups(ctx: ServiceContext, principal: Principal, tenant_id: str, *, status: BackupStatus | None = None,
@@ -322,49 +233,6 @@ def get_backup(ctx: ServiceContext, principal: Principal, backup_id: str) -> Bac
         if backup is None or not (principal.is_super_admin or principal.tenant_id == backup.tenant_id):
             raise BackupNotFoundError(backup_id)
         return backup
-
-
-def load_manifest(store, backup: Backup) -> dict[str, Any]:
-    """The manifest stored next to the data, checked against the catalog's record of the backup."""
-    try:
-        manifest = json.loads(store.get_bytes(manifest_key(backup), MAX_MANIFEST_BYTES))
-    except ValueError as exc:
-        raise BackupIntegrityError(f"the manifest of backup {backup.id} is not valid JSON") from exc
-    if not isinstance(manifest, dict):
-        raise BackupIntegrityError(f"the manifest of backup {backup.id} is malformed")
-    if manifest.get("backup_id") != backup.id or manifest.get("tenant_id") != backup.tenant_id:
-        raise BackupIntegrityError(
-            f"the manifest stored with backup {backup.id} belongs to backup {manifest.get('backup_id')!r} "
-            f"of tenant {manifest.get('tenant_id')!r}")
-    recorded = manifest.get("object") or {}
-    if recorded.get("sha256") != backup.sha256 or recorded.get("bytes") != backup.stored_bytes:
-        raise BackupIntegrityError(f"the manifest of backup {backup.id} disagrees with the catalog "
-                                   "on the data object's size or checksum")
-    return manifest
-
-
-def open_backup(ctx: ServiceContext, session: Session, backup: Backup, stream: BinaryIO) -> OpenedBackup:
-    """Start reading a data object: header checked against the backup, data key unwrapped with the tenant key."""
-    tenant_key = key_for_existing_backup(ctx, session, backup.tenant_id, backup.tenant_key_id)
-
-    def key_for(header: BackupHeader) -> bytes:
-        if header.tenant_key_id != backup.tenant_key_id:
-            raise BackupIntegrityError(f"the data object was sealed with tenant key {header.tenant_key_id}, "
-                                       f"the catalog says {backup.tenant_key_id}")
-        return tenant_key
-
-    return OpenedBackup(stream, expect_backup_id=backup.id, expect_tenant_id=backup.tenant_id, key_for=key_for)
-
-
-def check_read(opened: OpenedBackup, backup: Backup, archive_bytes: int | None = None) -> None:
-    """After a full read: the bytes read are exactly the object the catalog recorded (and, when the
-    archive was decompressed, it has the recorded size)."""
-    if opened.sha256 != backup.sha256 or opened.stored_bytes != backup.stored_bytes:
-        raise BackupIntegrityError(f"checksum mismatch: the data object of backup {backup.id} is not the one "
-                                   "that was recorded (sha256 or size differ)")
-    if archive_bytes is not None and archive_bytes != backup.archive_bytes:
-        raise BackupIntegrityError(f"backup {backup.id} decrypted to {archive_bytes} bytes, "
-                                   f"{backup.archive_bytes} were recorded")
 
 
 def newest_restorable(session: Session, tenant_id: str) -> Backup | None:
@@ -401,7 +269,7 @@ def decrypt_backup(ctx: ServiceContext, principal: Principal, backup_id: str, si
     return backup
 
 
-# -- delete integration (hooks called by lifecycle.delete) -----------------------------------------------
+# -- delete integration (hooks called by the DELETE kind) -----------------------------------------------
 
 def final_backup(ctx: ServiceContext, tenant: Tenant, op: Operation) -> None:
     """Back up a tenant that is being deleted (trigger pre-delete), inside the DELETE operation.
@@ -418,7 +286,7 @@ def final_backup(ctx: ServiceContext, tenant: Tenant, op: Operation) -> None:
     try:
         perform_backup(ctx, session, tenant, BackupTrigger.PRE_DELETE, op.id)
     except Exception:
-        if op.params.get("previous_status") != TenantStatus.FAILED.value:
+        if op.return_status is not TenantStatus.FAILED:
             raise
         log.warning("tenant %s operation %s: final backup of a failed tenant failed; deleting anyway",
                     tenant.id, op.id, exc_info=True)

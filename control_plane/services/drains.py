@@ -19,7 +19,7 @@ from control_plane.errors import ConflictError, ControlPlaneError, NotFoundError
 from control_plane.services import audit
 from control_plane.services.auth import SYSTEM, Principal
 from control_plane.services.context import ServiceContext
-from control_plane.services.moves import request_move
+from control_plane.services.kinds.move import request_move
 from control_plane.services.servers import choose_server
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext
 from control_plane.services.migration_dispatch import (advance, enqueue, lock_run, recover_abandoned,
                                                        requeue_lost)
+from control_plane.services.operation_requests import is_replay
 
 log = logging.getLogger(__name__)
 
@@ -261,14 +262,18 @@ def list_runs(ctx: ServiceContext, principal: Principal, *, status: MigrationRun
         return list(rows), total
 
 
-def resume_run(ctx: ServiceContext, principal: Principal, run_id: str) -> MigrationRun:
+def resume_run(ctx: ServiceContext, principal: Principal, run_id: str,
+               idempotency_key: str | None = None) -> MigrationRun:
     """Re-queue failed and pending items (and those a dead worker left running), then go on as before.
 
     Safe to repeat: a second resume finds nothing more to re-queue and leaves running items alone.
     """
     principal.require_super_admin()
-    with ctx.sessions() as session:
-        _load(session, run_id).check_resumable()  # before anything is touched
+    with transaction(ctx.sessions) as session:
+        run = _load(session, run_id)
+        if is_replay(session, principal, idempotency_key, "resume", run_id):
+            return run
+        run.check_resumable()  # before anything is touched
     recover_abandoned(ctx, run_id=run_id, retry=True, reason="its worker was gone at resume")
     with transaction(ctx.sessions) as session:
         run = lock_run(session, run_id)
@@ -286,11 +291,14 @@ def resume_run(ctx: ServiceContext, principal: Principal, run_id: str) -> Migrat
     return run
 
 
-def cancel_run(ctx: ServiceContext, principal: Principal, run_id: str) -> MigrationRun:
+def cancel_run(ctx: ServiceContext, principal: Principal, run_id: str,
+               idempotency_key: str | None = None) -> MigrationRun:
     """No new item starts; running ones finish and are recorded. Cancelling twice is a no-op."""
     principal.require_super_admin()
     with transaction(ctx.sessions) as session:
         run = lock_run(session, run_id)
+        if is_replay(session, principal, idempotency_key, "cancel", run_id):
+            return run
         already = run.status is MigrationRunStatus.CANCELLED
         run.cancel()
         if not already:

@@ -1,69 +1,39 @@
-"""Operations: creating them idempotently, dispatching them to the queue, retrying and re-dispatching."""
+"""Operations: reading them, retrying what failed, cancelling (the sweeper is services.sweeper)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from control_plane.catalog.db import page, transaction
-from control_plane.catalog.models import Operation, OperationKind, OperationStatus, Tenant, utcnow
-from control_plane.errors import DependencyUnavailableError, IdempotencyKeyReusedError, OperationNotFoundError
+from control_plane.catalog.models import Operation, OperationKind, OperationStatus, Tenant
+from control_plane.errors import OperationNotFoundError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, operation_secret_context
+from control_plane.services.kinds.registry import kind_of
+from control_plane.services.operation_requests import dispatch, is_replay, take_slot
+from control_plane.services.runner import announce, cancel_operation as cancel
 
 log = logging.getLogger(__name__)
 
-# A queued operation older than this with no RQ job behind it was never enqueued (Redis was down).
-LOST_AFTER = timedelta(seconds=30)
-
-
-def fingerprint(kind: OperationKind, tenant_id: str | None, params: dict[str, Any]) -> str:
-    body = json.dumps({"kind": kind.value, "tenant": tenant_id, "params": params}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def find_replay(session: Session, principal: Principal, idempotency_key: str | None, request_fingerprint: str) -> Operation | None:
-    """The operation an earlier request with the same Idempotency-Key created, if any."""
-    if not idempotency_key:
-        return None
-    earlier = session.scalars(select(Operation).where(Operation.requested_by == principal.token_id,
-                                                      Operation.idempotency_key == idempotency_key)).one_or_none()
-    if earlier is not None and earlier.request_fingerprint != request_fingerprint:
-        raise IdempotencyKeyReusedError(idempotency_key)
-    return earlier
-
-
-def new_operation(principal: Principal, kind: OperationKind, tenant_id: str | None, params: dict[str, Any],
-                  idempotency_key: str | None, request_fingerprint: str) -> Operation:
-    return Operation(kind=kind, tenant_id=tenant_id, params=params, status=OperationStatus.QUEUED,
-                     idempotency_key=idempotency_key, request_fingerprint=request_fingerprint,
-                     requested_by=principal.token_id, progress=0, attempts=0)
-
-
-def dispatch(ctx: ServiceContext, operation_id: str) -> None:
-    """Enqueue; when Redis is down the operation stays queued in the catalog and is re-dispatched later."""
-    try:
-        ctx.queue.enqueue_operation(operation_id)
-    except DependencyUnavailableError:
-        log.warning("operation %s stays queued: enqueue failed, it will be re-dispatched", operation_id)
+def _load(session, principal: Principal, operation_id: str, *, lock: bool = False) -> Operation:
+    op = session.get(Operation, operation_id, with_for_update=lock)
+    if op is None:
+        raise OperationNotFoundError(operation_id)
+    if op.tenant_id is None:
+        principal.require_super_admin()
+    else:
+        principal.require_tenant(op.tenant_id)
+    return op
 
 
 def get_operation(ctx: ServiceContext, principal: Principal, operation_id: str) -> Operation:
     """The operation; on the first read after it succeeded, its one-time secret is merged into `result`."""
     with transaction(ctx.sessions) as session:
-        op = session.get(Operation, operation_id, with_for_update=True)
-        if op is None:
-            raise OperationNotFoundError(operation_id)
-        if op.tenant_id is None:
-            principal.require_super_admin()
-        else:
-            principal.require_tenant(op.tenant_id)
+        op = _load(session, principal, operation_id, lock=True)
         revealed: dict[str, Any] = {}
         if op.status is OperationStatus.SUCCEEDED and op.one_time_secret_encrypted:
             revealed = json.loads(ctx.keyring.decrypt(op.one_time_secret_encrypted, operation_secret_context(op.id)))
@@ -89,38 +59,51 @@ def list_operations(ctx: ServiceContext, principal: Principal, *, tenant_id: str
         return page(session, query, Operation.created_at.desc(), Operation.id, offset=offset, limit=limit)
 
 
-def retry_operation(ctx: ServiceContext, principal: Principal, operation_id: str) -> Operation:
-    """Re-queue a failed operation; its tenant goes back to the busy status the operation needs."""
-    from control_plane.services.runner import HANDLERS
+def requeue(ctx: ServiceContext, session, op: Operation, tenant: Tenant | None) -> None:
+    """A failed operation queued again: it takes the tenant's work slot (423 if another holds it) and the
+    busy status its kind needs, from a status its kind may retry from (409 otherwise). The caller commits."""
+    kind = kind_of(op.kind)
+    if tenant is not None:
+        take_slot(session, tenant, op.id)
+        previous = tenant.status
+        tenant.begin_work(kind.action, kind.retry_from(op), kind.holds(op.params))
+        if previous is not kind.failed_status and previous in kind.starts(op.params):
+            op.return_status = previous  # e.g. suspended since: a retried migration returns to suspended
+    op.requeue()
 
+
+def retry_operation(ctx: ServiceContext, principal: Principal, operation_id: str,
+                    idempotency_key: str | None = None) -> Operation:
+    """Re-queue a failed operation; its steps resume where they stopped."""
+    principal.require_super_admin()
     with transaction(ctx.sessions) as session:
-        op = session.get(Operation, operation_id, with_for_update=True)
-        if op is None:
-            raise OperationNotFoundError(operation_id)
-        principal.require_super_admin()
+        op = _load(session, principal, operation_id, lock=True)
+        if is_replay(session, principal, idempotency_key, "retry", operation_id):
+            return op
         tenant = session.get(Tenant, op.tenant_id, with_for_update=True) if op.tenant_id else None
-        op.requeue()
-        HANDLERS[op.kind].prepare_retry(tenant, op)
+        requeue(ctx, session, op, tenant)
         audit.record(session, principal.actor, "operation.retried", op.tenant_id, op.id, kind=op.kind.value)
+    announce(ctx, tenant)
     dispatch(ctx, op.id)
     return op
 
 
-def redispatch_stalled(ctx: ServiceContext) -> list[str]:
-    """Operations the catalog says must run but that no RQ job will run: enqueue them again.
-
-    Covers an enqueue that failed (Redis down), a job lost with Redis, and a worker that died.
-    Running it twice is harmless: jobs are keyed by operation id and take the tenant lock.
-    """
-    now = utcnow()
-    with ctx.sessions() as session:
-        candidates = session.scalars(select(Operation).where(
-            ((Operation.status == OperationStatus.QUEUED) & (Operation.created_at < now - LOST_AFTER))
-            | ((Operation.status == OperationStatus.RUNNING)
-               & (Operation.heartbeat_at < now - timedelta(seconds=ctx.settings.abandoned_after_seconds))))).all()
-        ids = [op.id for op in candidates]
-    redispatched = [op_id for op_id in ids if not ctx.queue.is_pending(op_id)]
-    for op_id in redispatched:
-        log.info("re-dispatching stalled operation %s", op_id)
-        dispatch(ctx, op_id)
-    return redispatched
+def cancel_operation(ctx: ServiceContext, principal: Principal, operation_id: str,
+                     idempotency_key: str | None = None) -> Operation:
+    """Cancel: a queued operation at once; a running one at its next step boundary, where its kind undoes
+    what it started and the tenant returns to its previous status. 409 once it has finished."""
+    principal.require_super_admin()
+    with transaction(ctx.sessions) as session:
+        op = _load(session, principal, operation_id, lock=True)
+        if is_replay(session, principal, idempotency_key, "cancel", operation_id):
+            return op
+        tenant = None
+        if op.status is OperationStatus.QUEUED:
+            tenant = session.get(Tenant, op.tenant_id, with_for_update=True) if op.tenant_id else None
+            cancel(ctx, session, op, tenant, f"cancelled by {principal.actor} before it started")
+        else:
+            op.request_cancel()  # 409 unless running
+        audit.record(session, principal.actor, "operation.cancel_requested", op.tenant_id, op.id,
+                     kind=op.kind.value, status=op.status.value)
+    announce(ctx, tenant, op)
+    return op

@@ -28,7 +28,7 @@ from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backups import MAX_MANIFEST_BYTES, newest_restorable, tools_for
 from control_plane.services.context import ServiceContext
-from control_plane.services.restores import RECOVER, RESTORABLE_IN_PLACE, request_restore
+from control_plane.services.kinds.restore import RECOVER, RESTORE, request_restore
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def recover_server(ctx: ServiceContext, principal: Principal, server_name: str, 
             raise ServerNotFoundError(server_name)
         tools = tools_for(ctx, server)
         tenants = session.scalars(select(Tenant).where(Tenant.server_name == server_name,
-                                                       Tenant.status.in_(RESTORABLE_IN_PLACE))
+                                                       Tenant.status.in_(RESTORE.starts_from))
                                   .order_by(Tenant.id)).all()
         recoveries: list[Recovery] = []
         planned: list[tuple[Recovery, Backup]] = []

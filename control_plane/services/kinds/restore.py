@@ -1,4 +1,4 @@
-"""Restoring a backup: in place (swap the tenant's database) or as a new tenant (a clone).
+"""RESTORE: a backup restored in place (swap the tenant's database) or as a new tenant (a clone).
 
 Everything that can refuse happens before the live database is touched: the manifest and the data
 object are checked (SHA-256, every chunk's authentication, the final-chunk marker) before anything is
@@ -15,22 +15,23 @@ from datetime import timedelta
 from typing import Any
 
 import tenant_migrations
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from control_plane import naming
-from control_plane.adapters.crypto import random_password
 from control_plane.backup_errors import BackupIntegrityError, BackupNotFoundError
 from control_plane.catalog.backup_models import Backup, BackupTrigger, RetiredDatabase
-from control_plane.catalog.db import transaction
 from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantStatus, utcnow
-from control_plane.errors import IllegalTransitionError, TenantExistsError, TenantNotFoundError, ValidationError
+from control_plane.errors import IllegalTransitionError, TenantExistsError, ValidationError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backup_copies import fetch_verified
-from control_plane.services.backups import (Report, check_read, open_backup, perform_backup, require_restorable,
-                                            tools_for)
+from control_plane.services.backups import check_read, open_backup, perform_backup, require_restorable, tools_for
 from control_plane.services.context import ServiceContext, role_secret_context
-from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+from control_plane.services.kinds.base import Kind, Report
+from control_plane.services.kinds.provision import new_tenant
+from control_plane.services.operation_requests import request_work
 from control_plane.services.servers import choose_server
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ IN_PLACE = "in_place"
 NEW_TENANT = "new_tenant"
 # After a disaster: the tenant's database is gone from its server; restore it there under its own name.
 RECOVER = "recover"
-RESTORABLE_IN_PLACE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
 
 
 def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *, backup_id: str,
@@ -67,58 +67,13 @@ def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *
     params: dict[str, Any] = {"backup_id": backup_id, "mode": mode, "source_tenant_id": tenant_id}
     if mode == IN_PLACE:
         params["safety_backup"] = safety_backup
-    else:
+    elif mode == NEW_TENANT:
         params["new_tenant_id"] = new_tenant_id
+        if new_tenant_name:
+            params["new_tenant_name"] = new_tenant_name
     target_id = new_tenant_id if mode == NEW_TENANT else tenant_id
-    request_fingerprint = fingerprint(OperationKind.RESTORE, target_id, params)
-    try:
-        with transaction(ctx.sessions) as session:
-            replay = find_replay(session, principal, idempotency_key, request_fingerprint)
-            if replay is not None:
-                return replay
-            backup = session.get(Backup, backup_id)
-            if backup is None or backup.tenant_id != tenant_id:
-                raise BackupNotFoundError(backup_id)
-            require_restorable(backup)
-            if mode in (IN_PLACE, RECOVER):
-                tenant = session.get(Tenant, tenant_id, with_for_update=True)
-                if tenant is None:
-                    raise TenantNotFoundError(tenant_id)
-                if tenant.status not in RESTORABLE_IN_PLACE:
-                    raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "restore")
-                params["previous_status"] = tenant.status.value
-            else:
-                if session.get(Tenant, new_tenant_id) is not None:
-                    raise TenantExistsError(new_tenant_id)
-                source = session.get(Tenant, tenant_id)
-                name = new_tenant_name or f"{source.name if source else tenant_id} (restored {backup_id[:8]})"
-                session.add(Tenant(id=new_tenant_id, name=name[:200], plan=source.plan if source else "standard",
-                                   status=TenantStatus.PROVISIONING, database_name=naming.database_name(new_tenant_id),
-                                   role_name=naming.role_name(new_tenant_id),
-                                   role_password_encrypted=ctx.keyring.encrypt(random_password(),
-                                                                                role_secret_context(new_tenant_id))))
-                session.flush()
-            op = new_operation(principal, OperationKind.RESTORE, target_id, params, idempotency_key,
-                               request_fingerprint)
-            session.add(op)
-            session.flush()
-            audit.record(session, principal.actor, "tenant.restore_requested", target_id, op.id, **params)
-    except IntegrityError as exc:
-        with ctx.sessions() as session:
-            replay = find_replay(session, principal, idempotency_key, request_fingerprint)
-        if replay is not None:
-            return replay
-        raise TenantExistsError(target_id) from exc
-    if enqueue:
-        dispatch(ctx, op.id)
-    return op
-
-
-def _back_to_previous_status(tenant: Tenant, op: Operation) -> None:
-    tenant.activate()
-    if op.params.get("previous_status") == TenantStatus.SUSPENDED.value:
-        tenant.suspend()
-
+    return request_work(ctx, principal, RESTORE, target_id, params, idempotency_key,
+                        audit_action="tenant.restore_requested", enqueue=enqueue)
 
 def _major(version: str | None) -> int:
     try:
@@ -127,7 +82,97 @@ def _major(version: str | None) -> int:
         return 0
 
 
-def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
+class Restore(Kind):
+    kind = OperationKind.RESTORE
+    action = "restore"
+    starts_from = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
+    repeatable = True  # the scratch database is recreated; the swap is one transaction
+    failed_event = "tenant.restore_failed"
+
+    # In place (and to recover a lost database) the tenant keeps its status until the swap; a new tenant
+    # is provisioning until it is active, and failed if the restore fails.
+    def starts(self, params: dict[str, Any]) -> frozenset[TenantStatus]:
+        return frozenset({TenantStatus.PROVISIONING}) if params["mode"] == NEW_TENANT else self.starts_from
+
+    def holds(self, params: dict[str, Any]) -> TenantStatus | None:
+        return TenantStatus.PROVISIONING if params["mode"] == NEW_TENANT else None
+
+    def status_after_failure(self, op: Operation) -> TenantStatus | None:
+        return TenantStatus.FAILED if op.params["mode"] == NEW_TENANT else op.return_status
+
+    def status_after_cancel(self, op: Operation) -> TenantStatus | None:
+        return self.status_after_failure(op)
+
+    def retry_from(self, op: Operation) -> frozenset[TenantStatus]:
+        return frozenset({TenantStatus.FAILED}) if op.params["mode"] == NEW_TENANT else self.starts_from
+
+    def prepare(self, ctx: ServiceContext, session: Session, principal: Principal, tenant_id: str,
+                params: dict[str, Any]) -> Tenant:
+        backup = session.get(Backup, params["backup_id"])
+        if backup is None or backup.tenant_id != params["source_tenant_id"]:
+            raise BackupNotFoundError(params["backup_id"])
+        require_restorable(backup)
+        if params["mode"] != NEW_TENANT:
+            return super().prepare(ctx, session, principal, tenant_id, params)
+        if session.get(Tenant, tenant_id) is not None:
+            raise TenantExistsError(tenant_id)
+        source = session.get(Tenant, params["source_tenant_id"])
+        name = params.get("new_tenant_name") or \
+            f"{source.name if source else params['source_tenant_id']} (restored {backup.id[:8]})"
+        tenant = new_tenant(ctx, tenant_id, name[:200], source.plan if source else "standard")
+        session.add(tenant)
+        session.flush()
+        return tenant
+
+    def conflict(self, exc: Exception, tenant_id: str, params: dict[str, Any]) -> Exception:
+        return TenantExistsError(tenant_id) if isinstance(exc, IntegrityError) else exc
+
+    def run(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,
+            report: Report) -> dict[str, Any]:
+        return _run(ctx, session, op, tenant, report)
+
+    def undo(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
+        """Leave things as they were: drop the scratch database (the live one was never touched)."""
+        if tenant.server is not None:
+            tools_for(ctx, tenant.server).drop_database(naming.restore_database_name(tenant.id, op.id))
+
+
+RESTORE = Restore()
+
+
+def _finish_swap(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,
+                 backup: Backup) -> dict[str, Any] | None:
+    """A retry after an attempt that died at its swap: if the database it retired exists, the swap was done
+    (it is one transaction) and only the catalog is left to finish; if not, forget the record."""
+    records = session.scalars(select(RetiredDatabase).where(RetiredDatabase.operation_id == op.id,
+                                                            RetiredDatabase.dropped_at.is_(None))).all()
+    if not records:
+        return None
+    tools = tools_for(ctx, tenant.server)
+    swapped = [r for r in records if tools.database_exists(r.database_name)]
+    for record in records:
+        if record not in swapped:
+            session.delete(record)
+    if not swapped:
+        session.commit()
+        return None
+    retired = swapped[0].database_name
+    password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+    live = ctx.tenant_database(tenant.server.host, tenant.server.port, tenant.database_name, tenant.role_name, password,
+                               tls=tenant.server.tls or {})
+    tenant.schema_revision = live.current_revision()
+    if tenant.status is TenantStatus.RESTORING:
+        tenant.return_to(op.return_status)
+    audit.record(session, "system", "tenant.restored", tenant.id, op.id, backup_id=backup.id, retired_database=retired)
+    session.commit()
+    ctx.events.publish(tenant.id, "restored", database=tenant.database_name, retired_database=retired)
+    ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
+                       database=tenant.database_name)
+    return {"backup_id": backup.id, "mode": op.params["mode"], "tenant_id": tenant.id,
+            "database": tenant.database_name, "schema_revision": tenant.schema_revision, "retired_database": retired}
+
+
+def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
     params = op.params
     in_place = params["mode"] == IN_PLACE
     recover = params["mode"] == RECOVER
@@ -135,10 +180,10 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
     if backup is None or backup.tenant_id != params["source_tenant_id"]:
         raise BackupNotFoundError(params["backup_id"])
     require_restorable(backup)
-    if (in_place or recover) and tenant.status not in RESTORABLE_IN_PLACE:
-        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore")
-    if not (in_place or recover) and tenant.status is not TenantStatus.PROVISIONING:
-        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore a backup into it")
+    if in_place:
+        finished = _finish_swap(ctx, session, op, tenant, backup)
+        if finished is not None:
+            return finished
     if recover and tools_for(ctx, tenant.server).database_exists(tenant.database_name):
         raise IllegalTransitionError("tenant", tenant.id, "with its database present", "recover (restore in place)")
 
@@ -195,7 +240,7 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
         ctx.events.publish(tenant.id, "restored", database=tenant.database_name)
         return result
     if not in_place:
-        report("activate", 90)
+        report("activate", 90, cancellable=False)
         tools.rename(scratch, tenant.database_name)
         tenant.schema_revision = revision
         tenant.activate()
@@ -210,25 +255,29 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
         report("safety_backup", 80)
         result["safety_backup_id"] = perform_backup(ctx, session, tenant, BackupTrigger.PRE_RESTORE, op.id).id
 
-    report("swap", 90)
+    report("swap", 90, cancellable=False)
+    retired_at = utcnow()
+    retired = naming.retired_database_name(tenant.id, retired_at)
+    # Recorded before the rename that creates it: a crash right after the swap leaves nothing unknown
+    # behind, and the retry sees the swap was done (see _finish_swap).
+    record = RetiredDatabase(tenant_id=tenant.id, server_name=tenant.server_name, database_name=retired,
+                             operation_id=op.id, retired_at=retired_at,
+                             drop_after=retired_at + timedelta(days=ctx.settings.retired_database_days))
+    session.add(record)
     tenant.begin_restore()
     session.commit()
     # Runtimes stop lending connections to this tenant before its sessions are ended.
     ctx.events.publish(tenant.id, "status", status=tenant.status.value)
-    retired_at = utcnow()
-    retired = naming.retired_database_name(tenant.id, retired_at)
     try:
         tools.swap(tenant.database_name, scratch, retired)
     except BaseException:
-        _back_to_previous_status(tenant, op)
+        session.delete(record)  # the swap is one transaction: nothing was renamed
+        tenant.return_to(op.return_status)
         session.commit()
         ctx.events.publish(tenant.id, "status", status=tenant.status.value)
         raise
-    session.add(RetiredDatabase(tenant_id=tenant.id, server_name=tenant.server_name, database_name=retired,
-                                operation_id=op.id, retired_at=retired_at,
-                                drop_after=retired_at + timedelta(days=ctx.settings.retired_database_days)))
     tenant.schema_revision = revision
-    _back_to_previous_status(tenant, op)
+    tenant.return_to(op.return_status)
     audit.record(session, "system", "tenant.restored", tenant.id, op.id, backup_id=backup.id,
                  retired_database=retired, safety_backup_id=result.get("safety_backup_id"))
     session.commit()
@@ -238,30 +287,3 @@ def run_restore(ctx: ServiceContext, session, op: Operation, tenant: Tenant, rep
                        database=tenant.database_name)
     result["retired_database"] = retired
     return result
-
-
-def restore_failed(ctx: ServiceContext, session, op: Operation, tenant: Tenant) -> None:
-    """Leave things as they were: drop the scratch database; in place, give the tenant its status back."""
-    if tenant.server is not None:
-        try:
-            tools_for(ctx, tenant.server).drop_database(naming.restore_database_name(tenant.id, op.id))
-        except Exception:  # the server may be what failed; a retry recreates the scratch database anyway
-            log.warning("tenant %s operation %s: could not drop the scratch database", tenant.id, op.id, exc_info=True)
-    if op.params.get("mode") == RECOVER:
-        pass  # nothing was live: the tenant keeps its status, its database is still missing
-    elif op.params.get("mode") == IN_PLACE:
-        if tenant.status is TenantStatus.RESTORING:
-            _back_to_previous_status(tenant, op)
-        ctx.events.publish(tenant.id, "status", status=tenant.status.value)
-    else:
-        tenant.fail()
-    audit.record(session, "system", "tenant.restore_failed", tenant.id, op.id, error=op.error,
-                 backup_id=op.params.get("backup_id"))
-
-
-def retry_restore(tenant: Tenant, op: Operation) -> None:
-    if op.params.get("mode") in (IN_PLACE, RECOVER):
-        if tenant.status not in RESTORABLE_IN_PLACE:
-            raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "restore")
-    else:
-        tenant.retry_provisioning()

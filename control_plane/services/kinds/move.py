@@ -1,4 +1,4 @@
-"""Moving a tenant's database to another server, online or offline.
+"""MOVE: a tenant's database to another server, online or offline.
 
 Online: the target is filled and kept in step by logical replication while the tenant stays served;
 the cut-over then freezes writes for well under a second (tenant `moving`, the source refuses the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,22 +22,18 @@ from sqlalchemy.orm import Session
 from control_plane import naming
 from control_plane.adapters.crypto import random_password
 from control_plane.catalog.backup_models import RetiredDatabase
-from control_plane.catalog.db import transaction
-from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, ServerStatus, Tenant,
+from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, OperationStatus, ServerStatus, Tenant,
                                           TenantStatus, utcnow)
-from control_plane.errors import (ConflictError, IllegalTransitionError, ServerNotFoundError, TenantNotFoundError,
-                                  ValidationError)
+from control_plane.errors import ConflictError, IllegalTransitionError, ServerNotFoundError, TenantNotFoundError, ValidationError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, role_secret_context
-from control_plane.services.operations import dispatch, find_replay, fingerprint, new_operation
+from control_plane.services.kinds.base import Kind, Report
+from control_plane.services.operation_requests import check_free, find_replay, fingerprint, request_work
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[str, int], None]
-
 ONLINE, OFFLINE = "online", "offline"
-MOVABLE = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
 # The cut-over starts once the target is this close behind the source (WAL bytes it has yet to confirm).
 CUT_OVER_LAG_BYTES = 1 << 20
 # Longest the cut-over waits for the target to confirm the source's final position before giving up
@@ -57,6 +53,49 @@ def _server(session: Session, name: str) -> DatabaseServer:
     return server
 
 
+class Move(Kind):
+    kind = OperationKind.MOVE
+    action = "move"
+    starts_from = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED})
+    # The tenant keeps its status while its database is copied, and is `moving` only during the cut-over.
+    repeatable = True  # before the switch a retry starts clean; after it, a retry only finishes the clean-up
+    failed_event = "tenant.move_failed"
+
+    def shown_result(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {key: params[key] for key in ("mode", "server", "from_server")}
+
+    def prepare(self, ctx: ServiceContext, session: Session, principal: Principal, tenant_id: str,
+                params: dict[str, Any]) -> Tenant:
+        tenant = super().prepare(ctx, session, principal, tenant_id, params)
+        _check_target(session, tenant, params["server"])
+        return tenant
+
+    def run(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
+        return _run(ctx, session, op, tenant, report)
+
+    def after(self, ctx: ServiceContext, op: Operation) -> None:
+        ctx.after_move(op.id, None if op.status is OperationStatus.SUCCEEDED else (op.error or "move failed"))
+
+    def undo(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
+        """Undo what the move built, unless its switch committed (then the target stays, a retry finishes)."""
+        params = op.params
+        target, source = session.get(DatabaseServer, params["server"]), session.get(DatabaseServer, params["from_server"])
+        if tenant.server_name == params["from_server"] and source is not None and target is not None:
+            _reset(ctx, session, op, tenant, source, target)
+
+
+MOVE = Move()
+
+
+def _check_target(session: Session, tenant: Tenant, server: str) -> DatabaseServer:
+    target = _server(session, server)
+    if tenant.server_name == server:
+        raise ValidationError("server", f"tenant {tenant.id!r} is already on server {server!r}")
+    if target.status is not ServerStatus.ACTIVE:
+        raise ConflictError(f"database server {server!r} is {target.status.value}: it takes no tenants")
+    return target
+
+
 def request_move(ctx: ServiceContext, principal: Principal, tenant_id: str, *, server: str,
                  mode: str | None = None, idempotency_key: str | None = None) -> Operation:
     """Check the move can happen, choose its mode when none is given, record it and enqueue it."""
@@ -64,21 +103,18 @@ def request_move(ctx: ServiceContext, principal: Principal, tenant_id: str, *, s
     if mode not in (None, ONLINE, OFFLINE):
         raise ValidationError("mode", "must be online or offline")
     request = {"server": server, "mode": mode}
-    request_fingerprint = fingerprint(OperationKind.MOVE, tenant_id, request)
+    # First, outside any transaction: whether an online move is possible (it asks both servers).
     with ctx.sessions() as session:
-        replay = find_replay(session, principal, idempotency_key, request_fingerprint)
+        replay = find_replay(session, principal, idempotency_key, fingerprint(MOVE.kind.value, tenant_id, request))
         if replay is not None:
             return replay
         tenant = session.get(Tenant, tenant_id)
         if tenant is None:
             raise TenantNotFoundError(tenant_id)
-        if tenant.status not in MOVABLE:
+        check_free(session, tenant)
+        if tenant.status not in MOVE.starts_from:
             raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "move")
-        target = _server(session, server)
-        if tenant.server_name == server:
-            raise ValidationError("server", f"tenant {tenant_id!r} is already on server {server!r}")
-        if target.status is not ServerStatus.ACTIVE:
-            raise ConflictError(f"database server {server!r} is {target.status.value}: it takes no tenants")
+        target = _check_target(session, tenant, server)
         obstacle = None
         if mode != OFFLINE:
             obstacle = _replication(ctx, tenant.server, target).obstacle(tenant.database_name)
@@ -89,21 +125,8 @@ def request_move(ctx: ServiceContext, principal: Principal, tenant_id: str, *, s
                               "mode_chosen": mode is None}
     if obstacle and mode is None:
         params["online_obstacle"] = obstacle
-    with transaction(ctx.sessions) as session:
-        replay = find_replay(session, principal, idempotency_key, request_fingerprint)
-        if replay is not None:
-            return replay
-        tenant = session.get(Tenant, tenant_id, with_for_update=True)
-        if tenant.status not in MOVABLE:
-            raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "move")
-        params["previous_status"] = tenant.status.value
-        op = new_operation(principal, OperationKind.MOVE, tenant_id, params, idempotency_key, request_fingerprint)
-        op.result = {key: params[key] for key in ("mode", "server", "from_server")}  # shown while it runs
-        session.add(op)
-        session.flush()
-        audit.record(session, principal.actor, "tenant.move_requested", tenant_id, op.id, **params)
-    dispatch(ctx, op.id)
-    return op
+    return request_work(ctx, principal, MOVE, tenant_id, params, idempotency_key, request=request,
+                        audit_action="tenant.move_requested")
 
 
 def _publish(ctx: ServiceContext, tenant: Tenant) -> None:
@@ -113,9 +136,7 @@ def _publish(ctx: ServiceContext, tenant: Tenant) -> None:
 
 def _back_to_previous_status(tenant: Tenant, op: Operation) -> None:
     if tenant.status is TenantStatus.MOVING:
-        tenant.activate()
-        if op.params.get("previous_status") == TenantStatus.SUSPENDED.value:
-            tenant.suspend()
+        tenant.return_to(op.return_status or TenantStatus.ACTIVE)
 
 
 def _hold(ctx: ServiceContext, session: Session, tenant: Tenant) -> float:
@@ -126,7 +147,7 @@ def _hold(ctx: ServiceContext, session: Session, tenant: Tenant) -> float:
     return time.monotonic()
 
 
-def run_move(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
+def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
     params = op.params
     target = _server(session, params["server"])
     source = _server(session, params["from_server"])
@@ -149,9 +170,8 @@ def run_move(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenan
         timings["freeze_ms"] = round((time.monotonic() - timings.pop("held_at")) * 1000, 1)
     else:
         timings = {}
-    report("clean_up", 95)
+    report("clean_up", 95, cancellable=False)
     retired = _retire_source(ctx, session, op, tenant, source, target)
-    ctx.after_move(op.id, None)
     return {"tenant_id": tenant.id, "server": target.name, "from_server": source.name, "mode": params["mode"],
             "retired_database": retired, **timings}
 
@@ -211,7 +231,7 @@ def _copy_online(ctx: ServiceContext, session: Session, op: Operation, tenant: T
         report("catch_up", 78)
         time.sleep(_POLL)
 
-    report("cut_over", 85)
+    report("cut_over", 85, cancellable=False)
     with replication.cut_over(database, name) as cut:
         held_at = _hold(ctx, session, tenant)
         try:
@@ -270,24 +290,3 @@ def _retire_source(ctx: ServiceContext, session: Session, op: Operation, tenant:
         session.commit()
     ctx.admin_for(source).retire_database(tenant.database_name, retired)
     return retired
-
-
-def move_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
-    """Undo what the move built, unless its switch committed (then the target stays, a retry finishes)."""
-    params = op.params
-    target, source = session.get(DatabaseServer, params["server"]), session.get(DatabaseServer, params["from_server"])
-    if tenant.server_name == params["from_server"] and source is not None and target is not None:
-        try:
-            _reset(ctx, session, op, tenant, source, target)
-        except Exception:  # a server may be what failed: a retry or cancel resets again before it starts
-            log.warning("tenant %s operation %s: could not undo the move yet", tenant.id, op.id, exc_info=True)
-    _back_to_previous_status(tenant, op)
-    audit.record(session, "system", "tenant.move_failed", tenant.id, op.id, error=op.error)
-    session.commit()
-    _publish(ctx, tenant)
-    ctx.after_move(op.id, op.error or "move failed")
-
-
-def retry_move(tenant: Tenant, op: Operation) -> None:
-    if tenant.status not in MOVABLE and tenant.status is not TenantStatus.MOVING:
-        raise IllegalTransitionError("tenant", tenant.id, tenant.status.value, "move")

@@ -1,0 +1,158 @@
+"""PROVISION: create a tenant's role and database, bring its schema to head, seed it, activate it."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import tenant_migrations
+from control_plane import naming
+from control_plane.adapters.crypto import random_password
+from control_plane.adapters.passwords import hash_password
+from control_plane.catalog.models import Operation, OperationKind, OperationStatus, Tenant, TenantDomain, TenantStatus
+from control_plane.errors import DomainTakenError, TenantExistsError
+from control_plane.services import audit
+from control_plane.services.auth import Principal
+from control_plane.services.context import ServiceContext, role_secret_context
+from control_plane.services.kinds.base import Kind, Report
+from control_plane.services.operation_requests import request_work
+from control_plane.services.plans import limits_of, require_plan
+from control_plane.services.servers import choose_server
+from control_plane.services.warm_pools import claim_spare
+
+log = logging.getLogger(__name__)
+
+
+def check_domains_free(session: Session, domains: list[str], tenant_id: str) -> None:
+    if not domains:
+        return
+    taken = session.scalars(select(TenantDomain.domain).where(TenantDomain.domain.in_(domains),
+                                                               TenantDomain.tenant_id != tenant_id)).first()
+    if taken:
+        raise DomainTakenError(taken)
+
+
+def conflict_from(exc: IntegrityError, tenant_id: str, domains: list[str]) -> Exception:
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "") or ""
+    if constraint.startswith("tenant_domains"):
+        return DomainTakenError(domains[0] if len(domains) == 1 else ", ".join(domains))
+    if constraint == "tenants_pkey":
+        return TenantExistsError(tenant_id)
+    return exc
+
+
+def new_tenant(ctx: ServiceContext, tenant_id: str, name: str, plan: str) -> Tenant:
+    """A tenant record (provisioning) with its own role name and a random, encrypted role password."""
+    return Tenant(id=tenant_id, name=name, plan=plan, status=TenantStatus.PROVISIONING,
+                  database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
+                  role_password_encrypted=ctx.keyring.encrypt(random_password(), role_secret_context(tenant_id)))
+
+
+class Provision(Kind):
+    kind = OperationKind.PROVISION
+    action = "provision"
+    starts_from = frozenset({TenantStatus.PROVISIONING})
+    busy_status = TenantStatus.PROVISIONING
+    failed_status = TenantStatus.FAILED
+    repeatable = True
+    failed_event = "tenant.provisioning_failed"
+
+    def prepare(self, ctx: ServiceContext, session: Session, principal: Principal, tenant_id: str,
+                params: dict[str, Any]) -> Tenant:
+        if session.get(Tenant, tenant_id) is not None:
+            raise TenantExistsError(tenant_id)
+        domains = params["domains"]
+        check_domains_free(session, domains, tenant_id)
+        choose_server(session)  # no server has room: 503 now, not a failed provisioning later
+        require_plan(session, params["plan"])
+        tenant = new_tenant(ctx, tenant_id, params["name"], params["plan"])
+        tenant.set_domains(domains)
+        session.add(tenant)
+        session.flush()
+        return tenant
+
+    def conflict(self, exc: Exception, tenant_id: str, params: dict[str, Any]) -> Exception:
+        return conflict_from(exc, tenant_id, params["domains"]) if isinstance(exc, IntegrityError) else exc
+
+    def status_after_cancel(self, op: Operation) -> TenantStatus:
+        return TenantStatus.FAILED  # what it created is dropped; the record stays, deletable
+
+    def run(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
+        # Every step checks the world before acting, so a rerun after a crash at any point converges.
+        report("place", 5)
+        if tenant.server_name is None:
+            tenant.server = choose_server(session)
+            session.commit()
+        with ctx.admin_for(tenant.server) as admin:  # one admin session for all the server-side steps
+            password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+            report("claim_spare", 10)
+            warm = claim_spare(ctx, admin, tenant, password)
+            report("create_role", 15)
+            admin.ensure_role(tenant.role_name, password)
+            admin.apply_limits(tenant.role_name, limits_of(session, tenant))
+
+            report("create_database", 30)
+            if warm:
+                pass  # the spare is a clone of the template at head, handed to its role (now the tenant's)
+            elif ctx.settings.provision_from_template:
+                template = ctx.tenant_template(admin)
+                admin.ensure_database(tenant.database_name, owner=tenant.role_name,
+                                      template=template.ensure(tenant_migrations.head_revision()))
+                template.hand_over(tenant.database_name, tenant.role_name)
+            else:
+                admin.ensure_database(tenant.database_name, owner=tenant.role_name)
+
+            report("restrict_access", 40)
+            admin.restrict_connect(tenant.database_name, tenant.role_name)
+            admin.close_other_databases()
+
+        report("migrate_schema", 55)  # a no-op after a clone of the template at head, unless head moved since
+        database = ctx.database_of(tenant)
+        tenant.schema_revision = database.migrate("head")
+        session.commit()
+
+        report("seed", 80)
+        params = op.params
+        database.seed(admin_email=params["admin_email"], admin_name=params["admin_name"],
+                      admin_password_hash=params["admin_password_hash"])
+
+        report("activate", 95, cancellable=False)
+        tenant.activate()
+        audit.record(session, "system", "tenant.provisioned", tenant.id, op.id,
+                     server=tenant.server_name, schema_revision=tenant.schema_revision)
+        session.commit()
+        ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
+                           database=tenant.database_name)
+        return {"tenant_id": tenant.id, "server": tenant.server_name, "database": tenant.database_name,
+                "schema_revision": tenant.schema_revision, "warm": warm}
+
+    def undo(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
+        if op.status is not OperationStatus.CANCELLED or tenant.server is None:
+            return  # a failure keeps what exists: a retry goes on from there, a delete drops it
+        admin = ctx.admin_for(tenant.server)
+        admin.drop_database(tenant.database_name)
+        admin.drop_role(tenant.role_name)
+
+
+PROVISION = Provision()
+
+
+def request_tenant(ctx: ServiceContext, principal: Principal, *, tenant_id: str, name: str, admin_email: str,
+                   domains: list[str] | None = None, plan: str = "standard", admin_name: str | None = None,
+                   admin_password: str | None = None, idempotency_key: str | None = None) -> Any:
+    """Record the tenant (provisioning) and its operation (queued) in one transaction, then enqueue."""
+    principal.require_super_admin()
+    domains = domains or []
+    request = {"id": tenant_id, "name": name, "domains": domains, "plan": plan, "admin_email": admin_email,
+               "admin_name": admin_name, "admin_password_given": admin_password is not None}
+    # The plaintext admin password never reaches the catalog or the queue: only its hash does.
+    generated = admin_password is None
+    password = random_password(12) if generated else admin_password
+    params = {"name": name, "domains": domains, "plan": plan, "admin_email": admin_email,
+              "admin_name": admin_name or admin_email.split("@")[0], "admin_password_hash": hash_password(password)}
+    return request_work(ctx, principal, PROVISION, tenant_id, params, idempotency_key, request=request,
+                        one_time_secret={"admin_password": password} if generated else None,
+                        audit_action="tenant.create_requested")

@@ -1,0 +1,151 @@
+"""The one request path of every operation kind, and dispatching operations to the queue.
+
+fingerprint → replay (Idempotency-Key) → the kind prepares and locks its tenant → the tenant's work slot
+(423 while another operation holds it) → the kind's transition (409 from a status it may not start from)
+→ the operation row → audit → commit; then, after the commit, publish the tenant's new status and
+enqueue the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control_plane.catalog.db import transaction
+from control_plane.catalog.models import Operation, OperationStatus, RequestKey, Tenant, new_id, utcnow
+from control_plane.errors import DependencyUnavailableError, IdempotencyKeyReusedError
+from control_plane.services import audit
+from control_plane.services.auth import Principal
+from control_plane.services.context import ServiceContext, operation_secret_context
+from control_plane.services.kinds.base import Kind
+
+log = logging.getLogger(__name__)
+
+# An Idempotency-Key is remembered this long; after that the same key starts new work.
+IDEMPOTENCY_KEY_TTL = timedelta(hours=24)
+
+
+def fingerprint(action: str, target: str | None, params: dict[str, Any]) -> str:
+    body = json.dumps({"kind": action, "tenant": target, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def find_replay(session: Session, principal: Principal, idempotency_key: str | None,
+                request_fingerprint: str) -> Operation | None:
+    """The operation an earlier request with the same Idempotency-Key created within the last 24 h, if any;
+    the same key with a different request is refused (422)."""
+    if not idempotency_key:
+        return None
+    earlier = session.scalars(select(Operation).where(Operation.requested_by == principal.token_id,
+                                                      Operation.idempotency_key == idempotency_key)).one_or_none()
+    if earlier is None:
+        return None
+    if earlier.created_at < utcnow() - IDEMPOTENCY_KEY_TTL:
+        earlier.idempotency_key = None  # expired: forget it, so the key may start new work
+        session.flush()
+        return None
+    if earlier.request_fingerprint != request_fingerprint:
+        raise IdempotencyKeyReusedError(idempotency_key)
+    return earlier
+
+
+def is_replay(session: Session, principal: Principal, idempotency_key: str | None, action: str, target: str) -> bool:
+    """For a POST that restarts or stops work (retry, cancel, resume): whether the same request with this
+    Idempotency-Key was already made in the last 24 h (then answer the current state, act no more); the
+    key with another request is refused (422). A new key is recorded with the caller's transaction."""
+    if not idempotency_key:
+        return False
+    request_fingerprint = fingerprint(action, target, {})
+    earlier = session.get(RequestKey, (principal.token_id, idempotency_key), with_for_update=True)
+    if earlier is not None and earlier.created_at >= utcnow() - IDEMPOTENCY_KEY_TTL:
+        if earlier.request_fingerprint != request_fingerprint:
+            raise IdempotencyKeyReusedError(idempotency_key)
+        return True
+    if earlier is None:
+        session.add(RequestKey(requested_by=principal.token_id, idempotency_key=idempotency_key,
+                               request_fingerprint=request_fingerprint))
+    else:  # expired: the key starts over
+        earlier.request_fingerprint, earlier.created_at = request_fingerprint, utcnow()
+    session.flush()
+    return False
+
+
+def holder_unfinished(session: Session, tenant: Tenant) -> bool:
+    """Whether the operation in the tenant's work slot still has to finish."""
+    if tenant.operation_id is None:
+        return False
+    holder = session.get(Operation, tenant.operation_id)
+    return holder is not None and not holder.status.finished
+
+
+def take_slot(session: Session, tenant: Tenant, operation_id: str) -> None:
+    """The tenant's work slot for `operation_id`, or 423 naming the operation that holds it."""
+    tenant.take_slot(operation_id, holder_unfinished(session, tenant))
+
+
+def check_free(session: Session, tenant: Tenant) -> None:
+    """423 naming the operation that holds the tenant's work slot, if one does."""
+    if holder_unfinished(session, tenant):
+        tenant.take_slot(new_id(), True)
+
+
+def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_id: str, params: dict[str, Any],
+                 idempotency_key: str | None = None, *, request: dict[str, Any] | None = None,
+                 one_time_secret: dict[str, Any] | None = None, audit_action: str | None = None,
+                 enqueue: bool = True) -> Operation:
+    """Record an operation of `kind` on the tenant (queued) and enqueue it; the one path every kind takes.
+
+    `params` are stored on the operation; `request` (default: `params`) is what the Idempotency-Key
+    fingerprint covers, when what is stored differs from what was asked (a password's hash). With
+    `enqueue=False` the caller runs the operation itself.
+    """
+    request_fingerprint = fingerprint(kind.kind.value, tenant_id, request if request is not None else params)
+    try:
+        with transaction(ctx.sessions) as session:
+            replay = find_replay(session, principal, idempotency_key, request_fingerprint)
+            if replay is not None:
+                return replay
+            tenant = kind.prepare(ctx, session, principal, tenant_id, params)
+            op_id = new_id()
+            take_slot(session, tenant, op_id)  # 423 first: a busy tenant's status says nothing of what it may do next
+            previous = tenant.status
+            tenant.begin_work(kind.action, kind.starts(params), kind.holds(params))
+            op = Operation(id=op_id, kind=kind.kind, tenant_id=tenant.id, params=params,
+                           status=OperationStatus.QUEUED, idempotency_key=idempotency_key,
+                           request_fingerprint=request_fingerprint, requested_by=principal.token_id, progress=0,
+                           attempts=0, return_status=previous)
+            op.result = kind.shown_result(params)
+            session.add(op)
+            session.flush()
+            if one_time_secret:
+                op.one_time_secret_encrypted = ctx.keyring.encrypt(json.dumps(one_time_secret),
+                                                                   operation_secret_context(op.id))
+            audit.record(session, principal.actor, audit_action or f"tenant.{kind.kind.value}_requested", tenant.id,
+                         op.id, **{k: v for k, v in (request if request is not None else params).items()})
+    except IntegrityError as exc:
+        # A concurrent request won the race for this idempotency key (or, for a kind that creates its
+        # tenant, for the id or a domain).
+        with ctx.sessions() as session:
+            replay = find_replay(session, principal, idempotency_key, request_fingerprint)
+        if replay is not None:
+            return replay
+        raise kind.conflict(exc, tenant_id, params) from exc
+    if tenant.status is not previous:
+        ctx.events.publish(tenant.id, "status", status=tenant.status.value)
+    if enqueue:
+        dispatch(ctx, op.id)
+    return op
+
+
+def dispatch(ctx: ServiceContext, operation_id: str) -> None:
+    """Enqueue; when Redis is down the operation stays queued in the catalog and the sweeper dispatches it."""
+    try:
+        ctx.queue.enqueue_operation(operation_id)
+    except DependencyUnavailableError:
+        log.warning("operation %s stays queued: enqueue failed, it will be re-dispatched", operation_id)
