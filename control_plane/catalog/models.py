@@ -397,6 +397,3 @@ class AuditEvent(Base):
     operation_id: Mapped[str | None] = mapped_column(String(36))
     details: Mapped[dict[str, Any]] = mapped_column(_json, default=dict)
 
-
-# Plans live in their own module; tenants.plan refers to them, so they belong to the same metadata.
-from control_plane.catalog import plan_models  # noqa: E402,F401
