@@ -1,14 +1,14 @@
 """catalog: the tenant's work slot, an operation's return status, cancel request and automatic retry; kinds unconstrained
 
-Revision ID: 0008_operation_engine
-Revises: 0007_tenant_search
+Revision ID: 0010_operation_engine
+Revises: 0009_plans
 Create Date: 2026-11-30 02:50:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0008_operation_engine'
-down_revision = '0007_tenant_search'
+revision = '0010_operation_engine'
+down_revision = '0009_plans'
 branch_labels = None
 depends_on = None
 
