@@ -94,8 +94,7 @@ class TenantLockedError(LockedError):
     """Another operation holds the tenant's work slot: one operation at a time per tenant."""
 
     def __init__(self, tenant_id: str, operation_id: str) -> None:
-        super().__init__(f"tenant {tenant_id!r} is busy with operation {operation_id}",
-                         operation_id=operation_id, operation=f"/v1/operations/{operation_id}")
+        super().__init__(f"tenant {tenant_id!r} is busy with operation {operation_id}", operation_id=operation_id)
         self.tenant_id = tenant_id
         self.operation_id = operation_id
 

@@ -26,6 +26,7 @@ class ProblemSchema(Schema):
     title = fields.String()
     detail = fields.String()
     errors = fields.Dict(metadata={"description": "location → field → messages"})
+    operation_id = fields.String(metadata={"description": "423: the operation holding the tenant's work slot"})
 
 
 # Headers some error statuses carry, as documented in the OpenAPI document.
