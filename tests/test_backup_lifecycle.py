@@ -20,7 +20,7 @@ from control_plane.adapters.backup_store import FileBackupStore
 from control_plane.catalog.models import utcnow
 from control_plane.cli import cli
 from control_plane.services.backup_schedule import BackupWindow, schedule_due_backups
-from control_plane.services.retention import prune_backups
+from control_plane.services.pruning import prune_backups
 from helpers import operation, tenant, tenant_login
 
 BUSY = tid("busy")
