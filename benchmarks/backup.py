@@ -286,6 +286,7 @@ def measure(ctx, sizes: list[int], work: str) -> None:
     from control_plane.services.kinds import restore as restores
     from control_plane.services.auth import SYSTEM
     from control_plane.services.context import role_secret_context
+    from control_plane.services.kinds.drill import request_drill
     from control_plane.services.runner import execute_operation
 
     admin_url = os.environ["TENANT_DB_ADMIN_URL"]
@@ -335,7 +336,7 @@ def measure(ctx, sizes: list[int], work: str) -> None:
             stored_fast = session.get(Backup, fast_id).stored_bytes
 
         # Restore: raw pg_restore of the local file into a fresh database, vs our in-place restore.
-        raw_restores, restored = [], []
+        raw_restores, restored, drilled, drill_rto = [], [], [], []
         for _ in range(RESTORE_REPEATS):
             scratch = f"bench_raw_restore_{uuid.uuid4().hex[:6]}"
             with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -352,6 +353,10 @@ def measure(ctx, sizes: list[int], work: str) -> None:
             op = restores.request_restore(ctx, SYSTEM, TENANT, backup_id=backup_ids[-1], safety_backup=False)
             restored.append(in_child(op.id))
             finished(ctx, op.id)
+            # A drill of the newest backup (the zstd 6 one): its RTO is download + verify + restore + check.
+            op = request_drill(ctx, SYSTEM, TENANT)
+            drilled.append(in_child(op.id))
+            drill_rto.append(finished(ctx, op.id).result["rto_seconds"])
 
         rows.append({
             "target_mb": target, "db_mb": db_size / 2**20, "archive_mb": archive_size / 2**20,
@@ -364,6 +369,8 @@ def measure(ctx, sizes: list[int], work: str) -> None:
             "idle_rss_mb": max(r["rss_after_imports_kb"] for r in ours) / 1024,
             "raw_restore_s": min(raw_restores), "restore_s": min(r["seconds"] for r in restored),
             "restore_rss_mb": max(r["maxrss_kb"] for r in restored) / 1024,
+            "drill_rto_s": min(drill_rto), "drill_s": min(r["seconds"] for r in drilled),
+            "drill_rss_mb": max(r["maxrss_kb"] for r in drilled) / 1024,
             "reference_s": min(t for t, _ in reference), "reference_mb": reference[-1][1] / 2**20,
             "reference_all": [t for t, _ in reference], "raw_dump_cpu_s": min(raw_cpu),
             "backup_cpu_s": min(r.get("cpu_s", 0.0) for r in ours), **{f"cost_{k}": v for k, v in costs.items()},
@@ -411,12 +418,16 @@ def print_summary(rows: list[dict], client_version: str, level: int) -> None:
     print(f"  job process after its imports, before any work: {max(r['idle_rss_mb'] for r in rows):.1f} MB")
     print()
     print("restore (baseline: pg_restore of a local archive file into a fresh database, same role)")
-    print(f"{'database':>9} | {'raw pg_restore':>14} | {'restore':>8} {'vs raw':>7} {'peak RSS':>9}")
+    print(f"{'database':>9} | {'raw pg_restore':>14} | {'restore':>8} {'vs raw':>7} {'peak RSS':>9} | "
+          f"{'drill RTO':>9} {'vs raw':>7} {'drill job':>9} {'peak RSS':>9}")
     for r in rows:
         print(f"{r['db_mb']:7.0f}MB | {r['raw_restore_s']:13.2f}s | {r['restore_s']:7.2f}s "
-              f"{r['restore_s'] / r['raw_restore_s']:6.2f}x {r['restore_rss_mb']:7.1f}MB")
+              f"{r['restore_s'] / r['raw_restore_s']:6.2f}x {r['restore_rss_mb']:7.1f}MB | {r['drill_rto_s']:8.2f}s "
+              f"{r['drill_rto_s'] / r['raw_restore_s']:6.2f}x {r['drill_s']:8.2f}s {r['drill_rss_mb']:7.1f}MB")
     print("  restore = the in-place RESTORE job (copy the object, authenticate every chunk, pg_restore from the "
-          "decrypting stream into a scratch database, check, swap); vs raw = restore time / raw time")
+          "decrypting stream into a scratch database, check, swap); vs raw = restore time / raw time;\n  drill RTO = "
+          "what the drill records (download, verify, pg_restore, row counts and revision checked; target <= 1.2x raw), "
+          "drill job = the whole operation (also drops the scratch database)")
     print()
     print("the reference user's method (pg_dump -Fc, default compression, streamed to the same store, unencrypted)")
     print(f"{'database':>9} | {'reference':>9} {'stored':>8} | {'ours zstd ' + str(level):>13} {'speed-up':>8} "

@@ -10,6 +10,7 @@ from control_plane.api.auth import authorize_request
 from control_plane.api.plans import blp as plans_blp
 from control_plane.api.backups import blp as backups_blp
 from control_plane.api.fleet import blp as fleet_blp
+from control_plane.api.drills import blp as drills_blp
 from control_plane.api.health import blp as health_blp
 from control_plane.api.input import check_path
 from control_plane.api.me import blp as me_blp
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     api.register_blueprint(drain_runs_blp)
     api.register_blueprint(fleet_blp)
     api.register_blueprint(backups_blp)
+    api.register_blueprint(drills_blp)
     api.register_blueprint(queues_blp)
     api.register_blueprint(me_blp)
     api.register_blueprint(access_blp)

@@ -12,7 +12,8 @@ from marshmallow import ValidationError as MarshmallowValidationError
 from control_plane.cli_access import audit_command, tokens_group
 from control_plane.cli_backups import backups_group, keys_group, scheduler_command
 from control_plane.cli_migrations import migrations as migrations_group
-from control_plane.cli_recovery import catalog_backup, catalog_backups_list, catalog_restore, fleet_group
+from control_plane.cli_recovery import (catalog_backup, catalog_backups_list, catalog_restore, drills_group,
+                                        fleet_group)
 from control_plane.cli_fleet import reconcile_command
 from control_plane.cli_plans import plans_group
 from control_plane.cli_runtime import runtime_group
@@ -340,7 +341,7 @@ def _follow_drain(ctx, run_id: str) -> None:
 
 
 for feature_group in (tokens_group, audit_command, plans_group, runtime_group, backups_group, keys_group, scheduler_command,
-                      migrations_group, fleet_group):
+                      migrations_group, fleet_group, drills_group):
     cli.add_command(feature_group)
 fleet_group.add_command(reconcile_command)
 for catalog_command in (catalog_backup, catalog_backups_list, catalog_restore):

@@ -172,8 +172,10 @@ def scheduler_command(once: bool, interval: int) -> None:
     from control_plane.services.pruning import prune_backups
 
     if once:
+        from control_plane.services.drill_schedule import schedule_due_drills
+
         ctx = context()
-        started = schedule_due_backups(ctx)
+        started = schedule_due_backups(ctx) + schedule_due_drills(ctx)
         report = prune_backups(ctx)
         stale = [state.tenant_id for state in report_stale_backups(ctx)]
         click.echo(json.dumps({"started": started, "pruned": vars(report), "stale_backups": stale}, indent=2))

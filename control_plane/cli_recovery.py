@@ -1,4 +1,5 @@
-"""`tenantctl catalog backup|backups|restore` and `tenantctl fleet recover`: disaster recovery."""
+"""Disaster recovery from the terminal: `tenantctl catalog backup|backups|restore`, `tenantctl fleet recover`,
+`tenantctl drills run|list`."""
 from __future__ import annotations
 
 import json
@@ -108,3 +109,64 @@ def fleet_recover(server_name: str, parallel: int, admin_url_file, as_json: bool
     if any(r.status in ("failed", "no_backup") for r in recoveries):
         raise SystemExit(1)
 
+
+@click.group("drills")
+def drills_group() -> None:
+    """Restore drills: each tenant's newest backup restored into a scratch database and checked."""
+
+
+@drills_group.command("run")
+@click.argument("tenant_ids", nargs=-1)
+@click.option("--all", "all_tenants", is_flag=True, help="Every active tenant.")
+@click.option("--follow", "follow_progress", is_flag=True, help="Show progress until each finishes.")
+def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow_progress: bool) -> None:
+    """Drill TENANT_IDS (or --all); prints the operation ids, or with --follow each drill's result."""
+    from control_plane.cli_support import follow
+    from control_plane.catalog.models import TenantStatus
+    from control_plane.services import tenants
+    from control_plane.services.kinds.drill import request_drill
+
+    if bool(tenant_ids) == all_tenants:
+        raise click.UsageError("name tenants, or --all")
+    ctx = context()
+    if all_tenants:
+        tenant_ids = tuple(t.id for t in tenants.list_tenants(ctx, SYSTEM, status=TenantStatus.ACTIVE,
+                                                              limit=1_000_000)[0])
+    ops = [request_drill(ctx, SYSTEM, tenant_id) for tenant_id in tenant_ids]
+    failed = 0
+    for op in ops:
+        click.echo(f"tenant {op.tenant_id}: drill operation {op.id}", err=True)
+        if not follow_progress:
+            click.echo(op.id)
+            continue
+        try:
+            follow(ctx, op.id)
+        except click.ClickException as exc:
+            click.echo(f"tenant {op.tenant_id}: drill failed: {exc.message}", err=True)
+            failed += 1
+    if failed:
+        raise SystemExit(1)
+
+
+@drills_group.command("list")
+@click.option("--tenant", "tenant_id")
+@click.option("--result", type=click.Choice(["running", "passed", "failed"]))
+@click.option("--json", "as_json", is_flag=True)
+def drills_list(tenant_id: str | None, result: str | None, as_json: bool) -> None:
+    """Drills, newest first."""
+    from control_plane.api.drill_schemas import DrillSchema
+    from control_plane.catalog.backup_models import DrillResult
+    from control_plane.services import drills
+
+    items, total = drills.list_drills(context(), SYSTEM, tenant_id=tenant_id,
+                                      result=DrillResult(result) if result else None, limit=10_000)
+    if as_json:
+        click.echo(json.dumps(DrillSchema(many=True).dump(items), indent=2))
+        return
+    click.echo(f"{'TENANT':<40} {'RESULT':<8} {'STARTED':<25} {'RPO':>8} {'RTO':>8} {'FROM':<8} REASON")
+    for d in items:
+        rpo = f"{d.rpo_seconds / 3600:.1f}h" if d.rpo_seconds is not None else "-"
+        rto = f"{d.rto_seconds:.1f}s" if d.rto_seconds is not None else "-"
+        click.echo(f"{d.tenant_id:<40} {d.result.value:<8} {d.started_at.isoformat(timespec='seconds'):<25} "
+                   f"{rpo:>8} {rto:>8} {d.source or '-':<8} {d.reason or ''}")
+    click.echo(f"{total} drills", err=True)

@@ -181,6 +181,38 @@ def _backups(ctx: ServiceContext) -> Iterable[Metric]:
     yield size
 
 
+@fleet_source("drills")
+def _drills(ctx: ServiceContext) -> Iterable[Metric]:
+    from control_plane.catalog.models import utcnow
+    from control_plane.services.drills import latest_drills
+
+    at = GaugeMetricFamily("control_plane_tenant_last_drill_timestamp_seconds",
+                           "When the tenant's newest finished restore drill started (Unix time)", labels=["tenant_id"])
+    passed = GaugeMetricFamily("control_plane_tenant_last_drill_success",
+                               "1 if the tenant's newest finished restore drill passed, 0 if it failed",
+                               labels=["tenant_id"])
+    rto = GaugeMetricFamily("control_plane_tenant_last_drill_rto_seconds",
+                            "Recovery time the tenant's newest passing drill achieved (download to checked database)",
+                            labels=["tenant_id"])
+    rpo = GaugeMetricFamily("control_plane_tenant_last_drill_rpo_seconds",
+                            "Age of the backup the tenant's newest drill restored", labels=["tenant_id"])
+    age = GaugeMetricFamily("control_plane_tenant_successful_drill_age_seconds",
+                            "Seconds since the tenant's newest passing drill (since its creation if none passed)",
+                            labels=["tenant_id"])
+    now = utcnow()
+    for tenant_id, (last, passed_at, created_at) in latest_drills(ctx).items():
+        age.add_metric([tenant_id], max(0.0, (now - (passed_at or created_at)).total_seconds()))
+        if last is None:
+            continue
+        at.add_metric([tenant_id], last.started_at.timestamp())
+        passed.add_metric([tenant_id], 1 if last.result.value == "passed" else 0)
+        if last.rto_seconds is not None and last.result.value == "passed":
+            rto.add_metric([tenant_id], last.rto_seconds)
+        if last.rpo_seconds is not None:
+            rpo.add_metric([tenant_id], last.rpo_seconds)
+    yield from (at, passed, rto, rpo, age)
+
+
 @fleet_source("queue")
 def _queue(ctx: ServiceContext) -> Iterable[Metric]:
     monitor = ctx.queue_monitor

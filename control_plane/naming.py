@@ -91,6 +91,11 @@ def restore_database_name(tenant_id: str, operation_id: str) -> str:
     return f"tenant_{_slug(tenant_id)}_rs_{operation_id.replace('-', '')[:8]}"
 
 
+def drill_database_name(tenant_id: str, operation_id: str) -> str:
+    """The scratch database a restore drill fills, checks and drops (one per operation: retries reuse it)."""
+    return f"tenant_{_slug(tenant_id)}_dr_{operation_id.replace('-', '')[:8]}"
+
+
 def retired_database_name(tenant_id: str, when) -> str:
     """Where an in-place restore keeps the database it replaced: `tenant_<id>_<YYYYMMDD>_<HHMMSS>` (≤ 63)."""
     return f"tenant_{_slug(tenant_id)}_{when:%Y%m%d_%H%M%S}"

@@ -115,7 +115,9 @@ def test_metrics_report_http_queue_servers_and_tenants(client, auth, ctx, settin
     assert value("control_plane_operations_finished_last_hour", kind="provision", status="succeeded") == 1
     assert value("control_plane_operation_duration_seconds_bucket", kind="provision", le="+Inf") == 1
     sources = {s.labels["source"]: s.value for s in samples["control_plane_metrics_source_up"]}
-    assert {"catalog", "backups", "queue", "servers"} <= set(sources) and set(sources.values()) == {1}, sources
+    assert {"catalog", "backups", "drills", "queue", "servers"} <= set(sources) and set(sources.values()) == {1}, sources
+    # No drill yet: the age of the newest passing one counts from the tenant's creation.
+    assert 0 <= value("control_plane_tenant_successful_drill_age_seconds", tenant_id=WATCHED) < 3600
 
 
 def test_metrics_token_protects_metrics(ctx):

@@ -294,7 +294,7 @@ class PostgresBackupTools:
         major, _ = self.server_version()
         client = choose_client(major, self._bin_dir)
         try:
-            snapshot = psycopg.connect(self._conninfo(database, role), password=password,
+            snapshot = psycopg.connect(self._conninfo(database, role), password=password or None,
                                        autocommit=False)
         except psycopg.Error as exc:
             raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
@@ -350,8 +350,36 @@ class PostgresBackupTools:
     def row_counts(self, database: str, role: str, password: str) -> dict[str, int]:
         """Every table's exact row count now (what a restored database is checked against)."""
         try:
-            with psycopg.connect(self._conninfo(database, role), password=password) as conn:
+            with psycopg.connect(self._conninfo(database, role), password=password or None) as conn:
                 return _count_rows(conn)
+        except psycopg.Error as exc:
+            raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
+
+    def _admin_identity(self) -> tuple[str, str]:
+        params = conninfo_to_dict(self._admin_url)
+        return params.get("user") or "", params.get("password") or ""
+
+    def create_scratch_database(self, database: str) -> None:
+        """A fresh database owned by the admin role, that only it may connect to (restore drills)."""
+        user, _ = self._admin_identity()
+        self.create_database(database, owner=user)
+
+    def restore_as_admin(self, database: str, feed: Callable[[BinaryIO], None], archive_major: int = 0) -> None:
+        """`restore` as the admin role: the tenant's role need not exist on this server."""
+        user, password = self._admin_identity()
+        self.restore(database, user, password, feed, archive_major)
+
+    def inspect_database(self, database: str) -> tuple[dict[str, int], str | None]:
+        """(every table's exact row count, the Alembic revision or None) of a database, as the admin."""
+        user, password = self._admin_identity()
+        try:
+            with psycopg.connect(self._conninfo(database, user), password=password or None) as conn:
+                counts = _count_rows(conn)
+                revision = None
+                if "public.alembic_version" in counts:
+                    row = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
+                    revision = row[0] if row else None
+                return counts, revision
         except psycopg.Error as exc:
             raise DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}") from exc
 

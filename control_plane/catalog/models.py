@@ -57,6 +57,7 @@ class OperationKind(str, enum.Enum):
     BACKUP = "backup"
     RESTORE = "restore"
     MOVE = "move"
+    DRILL = "drill"
 
 
 class OperationStatus(str, enum.Enum):

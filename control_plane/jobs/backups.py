@@ -13,6 +13,7 @@ from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.jobs.fleet import advance_drains, check_servers, refill_warm_pools, report_reconcile
 from control_plane.jobs.sweeper import sweep_operations
 from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
+from control_plane.services.drill_schedule import schedule_due_drills
 from control_plane.services.pruning import prune_backups as prune
 from control_plane.settings import Settings
 
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def schedule_backups() -> list[str]:
-    """Start the daily backups that are due (each tenant at its slot in the window)."""
+    """Start the backups that are due (each tenant at its slot), the retries of failed ones, and the weekly
+    restore drills that are due."""
     ctx = build_context(Settings.from_env(), pool_size=1)
     try:
-        return schedule_due_backups(ctx)
+        return schedule_due_backups(ctx) + schedule_due_drills(ctx)
     finally:
         dispose(ctx)
 

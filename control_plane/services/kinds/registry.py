@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from control_plane.catalog.models import OperationKind
-from control_plane.services.kinds import backup, delete, migrate, move, provision, restore
+from control_plane.services.kinds import backup, delete, drill, migrate, move, provision, restore
 from control_plane.services.kinds.base import Kind
 
 KINDS: dict[OperationKind, Kind] = {k.kind: k for k in (
@@ -12,6 +12,7 @@ KINDS: dict[OperationKind, Kind] = {k.kind: k for k in (
     backup.BACKUP,
     restore.RESTORE,
     move.MOVE,
+    drill.DRILL,
 )}
 
 
