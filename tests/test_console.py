@@ -1,6 +1,7 @@
 """The web console in a real headless chromium (Debian's, driven by Playwright): sign in, create a tenant
 and watch it become active, back it up, restore it, see a failure and retry it; a tenant admin sees
-only its own tenant. Screenshots go to docs/screenshots/."""
+only its own tenant. Screenshots go to .devstack/screenshots/ (git-ignored: a test run never changes the
+repository; copy them to docs/screenshots/ to refresh the README's)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from control_plane.catalog.models import TokenRole
 from control_plane.services.auth import create_token
 from helpers import create_tenant, wait_until
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / ".devstack" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
