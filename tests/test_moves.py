@@ -198,3 +198,42 @@ def test_kill_9_at_each_phase_is_undone_or_finished_by_retry(fleet, ctx, setting
         assert not databases(fleet.url(here), "tenant\\_phoenix\\_db")
         assert _replication_leftovers(fleet.url(here)) == [] and _replication_leftovers(fleet.url(there)) == []
         here, there = there, here
+
+
+
+def test_cancel_before_the_cut_over_leaves_the_source_untouched(fleet, ctx, settings):
+    from control_plane.catalog.models import Operation
+
+    fleet.place("undecided", "pg2")
+    with tenant_login(ctx, "undecided") as conn:
+        conn.execute("INSERT INTO leads (full_name) SELECT 'seed ' || g FROM generate_series(1, 500) g")
+    op = _move(fleet, "undecided", server="pg3", mode="online")
+    answers: list[int] = []
+
+    def cancel_once_replicating() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with ctx.sessions() as session:
+                current = session.get(Operation, op["id"])
+                if current.status.finished:
+                    return
+                step = current.step
+            if step in ("start_replication", "copy_data", "catch_up"):
+                answers.append(fleet.client.post(f"/v1/operations/{op['id']}/cancel", headers=fleet.auth).status_code)
+                return
+            time.sleep(0.002)
+
+    canceller = threading.Thread(target=cancel_once_replicating, daemon=True)
+    canceller.start()
+    build_worker(settings).work(burst=True, logging_level="WARNING")
+    canceller.join(60)
+    done = operation(fleet.client, fleet.auth, op["id"])
+    assert answers and answers[0] in (200, 202) and done["status"] == "cancelled", (answers, done)
+    body = tenant(fleet.client, fleet.auth, "undecided")
+    assert body["server"] == "pg2" and body["status"] == "active"
+    with tenant_login(ctx, "undecided") as conn:
+        assert conn.execute("SELECT count(*) FROM leads").fetchone()[0] == 500
+    assert not databases(fleet.url("pg3"), "tenant\\_undecided%")
+    assert _replication_leftovers(fleet.url("pg2")) == [] and _replication_leftovers(fleet.url("pg3")) == []
+    assert one(fleet.url("pg3"), "SELECT count(*) FROM pg_subscription") == 0
+    assert one(fleet.url("pg2"), "SELECT count(*) FROM pg_publication", dbname="tenant_undecided_db") == 0
