@@ -92,6 +92,8 @@ class Endpoint:
     confirm: str | None = None
     # Body fields computed from the options (a mode implied by another option, a flag inverted).
     derived: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # (parameter, path): this path instead when that parameter is given (a list narrowed to one tenant).
+    narrowed: tuple[str, str] | None = None
 
 
 def _arg(name: str) -> click.Argument:
@@ -105,6 +107,7 @@ def _opt(*decls: str, **attrs: Any) -> click.Option:
 TENANT = _arg("tenant_id")
 OPERATION_COLUMNS = ("id", "kind", "tenant_id", "status", "progress", "step", "error")
 TENANT_COLUMNS = ("id", "name", "status", "server", "schema_revision", "last_backup_at")
+DRILL_COLUMNS = ("id", "tenant_id", "result", "finished_at", "rpo_seconds", "rto_seconds", "reason")
 BACKUP_COLUMNS = ("id", "status", "trigger", "completed_at", "stored_bytes", "schema_revision")
 STATUS = _opt("--status", help="Only in this status.")
 LIMIT = _opt("--limit", "page_size", type=click.IntRange(1, 1000), default=100, show_default=True,
@@ -162,6 +165,18 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
                  ("tenantctl operations show 5f0c... --follow",), (_arg("operation_id"),)),
         Endpoint("retry", "POST", "/v1/operations/{operation_id}/retry", "Run a failed operation again.",
                  ("tenantctl operations retry 5f0c...",), (_arg("operation_id"),), starts_work=True),
+        Endpoint("cancel", "POST", "/v1/operations/{operation_id}/cancel",
+                 "Cancel a queued or running operation (a running one stops at its next safe step).",
+                 ("tenantctl operations cancel 5f0c...",), (_arg("operation_id"),)),
+    )),
+    "drills": ("Restore drills: a tenant's newest backup restored into a scratch database and checked.", (
+        Endpoint("run", "POST", "/v1/tenants/{tenant_id}/drills", "Drill a tenant's newest backup now.",
+                 ("tenantctl drills run acme-clinic",), (TENANT,), starts_work=True),
+        Endpoint("list", "GET", "/v1/drills", "Drills, newest first (every tenant's, or --tenant's).",
+                 ("tenantctl drills list --result failed", "tenantctl drills list --tenant acme-clinic"),
+                 (_opt("--tenant", "tenant_id"), _opt("--result", type=click.Choice(("running", "passed", "failed"))), LIMIT),
+                 query=("result", "page_size"), columns=DRILL_COLUMNS,
+                 narrowed=("tenant_id", "/v1/tenants/{tenant_id}/drills")),
     )),
     "backups": ("Encrypted per-tenant backups and restores.", (
         Endpoint("create", "POST", "/v1/tenants/{tenant_id}/backups", "Back a tenant up now.",
@@ -336,7 +351,10 @@ def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
     as_json, wait = options.pop("as_json"), options.pop("wait", False)
     follow = options.pop("follow", False)
     client = ApiClient.from_env()
-    path = re.sub(r"\{(\w+)\}", lambda m: urllib.parse.quote(str(options[m.group(1)]), safe=""), endpoint.path)
+    path = endpoint.path
+    if endpoint.narrowed and options.get(endpoint.narrowed[0]) is not None:
+        path = endpoint.narrowed[1]
+    path = re.sub(r"\{(\w+)\}", lambda m: urllib.parse.quote(str(options[m.group(1)]), safe=""), path)
     query = {key: _value(options.get(param)) for key, param in map(_split, endpoint.query)}
     body = {key: _value(options.get(param)) for key, param in map(_split, endpoint.body)}
     body.update(endpoint.derived(options) if endpoint.derived else {})

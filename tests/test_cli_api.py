@@ -69,6 +69,16 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     assert shown["id"] == operations[0]["id"]
     tenantctl("operations", "retry", operations[0]["id"], code=4)  # 409: it has not failed
     tenantctl("operations", "show", "00000000-0000-0000-0000-000000000000", code=3)
+    tenantctl("operations", "cancel", operations[0]["id"], code=4)  # 409: it has already finished
+    tenantctl("operations", "cancel", "00000000-0000-0000-0000-000000000000", code=3)
+
+    drill_op = as_json(tenantctl("drills", "run", "api-clinic", "--json"))
+    assert drill_op["kind"] == "drill" and drill_op["status"] == "succeeded"
+    drills = as_json(tenantctl("drills", "list", "--tenant", "api-clinic", "--json"))
+    assert [(d["tenant_id"], d["result"]) for d in drills] == [("api-clinic", "passed")]
+    assert drills[0]["id"] in {d["id"] for d in as_json(tenantctl("drills", "list", "--result", "passed", "--json"))}
+    assert as_json(tenantctl("drills", "list", "--result", "failed", "--json")) == []
+    tenantctl("drills", "list", "--result", "bogus", code=2)
 
     deleted = tenantctl("tenants", "delete", "api-copy", "--no-final-backup", "--yes", "--json")
     assert as_json(deleted)["kind"] == "delete"
