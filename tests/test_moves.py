@@ -14,6 +14,7 @@ from control_plane.jobs.worker import build_worker
 
 from fleet_support import Fleet, fleet, logical_servers  # noqa: F401 (fixtures)
 from helpers import databases, one, operation, roles, tenant, tenant_login
+from test_plans import role_limits
 from test_runtime_support import router_factory  # noqa: F401 (fixture)
 
 
@@ -104,6 +105,10 @@ def test_offline_move_of_a_suspended_tenant_when_online_is_impossible(fleet, ctx
     fleet.place("sleeper", "default")
     with tenant_login(ctx, "sleeper") as conn:
         conn.execute("INSERT INTO leads (full_name) VALUES ('kept')")
+    assert fleet.client.post("/v1/plans", headers=fleet.auth, json={
+        "name": "tight", "connection_limit": 4, "statement_timeout_ms": 6000,
+        "idle_in_transaction_timeout_ms": 7000}).status_code == 201
+    assert fleet.client.patch("/v1/tenants/sleeper", headers=fleet.auth, json={"plan": "tight"}).status_code == 200
     assert fleet.client.post("/v1/tenants/sleeper/suspend", headers=fleet.auth).status_code == 200
 
     refused = fleet.client.post("/v1/tenants/sleeper/move", headers=fleet.auth, json={"server": "pg2", "mode": "online"})
@@ -120,6 +125,9 @@ def test_offline_move_of_a_suspended_tenant_when_online_is_impossible(fleet, ctx
         assert conn.execute("SELECT full_name FROM leads").fetchall() == [("kept",)]
     assert databases(admin_url, "tenant\\_sleeper%") == {done["result"]["retired_database"]}
     assert "tenant_sleeper" in roles(fleet.url("pg2"))
+    # The plan's limits came along: on the target's role, not only on the source's.
+    assert role_limits(fleet.url("pg2"), "tenant_sleeper") == [
+        4, ["statement_timeout=6000", "idle_in_transaction_session_timeout=7000"]]
 
 
 def test_move_refusals_and_the_cli(fleet):

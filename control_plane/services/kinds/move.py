@@ -30,6 +30,7 @@ from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.kinds.base import Kind, Report
 from control_plane.services.operation_requests import check_free, find_replay, fingerprint, request_work
+from control_plane.services.plans import limits_of
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,13 @@ def _prepare_target(ctx: ServiceContext, tenant: Tenant, target: DatabaseServer,
     return ctx.backup_tools(ctx.admin_url_of(target))
 
 
+def _apply_limits(ctx: ServiceContext, session: Session, tenant: Tenant, target: DatabaseServer) -> None:
+    """The tenant's plan limits on its role on the target, once the copy that logs in as that role is done
+    (a plan's statement_timeout or connection limit must not cut the copy short)."""
+    with ctx.admin_for(target) as admin:
+        admin.apply_limits(tenant.role_name, limits_of(session, tenant))
+
+
 def _copy_online(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, source: DatabaseServer,
                  target: DatabaseServer, report: Report) -> dict[str, Any]:
     password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
@@ -216,6 +224,7 @@ def _copy_online(ctx: ServiceContext, session: Session, op: Operation, tenant: T
     replication.prepare_source(database, name, replication_password := random_password())
     ctx.backup_tools(ctx.admin_url_of(source)).copy_into(target_tools, database, tenant.role_name, password,
                                                          schema_only=True)
+    _apply_limits(ctx, session, tenant, target)
     report("start_replication", 15)
     replication.subscribe(database, name, replication_password)
     started = time.monotonic()
@@ -263,6 +272,7 @@ def _copy_offline(ctx: ServiceContext, session: Session, op: Operation, tenant: 
         report("copy_data", 20)
         copied = ctx.backup_tools(ctx.admin_url_of(source)).copy_into(target_tools, tenant.database_name,
                                                                       tenant.role_name, password)
+        _apply_limits(ctx, session, tenant, target)
     except BaseException:
         source_admin.set_login(tenant.role_name, True)
         _back_to_previous_status(tenant, op)
