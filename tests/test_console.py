@@ -69,6 +69,10 @@ def test_super_admin_creates_backs_up_restores_and_retries(page: Page, live_api:
     page.get_by_role("button", name="Back up now").click()
     backup_row = page.locator("#tenant-backups tbody tr").first
     expect(backup_row.locator(".badge")).to_have_text("completed", timeout=SLOW)
+    page.get_by_role("button", name="Run drill").click()
+    expect(page.get_by_role("status")).to_contain_text("Drill: operation")
+    drill_row = page.locator("#tenant-operations tr", has_text="drill")
+    expect(drill_row.locator(".badge")).to_have_text("succeeded", timeout=SLOW)
 
     backup_row.get_by_role("button", name="Restore").click()
     dialog = page.get_by_role("dialog")

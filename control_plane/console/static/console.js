@@ -173,6 +173,9 @@ function operationsTable(ops) {
     ["", op => op.status === "failed" ? h("button", {
       type: "button", text: "Retry", "aria-label": `Retry ${op.kind} ${op.id}`,
       onclick: event => act(event.target, `Retry ${op.kind}`, () => api("POST", `/v1/operations/${op.id}/retry`)),
+    }) : ["queued", "running"].includes(op.status) && isSuper() && !op.cancel_requested_at ? h("button", {
+      type: "button", class: "secondary", text: "Cancel", "aria-label": `Cancel ${op.kind} ${op.id}`,
+      onclick: event => act(event.target, `Cancel ${op.kind}`, () => api("POST", `/v1/operations/${op.id}/cancel`)),
     }) : ""],
   ], ops, "No operations.");
 }
@@ -237,6 +240,7 @@ async function tenantPage(params, view, tenantId) {
   const button = (text, onclick, cls) => h("button", { type: "button", class: cls || null, text, onclick });
   actions.append(button("Back up now", e => act(e.target, "Backup", () => api("POST", `${path}/backups`, {}))));
   if (isSuper()) {
+    actions.append(button("Run drill", e => act(e.target, "Drill", () => api("POST", `${path}/drills`)), "secondary"));
     if (tenant.status === "suspended") actions.append(button("Resume", e => act(e.target, "Resume", () => api("POST", `${path}/resume`))));
     else actions.append(button("Suspend", e => act(e.target, "Suspend", () => api("POST", `${path}/suspend`)), "secondary"));
     const target = h("input", { id: "migrate-target", value: "head", size: 14 });
