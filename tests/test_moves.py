@@ -9,7 +9,9 @@ import time
 import psycopg
 from click.testing import CliRunner
 
+from control_plane.catalog.models import Tenant
 from control_plane.cli import cli
+from control_plane.services.context import role_secret_context
 from control_plane.jobs.worker import build_worker
 
 from fleet_support import Fleet, fleet, logical_servers  # noqa: F401 (fixtures)
@@ -245,3 +247,39 @@ def test_cancel_before_the_cut_over_leaves_the_source_untouched(fleet, ctx, sett
     assert _replication_leftovers(fleet.url("pg2")) == [] and _replication_leftovers(fleet.url("pg3")) == []
     assert one(fleet.url("pg3"), "SELECT count(*) FROM pg_subscription") == 0
     assert one(fleet.url("pg2"), "SELECT count(*) FROM pg_publication", dbname="tenant_undecided_db") == 0
+
+
+def _log_statements(fleet: Fleet, value: str) -> None:
+    for name in ("pg2", "pg3"):
+        with psycopg.connect(fleet.url(name), autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET log_statement = '{value}'")
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 30  # the reload is asynchronous: poll until new sessions see it
+        while one(fleet.url(name), "SHOW log_statement") != value:
+            assert time.monotonic() < deadline, f"log_statement never became {value} on {name}"
+            time.sleep(0.05)
+
+
+def test_online_move_logs_no_role_password_with_log_statement_all(fleet, ctx):
+    fleet.place("quiet", "pg2")
+    with ctx.sessions() as session:
+        row = session.get(Tenant, "quiet")
+        password = ctx.keyring.decrypt(row.role_password_encrypted, role_secret_context("quiet"))
+    offsets = {name: fleet.servers[name].log_file.stat().st_size for name in ("pg2", "pg3")}
+    _log_statements(fleet, "all")
+    try:
+        op = _move(fleet, "quiet", server="pg3", mode="online")
+        fleet.run_jobs()
+    finally:
+        _log_statements(fleet, "none")
+    assert operation(fleet.client, fleet.auth, op["id"])["status"] == "succeeded"
+    logs = {}
+    for name, offset in offsets.items():
+        with open(fleet.servers[name].log_file, "rb") as f:
+            f.seek(offset)
+            logs[name] = f.read().decode("utf-8", errors="replace")
+    assert "SCRAM-SHA-256$" in logs["pg3"]  # the role DDL on the target was logged, as a verifier
+    assert "CREATE PUBLICATION" in logs["pg2"]  # statements were logged during the move
+    for name, text in logs.items():
+        assert password not in text, name
+        assert "CREATE SUBSCRIPTION" not in text and "password=" not in text, name
