@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from control_plane.cli import cli
+from control_plane.naming import TENANT_EVENTS_CHANNEL
 from control_plane.settings import REQUIRED, Settings, read_setting
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ def test_health_limits_updates_and_placement(stack):
     assert stack["networks"]["backend"]["driver_opts"]["encrypted"] == "true"
 
 
-def test_credentials_come_only_from_secrets(stack):
+def test_credentials_come_only_from_secrets(stack, redis_conn):
     declared = set(stack["secrets"])
     assert all(secret.get("external") for secret in stack["secrets"].values())
     for name, service in stack["services"].items():
@@ -120,6 +121,23 @@ def test_credentials_come_only_from_secrets(stack):
             assert secret in used, f"{name} reads secret {secret} it is not given"
     # Redis requires a password, and the control plane's Redis URL is a secret.
     assert "requirepass" in " ".join(stack["services"]["redis"]["entrypoint"])
+    # The runtime's events user: SUBSCRIBE on the events channel only, its password from a secret. Its rules,
+    # given to a real Redis, let it subscribe there and nothing else.
+    config = " ".join(stack["services"]["redis"]["entrypoint"])
+    rules = re.search(r"^\s*user runtime-events (.*)$", config, re.M).group(1)
+    secret = ">$$(cat /run/secrets/runtime_events_password)"
+    assert secret in rules
+    line = rules.replace(secret, ">a-test-password").split()
+    redis_conn.execute_command("ACL", "SETUSER", "stack-events-test", *line)
+    assert f"&{TENANT_EVENTS_CHANNEL}" in line
+    try:
+        def allowed(*command: str) -> bool:
+            return redis_conn.execute_command("ACL", "DRYRUN", "stack-events-test", *command) in (b"OK", "OK")
+        assert allowed("SUBSCRIBE", TENANT_EVENTS_CHANNEL)
+        for refused in (("SUBSCRIBE", "rq:other"), ("GET", "rq:queues"), ("PUBLISH", TENANT_EVENTS_CHANNEL, "x")):
+            assert not allowed(*refused), refused
+    finally:
+        redis_conn.execute_command("ACL", "DELUSER", "stack-events-test")
     assert stack["services"]["api"]["environment"]["REDIS_URL_FILE"] == "/run/secrets/redis_url"
 
 
