@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 import requests
+from rich import filesize
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -328,16 +329,28 @@ def print_data(data: Any, columns: tuple[str, ...], as_json: bool) -> None:
         click.echo(_render(data))
 
 
+def _completion(operation: dict[str, Any]) -> dict[str, Any]:
+    """The bar's position: bytes streamed of the estimated total when the operation records them (a backup),
+    else its percent."""
+    result = operation.get("result") or {}
+    done, total = result.get("bytes_done"), result.get("bytes_total")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        return {"completed": min(done, total), "total": total,
+                "bytes": f"{filesize.decimal(done)} of ~{filesize.decimal(total)}"}
+    return {"completed": operation["progress"], "total": 100, "bytes": ""}
+
+
 def follow_operation(client: ApiClient, operation: dict[str, Any], as_json: bool) -> None:
     """A progress bar (percent, step, elapsed, ETA) until the operation ends; then its record; exit 1 if it
     did not succeed."""
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[step]}"))
+               TimeRemainingColumn(), TextColumn("{task.fields[bytes]}"), TextColumn("{task.fields[step]}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{operation['kind']} {operation.get('tenant_id') or ''}", total=100, step="")
+        task = progress.add_task(f"{operation['kind']} {operation.get('tenant_id') or ''}", total=100, step="",
+                                 bytes="")
         while True:
-            progress.update(task, completed=operation["progress"], step=operation.get("step") or "")
+            progress.update(task, step=operation.get("step") or "", **_completion(operation))
             if operation["status"] in ("succeeded", "failed", "cancelled"):
                 break
             time.sleep(POLL_SECONDS)

@@ -54,8 +54,11 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
 
     backup_op = as_json(tenantctl("backups", "create", "api-clinic", "--json"))
     assert backup_op["kind"] == "backup" and backup_op["status"] == "succeeded"
+    followed = tenantctl("backups", "create", "api-clinic", "--json")  # the bar follows the bytes streamed
+    assert 0 < as_json(followed)["result"]["bytes_done"] <= as_json(followed)["result"]["bytes_total"]
+    assert " of ~" in followed.stderr
     backups = as_json(tenantctl("backups", "list", "api-clinic", "--json"))
-    assert [b["status"] for b in backups] == ["completed"]
+    assert [b["status"] for b in backups] == ["completed", "completed"]
     assert as_json(tenantctl("backups", "show", backups[0]["id"], "--json"))["tenant_id"] == "api-clinic"
     assert "rpo_hours" in as_json(tenantctl("backups", "policy", "api-clinic", "--json"))
     restored = as_json(tenantctl("backups", "restore", "api-clinic", backups[0]["id"], "--new-tenant", "api-copy",

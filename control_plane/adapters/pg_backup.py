@@ -270,6 +270,11 @@ class PostgresBackupTools:
     def database_exists(self, database: str) -> bool:
         return self._admin.database_exists(database)
 
+    def database_size(self, database: str) -> int:
+        """pg_database_size: an estimate of a dump's archive size (indexes are not dumped, TOAST is)."""
+        with self._connect() as conn:
+            return int(conn.execute("SELECT pg_database_size(%s)", (database,)).fetchone()[0])
+
     def create_database(self, database: str, owner: str) -> None:
         """A fresh, empty database only `owner` may connect to (dropped first if a failed attempt left it)."""
         self._admin.drop_database(database)

@@ -40,6 +40,7 @@ from control_plane.services.retention import Policy, policy_of
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
+PROGRESS_SECONDS = 0.5  # how often a streaming backup records its bytes on the operation
 
 
 def _describe(exc: BaseException) -> str:
@@ -64,13 +65,25 @@ class _Heartbeat:
     which must not touch the job's session.
     """
 
-    def __init__(self, ctx: ServiceContext, operation_id: str | None) -> None:
+    def __init__(self, ctx: ServiceContext, operation_id: str | None, total_bytes: int) -> None:
         self._ctx = ctx
         self._operation_id = operation_id
-        self._last = time.monotonic()
+        self._total_bytes = total_bytes
+        self._last = self._last_bytes = time.monotonic()
+
+    def record_bytes(self, stats: SealStats) -> None:
+        """Archive bytes streamed so far and the estimated total, in the operation's `result`."""
+        if self._operation_id is None:
+            return
+        self._last_bytes = time.monotonic()
+        progress = {"bytes_done": stats.archive_bytes, "bytes_total": max(self._total_bytes, stats.archive_bytes)}
+        with transaction(self._ctx.sessions) as session:
+            session.execute(update(Operation).where(Operation.id == self._operation_id).values(result=progress))
 
     def __call__(self, stats: SealStats) -> None:
         now = time.monotonic()
+        if now - self._last_bytes >= PROGRESS_SECONDS:
+            self.record_bytes(stats)
         if self._operation_id is None or now - self._last < HEARTBEAT_SECONDS:
             return
         self._last = now
@@ -113,11 +126,12 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
                               chunk_size=CHUNK_SIZE)
         stats = SealStats()
         level = ctx.settings.backup_zstd_level
+        heartbeat = _Heartbeat(ctx, operation_id, tools.database_size(tenant.database_name))
         with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as dump:
             # threads=1: zstd compresses in its own thread while this one reads, encrypts and writes.
-            pieces = seal(dump.archive, header, secret, stats, level=level, threads=1,
-                          on_progress=_Heartbeat(ctx, operation_id))
+            pieces = seal(dump.archive, header, secret, stats, level=level, threads=1, on_progress=heartbeat)
             store.put(data_key(backup), IterReader(pieces))
+        heartbeat.record_bytes(stats)
         client = dump.client
         table_rows = dump.row_counts()
         if stats.archive_head != PG_ARCHIVE_MAGIC:

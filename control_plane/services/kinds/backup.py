@@ -39,7 +39,8 @@ class Backup(Kind):
         backup = perform_backup(ctx, session, tenant, BackupTrigger(op.params.get("trigger", "manual")), op.id,
                                 expires_in_days=op.params.get("expires_in_days"))
         result = {"backup_id": backup.id, "location": backup.location, "archive_bytes": backup.archive_bytes,
-                  "stored_bytes": backup.stored_bytes, "sha256": backup.sha256}
+                  "stored_bytes": backup.stored_bytes, "sha256": backup.sha256,
+                  "bytes_done": backup.archive_bytes, "bytes_total": backup.archive_bytes}
         for copy in backup.copies:
             result["copy"] = {"location": copy.location, "status": copy.status.value, "method": copy.method,
                               "error": copy.error}
