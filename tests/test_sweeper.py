@@ -170,3 +170,27 @@ def test_kill_9_at_a_random_step_of_each_kind_then_the_operation_succeeds(ctx, c
                        ["final_backup", "release_backups", "drop_database", "drop_role"])
     assert tenant(client, auth, name)["status"] == "deleted"
     assert databases(admin_url, role.replace("_", r"\_") + "%") == set() and roles(admin_url, role) == set()
+
+
+def test_a_worker_survives_redis_going_away_while_a_job_runs(settings, tmp_path, processes):
+    """RQ quits on a Redis error while a work horse runs; the worker process starts working again instead."""
+    from rq import Queue
+    from rq.job import JobStatus
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        connection = redis_client(replace(settings, redis_url=server.url))
+        worker = processes("worker", env={**os.environ, "REDIS_URL": server.url})
+        wait_until(lambda: len(Worker.all(connection=connection)) == 1, 60, "the worker up")
+        queue = Queue(settings.queue_name, connection=connection)
+        running = queue.enqueue(time.sleep, 3)
+        wait_until(lambda: running.get_status(refresh=True) == JobStatus.STARTED, 60, "the job running")
+
+        server.stop()
+        server.start()
+
+        after = queue.enqueue(time.sleep, 0)
+        wait_until(lambda: after.get_status(refresh=True) == JobStatus.FINISHED, 90, "a job after the outage done")
+        assert worker.poll() is None  # the same process, still working
+    finally:
+        server.stop()

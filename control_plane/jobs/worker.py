@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from rq import Worker
 
 import tenant_migrations
@@ -38,15 +40,26 @@ def _mark_horse_killed(settings: Settings):
     return handler
 
 
-def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = False) -> bool:
-    """Sweep (services.sweeper), then work until stopped (or, with burst, until the queue is empty)."""
+def run_worker(settings: Settings, burst: bool = False, with_scheduler: bool = False,
+               retry_seconds: float = 5.0) -> bool:
+    """Sweep (services.sweeper), then work until stopped (or, with burst, until the queue is empty).
+
+    RQ retries a lost Redis only while it waits for a job; a Redis error while a work horse runs ends
+    `work()` with "unhandled exception, quitting". The worker then starts again (a fresh registration;
+    the horse carries on and the sweeper settles its operation), so a Redis blip never takes a worker down.
+    """
     ctx = build_context(settings, pool_size=1)
     try:
         ensure_default_server(ctx)
         log.info("sweep at start-up: %s", sweep(ctx).as_dict())
     finally:
         dispose(ctx)
-    return build_worker(settings).work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
+    while True:
+        try:
+            return build_worker(settings).work(burst=burst, with_scheduler=with_scheduler, logging_level="INFO")
+        except redis.RedisError:
+            log.warning("worker: Redis went away during a job; starting again in %.0f s", retry_seconds)
+            time.sleep(retry_seconds)
 
 
 def _preload() -> None:
