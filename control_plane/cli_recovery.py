@@ -86,7 +86,8 @@ def fleet_recover(server_name: str, parallel: int, admin_url_file, as_json: bool
     """Restore the newest backup of every tenant whose database is missing on SERVER (after a catalog restore).
 
     Backups in the store that the restored catalog does not know (taken after its backup) are adopted
-    first. Exits 1 if any tenant could not be recovered.
+    first. Tenants `failed` because their database is missing are recovered too, and become active
+    (WAS says what they were). Exits 1 if any tenant could not be recovered.
     """
     settings = Settings.from_env()
     ctx = build_context(settings, pool_size=2 * parallel + 1)
@@ -100,12 +101,13 @@ def fleet_recover(server_name: str, parallel: int, admin_url_file, as_json: bool
     if as_json:
         click.echo(json.dumps(recovery.as_dicts(recoveries), indent=2))
     else:
-        click.echo(f"{'TENANT':<40} {'STATUS':<10} {'BACKUP AGE':>11} {'SECONDS':>8} {'FROM':<8} BACKUP / ERROR")
+        click.echo(f"{'TENANT':<40} {'WAS':<10} {'STATUS':<10} {'BACKUP AGE':>11} {'SECONDS':>8} {'FROM':<8} "
+                   "BACKUP / ERROR")
         for r in recoveries:
             age = f"{r.backup_age_seconds / 3600:.1f} h" if r.backup_age_seconds is not None else "-"
             took = f"{r.seconds:.1f}" if r.seconds is not None else "-"
-            click.echo(f"{r.tenant_id:<40} {r.status:<10} {age:>11} {took:>8} {r.source or '-':<8} "
-                       f"{r.error or r.backup_id or ''}")
+            click.echo(f"{r.tenant_id:<40} {r.previous_status or '-':<10} {r.status:<10} {age:>11} {took:>8} "
+                       f"{r.source or '-':<8} {r.error or r.backup_id or ''}")
     if any(r.status in ("failed", "no_backup") for r in recoveries):
         raise SystemExit(1)
 

@@ -137,6 +137,8 @@ _TENANT_TRANSITIONS: dict[str, tuple[frozenset[TenantStatus], TenantStatus]] = {
     "lose_database": (frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.MIGRATING,
                                  TenantStatus.RESTORING, TenantStatus.MOVING, TenantStatus.FAILED}), TenantStatus.FAILED),
     "retry_provisioning": (frozenset({TenantStatus.FAILED, TenantStatus.PROVISIONING}), TenantStatus.PROVISIONING),
+    # A failed tenant whose lost database was restored from a verified backup (fleet recover) serves again.
+    "recover_database": (frozenset({TenantStatus.FAILED}), TenantStatus.ACTIVE),
 }
 
 # Statuses that only an operation holds: when it ends, the tenant leaves them for its settled status.
@@ -251,6 +253,9 @@ class Tenant(Base):
 
     def retry_provisioning(self) -> None:
         self._transition("retry_provisioning")
+
+    def recover_database(self) -> None:
+        self._transition("recover_database")
 
 
 class TenantDomain(Base):

@@ -3,7 +3,8 @@
 For every tenant the catalog places on the server whose database is missing there: first adopt the
 backups the store holds that the (older) restored catalog does not know, then restore the newest
 restorable backup (RESTORE operations in mode `recover`, run here, a bounded number at a time), and
-report per tenant what was recovered, from how old a backup, and how long it took.
+report per tenant what was recovered, from how old a backup, and how long it took. Tenants `failed`
+because their database went missing (reconcile marks them so) are recovered too and become `active`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backups import MAX_MANIFEST_BYTES, newest_restorable, tools_for
 from control_plane.services.context import ServiceContext
-from control_plane.services.kinds.restore import RECOVER, RESTORE, request_restore
+from control_plane.services.kinds.restore import RECOVER, RECOVER_STARTS_FROM, request_restore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 class Recovery:
     tenant_id: str
     status: str                      # recovered, failed, no_backup, present (its database was there)
+    previous_status: str | None = None  # the tenant's status before (a recovered `failed` one is `active` now)
     backup_id: str | None = None
     backup_completed_at: str | None = None
     backup_age_seconds: float | None = None
@@ -120,20 +122,21 @@ def recover_server(ctx: ServiceContext, principal: Principal, server_name: str, 
             raise ServerNotFoundError(server_name)
         tools = tools_for(ctx, server)
         tenants = session.scalars(select(Tenant).where(Tenant.server_name == server_name,
-                                                       Tenant.status.in_(RESTORE.starts_from))
+                                                       Tenant.status.in_(RECOVER_STARTS_FROM))
                                   .order_by(Tenant.id)).all()
         recoveries: list[Recovery] = []
         planned: list[tuple[Recovery, Backup]] = []
         for tenant in tenants:
+            previous = tenant.status.value
             if tools.database_exists(tenant.database_name):
-                recoveries.append(Recovery(tenant.id, "present"))
+                recoveries.append(Recovery(tenant.id, "present", previous))
                 continue
             adopt_stored_backups(ctx, session, tenant.id)
             backup = newest_restorable(session, tenant.id)
             if backup is None:
-                recoveries.append(Recovery(tenant.id, "no_backup", error="no restorable backup"))
+                recoveries.append(Recovery(tenant.id, "no_backup", previous, error="no restorable backup"))
                 continue
-            item = Recovery(tenant.id, "pending", backup_id=backup.id,
+            item = Recovery(tenant.id, "pending", previous, backup_id=backup.id,
                             backup_completed_at=backup.completed_at.isoformat(),
                             backup_age_seconds=round((utcnow() - backup.completed_at).total_seconds(), 1))
             recoveries.append(item)

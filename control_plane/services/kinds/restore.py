@@ -40,6 +40,8 @@ IN_PLACE = "in_place"
 NEW_TENANT = "new_tenant"
 # After a disaster: the tenant's database is gone from its server; restore it there under its own name.
 RECOVER = "recover"
+# A tenant whose database went missing is often `failed` by then (reconcile marks it so): recover it too.
+RECOVER_STARTS_FROM = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.FAILED})
 
 
 def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *, backup_id: str,
@@ -92,6 +94,8 @@ class Restore(Kind):
     # In place (and to recover a lost database) the tenant keeps its status until the swap; a new tenant
     # is provisioning until it is active, and failed if the restore fails.
     def starts(self, params: dict[str, Any]) -> frozenset[TenantStatus]:
+        if params["mode"] == RECOVER:
+            return RECOVER_STARTS_FROM
         return frozenset({TenantStatus.PROVISIONING}) if params["mode"] == NEW_TENANT else self.starts_from
 
     def holds(self, params: dict[str, Any]) -> TenantStatus | None:
@@ -104,7 +108,7 @@ class Restore(Kind):
         return self.status_after_failure(op)
 
     def retry_from(self, op: Operation) -> frozenset[TenantStatus]:
-        return frozenset({TenantStatus.FAILED}) if op.params["mode"] == NEW_TENANT else self.starts_from
+        return frozenset({TenantStatus.FAILED}) if op.params["mode"] == NEW_TENANT else self.starts(op.params)
 
     def prepare(self, ctx: ServiceContext, session: Session, principal: Principal, tenant_id: str,
                 params: dict[str, Any]) -> Tenant:
@@ -234,10 +238,15 @@ def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, r
         report("activate", 90)
         tools.rename(scratch, tenant.database_name)
         tenant.schema_revision = revision
+        result["previous_status"] = tenant.status.value
+        if tenant.status is TenantStatus.FAILED:
+            tenant.recover_database()
         audit.record(session, "system", "tenant.recovered", tenant.id, op.id, backup_id=backup.id,
-                     source=where["source"])
+                     source=where["source"], previous_status=result["previous_status"])
         session.commit()
         ctx.events.publish(tenant.id, "restored", database=tenant.database_name)
+        ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
+                           database=tenant.database_name)
         return result
     if not in_place:
         report("activate", 90, cancellable=False)
