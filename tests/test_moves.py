@@ -90,6 +90,8 @@ def test_online_move_under_a_continuous_writer_loses_no_acknowledged_write(fleet
         assert conn.execute("SELECT count(*) FROM leads WHERE full_name LIKE 'seed %%'").fetchone()[0] == 2000
     missing = acked - found
     assert not missing, f"{len(missing)} acknowledged rows missing on the target"
+    # The initial copy's bytes were recorded for the follow bar, next to what the result showed.
+    assert done["result"]["bytes_done"] == done["result"]["bytes_total"] > 0 and done["result"]["mode"] == "online"
     # Writes went on after the cut-over, on the target: its identity sequence was carried past the source's.
     assert any(at > 0 for _, at in writer.acked[moved_at:])
     print(f"\nonline move: {len(acked)} acknowledged writes, longest gap {writer.longest_gap() * 1000:.0f} ms, "
@@ -126,6 +128,7 @@ def test_offline_move_of_a_suspended_tenant_when_online_is_impossible(fleet, ctx
     with tenant_login(ctx, "sleeper") as conn:
         assert conn.execute("SELECT full_name FROM leads").fetchall() == [("kept",)]
     assert databases(admin_url, "tenant\\_sleeper%") == {done["result"]["retired_database"]}
+    assert done["result"]["bytes_done"] == done["result"]["bytes_total"] == done["result"]["archive_bytes"] > 0
     assert "tenant_sleeper" in roles(fleet.url("pg2"))
     # The plan's limits came along: on the target's role, not only on the source's.
     assert role_limits(fleet.url("pg2"), "tenant_sleeper") == [

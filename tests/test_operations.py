@@ -73,3 +73,34 @@ def test_purge_after_a_crash_mid_swap_leaves_no_database_owned_by_the_role(clien
     assert operation(client, auth, purge.get_json()["id"])["status"] == "succeeded"
     assert tenant(client, auth, SWAPPED)["status"] == "deleted"
     assert databases_like(admin_url, role(SWAPPED) + "%") == set() and roles(admin_url, role(SWAPPED)) == set()
+
+
+def test_byte_progress_is_merged_into_the_result_grows_and_never_shows_a_total_below_what_is_done(ctx, monkeypatch):
+    from control_plane.catalog.models import Operation, OperationKind, OperationStatus
+    from control_plane.services import byte_progress
+
+    monkeypatch.setattr(byte_progress, "PROGRESS_SECONDS", 0.0)  # every count recorded
+    with ctx.sessions() as session, session.begin():
+        op = Operation(kind=OperationKind.MOVE, status=OperationStatus.RUNNING, result={"mode": "online"})
+        session.add(op)
+
+    def recorded() -> dict:
+        with ctx.sessions() as session:
+            return session.get(Operation, op.id).result
+
+    with ctx.sessions() as session, session.begin():  # a result still JSON null starts from {}
+        nothing = Operation(kind=OperationKind.RESTORE, status=OperationStatus.RUNNING, result=None)
+        session.add(nothing)
+    byte_progress.ByteProgress(ctx, nothing.id, 10).add(5)
+    with ctx.sessions() as session:
+        assert session.get(Operation, nothing.id).result == {"bytes_done": 5, "bytes_total": 10}
+
+    progress = byte_progress.ByteProgress(ctx, op.id, 1000)
+    seen = []
+    for count in (100, 400, 800):  # the estimate (1000) is passed by the last count
+        progress.add(count)
+        seen.append(recorded())
+    assert [r["bytes_done"] for r in seen] == [100, 500, 1300]
+    assert [r["bytes_total"] for r in seen] == [1000, 1000, 1300]
+    assert all(r["mode"] == "online" for r in seen)  # what the result showed is kept
+    assert progress.finish() == {"bytes_done": 1300, "bytes_total": 1300} and recorded()["bytes_total"] == 1300

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # Connection options of the source admin URL that the subscription's connection keeps (TLS).
 _TLS_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcompression", "sslsni")
 
+# The tenant's tables with their TOAST and indexes (the catalogs, the same on both sides, left out).
+_RELATION_BYTES = ("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                   "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "
+                   "AND n.nspname NOT IN ('pg_catalog', 'information_schema')")
+
 
 class PostgresLogicalReplication:
     """Source and target are admin URLs; `source_host`/`source_port` are how the target reaches the source."""
@@ -133,6 +138,14 @@ class PostgresLogicalReplication:
             raise DatabaseServerError(f"logical replication into {database} reported {row[2]} error(s); "
                                       "see the target server's log")
         return row[0], row[1]
+
+    def copy_bytes(self, database: str) -> tuple[int, int]:
+        """(bytes of table data and indexes on the target, the same on the source): how far the initial copy is."""
+        sizes = []
+        for admin in (self.target, self.source):
+            with self._db(admin, database) as conn:
+                sizes.append(int(conn.execute(_RELATION_BYTES).fetchone()[0]))
+        return sizes[0], sizes[1]
 
     def lag_bytes(self, name: str) -> int | None:
         """WAL bytes the subscription has yet to confirm (None until its slot reports a position)."""

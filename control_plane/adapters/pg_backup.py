@@ -427,9 +427,10 @@ class PostgresBackupTools:
             raise BackupToolError(f"pg_restore into {database} exited with status {status}: {message}")
 
     def copy_into(self, target: "PostgresBackupTools", database: str, role: str, password: str, *,
-                  schema_only: bool = False) -> int:
+                  schema_only: bool = False, on_bytes: Callable[[int], object] | None = None) -> int:
         """Stream `database` (pg_dump as this server's admin) into the same-named empty database on `target`
-        (pg_restore as `role`, who then owns every object); returns the archive's size in bytes."""
+        (pg_restore as `role`, who then owns every object); returns the archive's size in bytes.
+        `on_bytes` is called with each block's size as it is fed."""
         params = conninfo_to_dict(self._admin_url)
         copied = 0
         with self.dump(database, params.get("user") or "", params.get("password") or "",
@@ -439,6 +440,8 @@ class PostgresBackupTools:
                 while block := stream.archive.read(1 << 20):
                     stdin.write(block)
                     copied += len(block)
+                    if on_bytes is not None:
+                        on_bytes(len(block))
             target.restore(database, role, password, feed, archive_major=stream.client.major)
         return copied
 

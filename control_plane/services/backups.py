@@ -30,6 +30,7 @@ from control_plane.errors import (ControlPlaneError, IllegalTransitionError, Ope
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backup_copies import copy_backup
+from control_plane.services.byte_progress import ByteProgress
 from control_plane.services.backup_keys import destroy_tenant_key, key_for_new_backup
 from control_plane.services.backup_objects import (MAX_MANIFEST_BYTES, check_read, data_key, delete_objects,
                                                    load_manifest, manifest_key, open_backup, store_for, tools_for,
@@ -40,7 +41,6 @@ from control_plane.services.retention import Policy, policy_of
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
-PROGRESS_SECONDS = 0.5  # how often a streaming backup records its bytes on the operation
 
 
 def _describe(exc: BaseException) -> str:
@@ -68,22 +68,13 @@ class _Heartbeat:
     def __init__(self, ctx: ServiceContext, operation_id: str | None, total_bytes: int) -> None:
         self._ctx = ctx
         self._operation_id = operation_id
-        self._total_bytes = total_bytes
-        self._last = self._last_bytes = time.monotonic()
-
-    def record_bytes(self, stats: SealStats) -> None:
-        """Archive bytes streamed so far and the estimated total, in the operation's `result`."""
-        if self._operation_id is None:
-            return
-        self._last_bytes = time.monotonic()
-        progress = {"bytes_done": stats.archive_bytes, "bytes_total": max(self._total_bytes, stats.archive_bytes)}
-        with transaction(self._ctx.sessions) as session:
-            session.execute(update(Operation).where(Operation.id == self._operation_id).values(result=progress))
+        # Archive bytes streamed of the estimated total, on the operation's `result`.
+        self.bytes = ByteProgress(ctx, operation_id, total_bytes)
+        self._last = time.monotonic()
 
     def __call__(self, stats: SealStats) -> None:
         now = time.monotonic()
-        if now - self._last_bytes >= PROGRESS_SECONDS:
-            self.record_bytes(stats)
+        self.bytes.update(stats.archive_bytes)
         if self._operation_id is None or now - self._last < HEARTBEAT_SECONDS:
             return
         self._last = now
@@ -131,7 +122,8 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
             # threads=1: zstd compresses in its own thread while this one reads, encrypts and writes.
             pieces = seal(dump.archive, header, secret, stats, level=level, threads=1, on_progress=heartbeat)
             store.put(data_key(backup), IterReader(pieces))
-        heartbeat.record_bytes(stats)
+        heartbeat.bytes.update(stats.archive_bytes)
+        heartbeat.bytes.finish()
         client = dump.client
         table_rows = dump.row_counts()
         if stats.archive_head != PG_ARCHIVE_MAGIC:

@@ -27,6 +27,7 @@ from control_plane.catalog.models import (DatabaseServer, Operation, OperationKi
 from control_plane.errors import ConflictError, IllegalTransitionError, ServerNotFoundError, TenantNotFoundError, ValidationError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
+from control_plane.services.byte_progress import ByteProgress
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.kinds.base import Kind, Report
 from control_plane.services.operation_requests import check_free, find_replay, fingerprint, request_work
@@ -228,12 +229,18 @@ def _copy_online(ctx: ServiceContext, session: Session, op: Operation, tenant: T
     report("start_replication", 15)
     replication.subscribe(database, name, replication_password)
     started = time.monotonic()
+    # The initial copy's bytes (tables and indexes on the target of those on the source), on the result.
+    copied = ByteProgress(ctx, op.id, 0)
     while True:
         done, tables = replication.copy_progress(database, name)
         if tables and done == tables:
             break
+        if copied.due():
+            copied.set(*replication.copy_bytes(database))
         report("copy_data", 15 + (60 * done // tables if tables else 0))
         time.sleep(_POLL)
+    copied.set(*replication.copy_bytes(database))
+    copied_bytes = copied.finish()
     copied_at = time.monotonic()
     report("catch_up", 78)
     while (lag := replication.lag_bytes(name)) is None or lag > CUT_OVER_LAG_BYTES:
@@ -255,7 +262,8 @@ def _copy_online(ctx: ServiceContext, session: Session, op: Operation, tenant: T
             session.commit()
             _publish(ctx, tenant)
             raise
-    return {"held_at": held_at, "copy_seconds": round(copied_at - started, 2), "sequences": sequences}
+    return {"held_at": held_at, "copy_seconds": round(copied_at - started, 2), "sequences": sequences,
+            **copied_bytes}
 
 
 def _copy_offline(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, source: DatabaseServer,
@@ -270,8 +278,12 @@ def _copy_offline(ctx: ServiceContext, session: Session, op: Operation, tenant: 
         source_admin.set_login(tenant.role_name, False)
         source_admin.end_sessions(tenant.database_name, tenant.role_name)
         report("copy_data", 20)
-        copied = ctx.backup_tools(ctx.admin_url_of(source)).copy_into(target_tools, tenant.database_name,
-                                                                      tenant.role_name, password)
+        source_tools = ctx.backup_tools(ctx.admin_url_of(source))
+        # The dump's bytes fed to the target of the source database's size (an estimate), on the result.
+        fed = ByteProgress(ctx, op.id, source_tools.database_size(tenant.database_name))
+        copied = source_tools.copy_into(target_tools, tenant.database_name, tenant.role_name, password,
+                                        on_bytes=fed.add)
+        fed_bytes = fed.finish()
         _apply_limits(ctx, session, tenant, target)
     except BaseException:
         source_admin.set_login(tenant.role_name, True)
@@ -279,7 +291,7 @@ def _copy_offline(ctx: ServiceContext, session: Session, op: Operation, tenant: 
         session.commit()
         _publish(ctx, tenant)
         raise
-    return {"held_at": held_at, "archive_bytes": copied}
+    return {"held_at": held_at, "archive_bytes": copied, **fed_bytes}
 
 
 def _retire_source(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant,

@@ -27,6 +27,7 @@ from control_plane.errors import IllegalTransitionError, TenantExistsError, Vali
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backup_copies import fetch_verified
+from control_plane.services.byte_progress import ByteProgress, CountingWriter
 from control_plane.services.backups import check_read, open_backup, perform_backup, require_restorable, tools_for
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.kinds.base import Kind, Report
@@ -215,9 +216,13 @@ def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, r
         encrypted.seek(0)
         opened = open_backup(ctx, session, backup, encrypted)
         sizes: list[int] = []
-        tools.restore(scratch, tenant.role_name, password, lambda stdin: sizes.append(opened.archive(stdin)),
+        # Archive bytes fed to pg_restore of the backup's recorded archive size, on the operation's result.
+        fed = ByteProgress(ctx, op.id, backup.archive_bytes or 0)
+        tools.restore(scratch, tenant.role_name, password,
+                      lambda stdin: sizes.append(opened.archive(CountingWriter(stdin, fed.add))),
                       archive_major=_major((manifest.get("postgresql") or {}).get("pg_dump_version")))
         check_read(opened, backup, sizes[0] if sizes else -1)
+        fed_bytes = fed.finish()
 
     report("check", 70)
     restored = ctx.tenant_database(tenant.server.host, tenant.server.port, scratch, tenant.role_name, password,
@@ -233,7 +238,7 @@ def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, r
 
     result: dict[str, Any] = {"backup_id": backup.id, "mode": params["mode"], "tenant_id": tenant.id,
                               "database": tenant.database_name, "backup_schema_revision": from_revision,
-                              "schema_revision": revision, **where}
+                              "schema_revision": revision, **where, **fed_bytes}
     if recover:
         report("activate", 90)
         tools.rename(scratch, tenant.database_name)
