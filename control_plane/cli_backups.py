@@ -129,16 +129,19 @@ def backups_prune(tenant_ids: tuple[str, ...]) -> None:
 @click.option("--keep-last", type=click.IntRange(1, 1000))
 @click.option("--keep-daily-days", type=click.IntRange(0, 3650))
 @click.option("--scheduled/--not-scheduled", default=None)
-@click.option("--rpo-hours", type=click.IntRange(1, 24 * 90), help="Recovery point objective (default 24).")
+@click.option("--rpo-hours", type=click.IntRange(1, 24 * 90),
+              help="This tenant's recovery point objective (default: its plan's backup_rpo_hours, else 24).")
+@click.option("--plan-rpo", is_flag=True, help="Drop the tenant's own RPO: its plan's (or 24 h) applies.")
 def backups_policy(tenant_id: str, keep_last: int | None, keep_daily_days: int | None,
-                   scheduled: bool | None, rpo_hours: int | None) -> None:
+                   scheduled: bool | None, rpo_hours: int | None, plan_rpo: bool) -> None:
     """Show, or with options change, a tenant's retention policy."""
     ctx = context()
-    if keep_last is None and keep_daily_days is None and scheduled is None and rpo_hours is None:
+    rpo = {"rpo_hours": None} if plan_rpo else {"rpo_hours": rpo_hours} if rpo_hours is not None else {}
+    if keep_last is None and keep_daily_days is None and scheduled is None and not rpo:
         policy = backups.get_policy(ctx, SYSTEM, tenant_id)
     else:
         policy = backups.set_policy(ctx, SYSTEM, tenant_id, keep_last=keep_last, keep_daily_days=keep_daily_days,
-                                    scheduled=scheduled, rpo_hours=rpo_hours)
+                                    scheduled=scheduled, **rpo)
     click.echo(json.dumps(vars(policy), indent=2))
 
 

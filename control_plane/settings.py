@@ -62,6 +62,8 @@ class Settings:
     s3_sse_kms_key_id: str | None = None
     backup_zstd_level: int = 3
     retired_database_days: int = 7
+    # Fair use of disk: the retired databases (full copies) kept per tenant; a newer one drops the oldest.
+    retired_databases_per_tenant: int = 2
     # Spare databases at head kept on each server for provisioning to claim (0 turns the pool off).
     warm_pool_size: int = 2
     # Disaster recovery: a second store every completed backup is copied to (and the catalog backups),
@@ -122,6 +124,8 @@ class Settings:
             s3_sse_kms_key_id=read_setting("S3_SSE_KMS_KEY_ID", environ),
             backup_zstd_level=_int_setting("BACKUP_ZSTD_LEVEL", environ, 3),
             retired_database_days=_int_setting("RETIRED_DATABASE_DAYS", environ, 7),
+            # At least 1: the newest is the undo of the latest restore or move.
+            retired_databases_per_tenant=_int_setting("RETIRED_DATABASES_PER_TENANT", environ, 2, minimum=1),
             warm_pool_size=_int_setting("WARM_POOL_SIZE", environ, 2),
             backup_copy_store_url=read_setting("BACKUP_COPY_STORE_URL", environ),
             backup_copy_keep_daily_days=_int_setting("BACKUP_COPY_KEEP_DAILY_DAYS", environ, 90),
@@ -159,11 +163,14 @@ def logging_settings(environ: Mapping[str, str] | None = None, default_level: st
     return log_format, level
 
 
-def _int_setting(name: str, environ: Mapping[str, str] | None, default: int) -> int:
+def _int_setting(name: str, environ: Mapping[str, str] | None, default: int, minimum: int | None = None) -> int:
     value = read_setting(name, environ)
     if value is None:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {number}")
+    return number

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import psycopg
 from psycopg import sql
+
+from control_plane import naming
+from control_plane.catalog.models import Tenant, TenantStatus, utcnow
+from control_plane.services.context import role_secret_context
 
 
 def create_tenant(client, auth, tenant_id: str, **extra) -> dict:
@@ -67,3 +72,17 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def catalog_tenant(ctx, tenant_id: str, *, created_ago: timedelta = timedelta(days=1),
+                   backed_up_ago: timedelta | None = None, plan: str = "standard") -> None:
+    """An active tenant as a catalog row only (no database): enough for what requests, the scheduler and
+    the staleness filter decide, as long as no job runs."""
+    now = utcnow()
+    with ctx.sessions() as session:
+        session.add(Tenant(id=tenant_id, name=tenant_id, status=TenantStatus.ACTIVE, server_name="default",
+                           database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
+                           role_password_encrypted=ctx.keyring.encrypt("x", role_secret_context(tenant_id)),
+                           created_at=now - created_ago, plan=plan,
+                           last_backup_at=now - backed_up_ago if backed_up_ago is not None else None))
+        session.commit()

@@ -17,8 +17,9 @@ from backup_support import (active_tenant, back_up, backup_cleanup, db, fingerpr
                             store_root, tid, write_rows)
 from control_plane import naming
 from control_plane.adapters.backup_store import FileBackupStore
-from control_plane.catalog.models import utcnow
+from control_plane.catalog.models import TokenRole, utcnow
 from control_plane.cli import cli
+from control_plane.services.auth import create_token
 from control_plane.services.backup_schedule import BackupWindow, schedule_due_backups
 from control_plane.services.pruning import prune_backups
 from helpers import operation, tenant, tenant_login
@@ -29,6 +30,7 @@ CRASH = tid("crash")
 CRON = tid("cron")
 GRACE = tid("grace")
 KEEP = tid("keep")
+PILE = tid("pile")
 OLDER = tid("older")
 ROTATE = tid("rotate")
 SCHED_A = tid("sched-a")
@@ -134,7 +136,7 @@ def test_retention_keeps_exactly_what_the_policy_says(client, auth, run_jobs, ct
     active_tenant(client, auth, run_jobs, KEEP)
     policy = client.put(f"/v1/tenants/{KEEP}/backup-policy", json={"keep_last": 1, "keep_daily_days": 5}, headers=auth)
     assert policy.status_code == 200 and policy.get_json() == {"keep_last": 1, "keep_daily_days": 5, "scheduled": True,
-                                                             "rpo_hours": 24}
+                                                             "rpo_hours": 24, "rpo_source": "default"}
     made = {name: back_up(client, auth, run_jobs, KEEP)["id"]
             for name in ("old", "day3", "day1_early", "day1_late", "today")}
     pinned = back_up(client, auth, run_jobs, KEEP, expires_in_days=30)["id"]
@@ -173,6 +175,30 @@ def test_retired_databases_are_dropped_after_their_grace_period(client, auth, ru
     _catalog(settings, "UPDATE retired_databases SET drop_after = now() - interval '1 minute' RETURNING id")
     CliRunner().invoke(cli, ["backups", "prune", "--tenant", GRACE])
     assert databases_like(admin_url, f"{role(GRACE)}%") == {db(GRACE)}
+
+
+def test_restores_keep_at_most_the_allowed_retired_copies_per_tenant(client, auth, run_jobs, ctx, settings,
+                                                                    admin_url, monkeypatch):
+    from backup_support import databases_like
+
+    active_tenant(client, auth, run_jobs, PILE)
+    backup = back_up(client, auth, run_jobs, PILE)
+    tenant_admin = {"Authorization": f"Bearer {create_token(ctx, TokenRole.TENANT_ADMIN, 'pile', PILE)[1]}"}
+    retired = []
+    for _ in range(3):  # a tenant admin restoring again and again, without the pre-restore backup
+        done = restore(client, tenant_admin, run_jobs, PILE, backup["id"], safety_backup=False)
+        assert done["status"] == "succeeded", done
+        retired.append(done["result"]["retired_database"])
+    assert settings.retired_databases_per_tenant == 2
+    assert done["result"]["dropped_retired_databases"] == [retired[0]]  # the oldest, once the third restore succeeded
+    assert databases_like(admin_url, f"{role(PILE)}%") == {db(PILE), retired[1], retired[2]}
+    assert _catalog(settings, "SELECT database_name FROM retired_databases WHERE dropped_at IS NOT NULL") == [(retired[0],)]
+
+    # A lower allowance reaches copies already kept at the next prune: the newest stays.
+    monkeypatch.setenv("RETIRED_DATABASES_PER_TENANT", "1")
+    pruned = CliRunner().invoke(cli, ["backups", "prune", "--tenant", PILE])
+    assert pruned.exit_code == 0, pruned.output
+    assert databases_like(admin_url, f"{role(PILE)}%") == {db(PILE), retired[2]}
 
 
 def test_key_rotation_rewraps_and_old_backups_stay_restorable(client, auth, run_jobs, ctx, settings, monkeypatch):

@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from backup_support import backup_cleanup, tid  # noqa: F401
-from control_plane import naming
 from control_plane.catalog.backup_models import BackupPolicy
-from control_plane.catalog.models import Operation, OperationStatus, Tenant, TenantStatus, utcnow
+from control_plane.catalog.plan_models import Plan
+from control_plane.catalog.models import Operation, OperationStatus, Tenant, utcnow
 from control_plane.services.backup_schedule import retry_failed_backups, schedule_due_backups
-from control_plane.services.context import role_secret_context
+from helpers import catalog_tenant
 
 FRESH = tid("rpo-fresh")
 NEVER = tid("rpo-never")
@@ -17,15 +17,10 @@ GONE = tid("rpo-gone")
 
 
 def _tenant(ctx, tenant_id: str, *, created_ago: timedelta, backed_up_ago: timedelta | None = None,
-            rpo_hours: int | None = None) -> None:
+            rpo_hours: int | None = None, plan: str = "standard") -> None:
     """A catalog row only (no database): enough for what the scheduler and the staleness filter decide."""
-    now = utcnow()
+    catalog_tenant(ctx, tenant_id, created_ago=created_ago, backed_up_ago=backed_up_ago, plan=plan)
     with ctx.sessions() as session:
-        session.add(Tenant(id=tenant_id, name=tenant_id, status=TenantStatus.ACTIVE, server_name="default",
-                           database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
-                           role_password_encrypted=ctx.keyring.encrypt("x", role_secret_context(tenant_id)),
-                           created_at=now - created_ago,
-                           last_backup_at=now - backed_up_ago if backed_up_ago is not None else None))
         if rpo_hours is not None:
             session.add(BackupPolicy(tenant_id=tenant_id, keep_last=7, keep_daily_days=7, scheduled=True,
                                      rpo_hours=rpo_hours))
@@ -46,6 +41,41 @@ def test_backup_stale_lists_tenants_whose_newest_backup_is_older_than_their_rpo(
     policy = client.put(f"/v1/tenants/{HOURLY}/backup-policy", json={"rpo_hours": 3}, headers=auth)
     assert policy.status_code == 200 and policy.get_json()["rpo_hours"] == 3
     assert HOURLY not in {t["id"] for t in client.get("/v1/tenants?backup_stale=true", headers=auth).get_json()}
+
+
+def _scheduled_slots(ctx, tenant_id: str) -> int:
+    """How many backups the scheduler starts for the tenant over a day of ticks every 30 min."""
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    started = []
+    for step in range(48):
+        started_now = schedule_due_backups(ctx, now=start + timedelta(minutes=30 * step))
+        _worker_finishes(ctx, started_now)
+        started += started_now
+    with ctx.sessions() as session:
+        return sum(session.get(Operation, op_id).tenant_id == tenant_id for op_id in started)
+
+
+def test_the_plans_rpo_schedules_and_judges_a_tenant_unless_its_own_policy_sets_one(client, auth, ctx):
+    with ctx.sessions() as session:
+        session.add(Plan(name="rpo-premium", backup_rpo_hours=4))
+        session.commit()
+    _tenant(ctx, HOURLY, created_ago=timedelta(days=3), backed_up_ago=timedelta(hours=6), plan="rpo-premium")
+    policy = client.get(f"/v1/tenants/{HOURLY}/backup-policy", headers=auth).get_json()
+    assert (policy["rpo_hours"], policy["rpo_source"]) == (4, "plan")
+    # Past the plan's 4 h (the default 24 h would call it fresh): stale, and backed up every 3 h.
+    assert HOURLY in {t["id"] for t in client.get("/v1/tenants?backup_stale=true", headers=auth).get_json()}
+    assert _scheduled_slots(ctx, HOURLY) in (8, 9)
+
+    # The tenant's own policy wins over its plan; null hands it back to the plan.
+    own = client.put(f"/v1/tenants/{HOURLY}/backup-policy", json={"rpo_hours": 12}, headers=auth).get_json()
+    assert (own["rpo_hours"], own["rpo_source"]) == (12, "policy")
+    assert HOURLY not in {t["id"] for t in client.get("/v1/tenants?backup_stale=true", headers=auth).get_json()}
+    back = client.put(f"/v1/tenants/{HOURLY}/backup-policy", json={"rpo_hours": None}, headers=auth).get_json()
+    assert (back["rpo_hours"], back["rpo_source"]) == (4, "plan")
+    unplanned = client.patch("/v1/plans/rpo-premium", json={"backup_rpo_hours": None}, headers=auth)
+    assert unplanned.status_code == 200
+    policy = client.get(f"/v1/tenants/{HOURLY}/backup-policy", headers=auth).get_json()
+    assert (policy["rpo_hours"], policy["rpo_source"]) == (24, "default")
 
 
 def _worker_finishes(ctx, operation_ids: list[str]) -> None:

@@ -85,6 +85,10 @@ class BackupPolicySchema(InputSchema):
     keep_last = fields.Integer(validate=validate.Range(min=1, max=1000))
     keep_daily_days = fields.Integer(validate=validate.Range(min=0, max=3650))
     scheduled = fields.Boolean()
-    rpo_hours = fields.Integer(validate=validate.Range(min=1, max=24 * 90), metadata={
+    rpo_hours = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=24 * 90), metadata={
         "description": "Recovery point objective: scheduled backups keep the newest one younger than this "
-                       "(several a day below 24); older is `backup_stale`"})
+                       "(several a day below 24); older is `backup_stale`. Shown: the tenant's RPO in effect. "
+                       "Set: this tenant's own, over its plan's `backup_rpo_hours`; null returns it to its plan's "
+                       "(else 24)"})
+    rpo_source = fields.String(dump_only=True, metadata={
+        "description": "where rpo_hours comes from: `policy` (this tenant's own), `plan` or `default` (24)"})

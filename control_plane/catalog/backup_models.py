@@ -180,8 +180,9 @@ class BackupPolicy(Base):
     keep_last: Mapped[int] = mapped_column(Integer)
     keep_daily_days: Mapped[int] = mapped_column(Integer)
     scheduled: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Recovery point objective: the newest completed backup must never be older than this.
-    rpo_hours: Mapped[int] = mapped_column(Integer, default=24, server_default="24")
+    # Recovery point objective: the newest completed backup must never be older than this. None: the
+    # tenant's plan's backup_rpo_hours applies, else 24 (services.rpo).
+    rpo_hours: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

@@ -48,6 +48,8 @@ class Principal:
 
 
 SYSTEM = Principal(token_id="system", name="system", role=TokenRole.SUPER_ADMIN)
+# What the backup and drill schedules start (their operations wait in the background lane: naming.Lane).
+SCHEDULER = Principal(token_id="scheduler", name="scheduler", role=TokenRole.SUPER_ADMIN)
 
 
 def _digest(token: str) -> str:

@@ -1,4 +1,5 @@
-"""Scheduled backups that keep each tenant's recovery point objective (`rpo_hours`, default 24).
+"""Scheduled backups that keep each tenant's recovery point objective (its policy's `rpo_hours`, else its
+plan's `backup_rpo_hours`, else 24: services.rpo).
 
 With an RPO of a day or more: once a day, each tenant at its own time within the backup window
 (staggered by a hash of its id), so a fleet does not start all its pg_dumps at once. With a shorter
@@ -21,20 +22,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.catalog.backup_models import BackupPolicy, BackupTrigger
-from control_plane.catalog.models import (Operation, OperationKind, OperationStatus, Tenant, TenantStatus, TokenRole,
+from control_plane.catalog.models import (Operation, OperationKind, OperationStatus, Tenant, TenantStatus,
                                           utcnow)
 from control_plane.errors import ConfigurationError, ConflictError, LockedError, TenantNotFoundError
-from control_plane.services.auth import Principal
+from control_plane.services.auth import SCHEDULER
 from control_plane.logs import log_context
 from control_plane.services import fleet
 from control_plane.services.kinds.backup import request_backup
 from control_plane.services.context import ServiceContext
 from control_plane.services.fleet import TenantBackupState
-from control_plane.services.rpo import DEFAULT_RPO_HOURS
+from control_plane.services.rpo import rpo_hours_of_tenant
 
 log = logging.getLogger(__name__)
-
-SCHEDULER = Principal(token_id="scheduler", name="scheduler", role=TokenRole.SUPER_ADMIN)
 
 
 @dataclass(frozen=True)
@@ -104,14 +103,13 @@ def schedule_due_backups(ctx: ServiceContext, now: datetime | None = None, limit
     now = now or utcnow()
     window = BackupWindow.parse(ctx.settings.backup_window)
     with ctx.sessions() as session:
-        tenants = session.execute(select(Tenant.id, Tenant.created_at).where(Tenant.status == TenantStatus.ACTIVE)).all()
-        policies = {row.tenant_id: row for row in session.scalars(select(BackupPolicy))}
+        tenants = session.execute(select(Tenant.id, Tenant.created_at, rpo_hours_of_tenant())
+                                  .where(Tenant.status == TenantStatus.ACTIVE)).all()
+        unscheduled = set(session.scalars(select(BackupPolicy.tenant_id).where(BackupPolicy.scheduled.is_(False))))
         due = []
-        for tenant_id, created_at in tenants:
-            policy = policies.get(tenant_id)
-            if policy is not None and not policy.scheduled:
+        for tenant_id, created_at, rpo_hours in tenants:
+            if tenant_id in unscheduled:
                 continue
-            rpo_hours = policy.rpo_hours if policy is not None else DEFAULT_RPO_HOURS
             if rpo_hours >= 24:
                 slot = window.latest_slot(tenant_id, now)
                 key = _key(tenant_id, slot)

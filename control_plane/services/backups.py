@@ -367,9 +367,14 @@ def get_policy(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Pol
         return policy_of(ctx, session, tenant_id)
 
 
+# `rpo_hours` not given (None is a value: the tenant's own RPO dropped).
+_UNSET: Any = object()
+
+
 def set_policy(ctx: ServiceContext, principal: Principal, tenant_id: str, *, keep_last: int | None = None,
                keep_daily_days: int | None = None, scheduled: bool | None = None,
-               rpo_hours: int | None = None) -> Policy:
+               rpo_hours: Any = _UNSET) -> Policy:
+    """Change what is given; `rpo_hours=None` drops the tenant's own RPO (its plan's, or the default, applies)."""
     principal.require_super_admin()
     with transaction(ctx.sessions) as session:
         if session.get(Tenant, tenant_id) is None:
@@ -378,8 +383,7 @@ def set_policy(ctx: ServiceContext, principal: Principal, tenant_id: str, *, kee
         row = session.get(BackupPolicy, tenant_id, with_for_update=True)
         if row is None:
             row = BackupPolicy(tenant_id=tenant_id, keep_last=current.keep_last,
-                               keep_daily_days=current.keep_daily_days, scheduled=current.scheduled,
-                               rpo_hours=current.rpo_hours)
+                               keep_daily_days=current.keep_daily_days, scheduled=current.scheduled, rpo_hours=None)
             session.add(row)
         if keep_last is not None:
             if keep_last < 1:
@@ -389,11 +393,13 @@ def set_policy(ctx: ServiceContext, principal: Principal, tenant_id: str, *, kee
             row.keep_daily_days = keep_daily_days
         if scheduled is not None:
             row.scheduled = scheduled
-        if rpo_hours is not None:
-            if rpo_hours < 1:
+        if rpo_hours is not _UNSET:
+            if rpo_hours is not None and rpo_hours < 1:
                 raise ValidationError("rpo_hours", "must be at least 1")
             row.rpo_hours = rpo_hours
+        session.flush()
+        updated = policy_of(ctx, session, tenant_id)
         audit.record(session, principal.actor, "backup_policy.updated", tenant_id, None,
                      keep_last=row.keep_last, keep_daily_days=row.keep_daily_days, scheduled=row.scheduled,
                      rpo_hours=row.rpo_hours)
-        return Policy(row.keep_last, row.keep_daily_days, row.scheduled, row.rpo_hours)
+        return updated

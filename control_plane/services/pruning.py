@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from control_plane.catalog.backup_models import Backup, BackupCopy, BackupStatus, CopyStatus, RetiredDatabase
 from control_plane.catalog.models import Operation, Tenant, TenantStatus, utcnow
@@ -42,8 +43,10 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
             Backup.status == BackupStatus.COMPLETED,
             (Backup.status.in_([BackupStatus.FAILED, BackupStatus.RUNNING, BackupStatus.EXPIRED])
              & Backup.deleted_at.is_(None)))).distinct()
-        retired = select(RetiredDatabase.tenant_id).where(RetiredDatabase.dropped_at.is_(None),
-                                                          RetiredDatabase.drop_after <= now).distinct()
+        undropped = RetiredDatabase.dropped_at.is_(None)
+        retired = select(RetiredDatabase.tenant_id).where(undropped, RetiredDatabase.drop_after <= now).union(
+            select(RetiredDatabase.tenant_id).where(undropped).group_by(RetiredDatabase.tenant_id)
+            .having(func.count() > ctx.settings.retired_databases_per_tenant))
         copied = select(Backup.tenant_id).join(BackupCopy).where(BackupCopy.status == CopyStatus.COMPLETED).distinct()
         candidates = sorted(set(session.scalars(query)) | set(session.scalars(retired)) | set(session.scalars(copied)))
     if tenant_ids is not None:
@@ -95,7 +98,28 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
                     drop_retired_database(ctx, session, retired_db)
                     report.dropped_databases.append(retired_db.database_name)
                     session.commit()
+                report.dropped_databases.extend(drop_excess_retired(ctx, session, tenant_id))
         except TenantBusyError:
             log.info("tenant %s is busy: pruning it next time", tenant_id)
             report.skipped_tenants.append(tenant_id)
     return report
+
+
+def drop_excess_retired(ctx: ServiceContext, session: Session, tenant_id: str) -> list[str]:
+    """Keep the tenant's newest RETIRED_DATABASES_PER_TENANT retired databases, drop the others (oldest first).
+
+    Each retired database is a full copy of the tenant on its server, so a tenant admin restoring again
+    and again must not pile them up. Older states stay recoverable from backups (an in-place restore
+    takes a pre-restore backup unless told not to). Call under the tenant's lock; commits each drop.
+    """
+    undropped = session.scalars(select(RetiredDatabase).where(
+        RetiredDatabase.tenant_id == tenant_id, RetiredDatabase.dropped_at.is_(None))
+        .order_by(RetiredDatabase.retired_at.desc(), RetiredDatabase.id)).all()
+    dropped = []
+    for retired_db in reversed(undropped[ctx.settings.retired_databases_per_tenant:]):
+        drop_retired_database(ctx, session, retired_db)
+        session.commit()
+        dropped.append(retired_db.database_name)
+        log.info("tenant %s: retired database %s dropped (over %d kept per tenant)", tenant_id,
+                 retired_db.database_name, ctx.settings.retired_databases_per_tenant)
+    return dropped

@@ -6,7 +6,7 @@ nothing by count: its backups (the final one included) go once the daily window 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Protocol
 from urllib.parse import urlparse
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.catalog.backup_models import BackupPolicy
 from control_plane.services.context import ServiceContext
+from control_plane.services.rpo import rpo_of
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Policy:
     keep_daily_days: int
     scheduled: bool = True
     rpo_hours: int = 24  # recovery point objective: the newest backup must be younger than this
+    rpo_source: str = "default"  # where rpo_hours comes from: the tenant's own policy, its plan, or the default
 
 
 def default_policy(store_url: str) -> Policy:
@@ -31,10 +33,12 @@ def default_policy(store_url: str) -> Policy:
 
 
 def policy_of(ctx: ServiceContext, session: Session, tenant_id: str) -> Policy:
+    """The tenant's policy; its RPO by the precedence in services.rpo (own policy, plan, default)."""
+    rpo_hours, rpo_source = rpo_of(session, tenant_id)
     row = session.get(BackupPolicy, tenant_id)
     if row is None:
-        return default_policy(ctx.settings.backup_store_url)
-    return Policy(row.keep_last, row.keep_daily_days, row.scheduled, row.rpo_hours)
+        return replace(default_policy(ctx.settings.backup_store_url), rpo_hours=rpo_hours, rpo_source=rpo_source)
+    return Policy(row.keep_last, row.keep_daily_days, row.scheduled, rpo_hours, rpo_source)
 
 
 class _Dated(Protocol):

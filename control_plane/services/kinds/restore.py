@@ -23,7 +23,7 @@ from control_plane import naming
 from control_plane.backup_errors import BackupIntegrityError, BackupNotFoundError
 from control_plane.catalog.backup_models import Backup, BackupTrigger, RetiredDatabase
 from control_plane.catalog.models import Operation, OperationKind, Tenant, TenantStatus, utcnow
-from control_plane.errors import IllegalTransitionError, TenantExistsError, ValidationError
+from control_plane.errors import ControlPlaneError, IllegalTransitionError, TenantExistsError, ValidationError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.backup_copies import fetch_verified
@@ -33,6 +33,7 @@ from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.kinds.base import Kind, Report
 from control_plane.services.kinds.provision import new_tenant
 from control_plane.services.operation_requests import request_work
+from control_plane.services.pruning import drop_excess_retired
 from control_plane.services.servers import choose_server
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ def _finish_swap(ctx: ServiceContext, session: Session, op: Operation, tenant: T
     ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
                        database=tenant.database_name)
     return {"backup_id": backup.id, "mode": op.params["mode"], "tenant_id": tenant.id,
-            "database": tenant.database_name, "schema_revision": tenant.schema_revision, "retired_database": retired}
+            "database": tenant.database_name, "schema_revision": tenant.schema_revision, "retired_database": retired,
+            "dropped_retired_databases": _keep_few_retired(ctx, session, tenant)}
 
 
 def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
@@ -300,4 +302,16 @@ def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, r
     ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
                        database=tenant.database_name)
     result["retired_database"] = retired
+    result["dropped_retired_databases"] = _keep_few_retired(ctx, session, tenant)
     return result
+
+
+def _keep_few_retired(ctx: ServiceContext, session: Session, tenant: Tenant) -> list[str]:
+    """The restore is done: drop retired copies over the per-tenant allowance. A failure here is no failure
+    of the restore; the hourly prune drops them instead."""
+    try:
+        return drop_excess_retired(ctx, session, tenant.id)
+    except ControlPlaneError as exc:
+        session.rollback()
+        log.warning("tenant %s: older retired databases not dropped yet (the prune will): %s", tenant.id, exc.detail)
+        return []
