@@ -22,6 +22,7 @@ from control_plane.adapters.throttle import RedisFailureThrottle
 from control_plane.adapters.tenant_template import TenantTemplate
 from control_plane.adapters.warm_pool import WarmPool
 from control_plane.catalog.db import create_catalog_engine, session_factory
+from control_plane.naming import Lane, queue_name, queue_names
 from control_plane.services.context import ServiceContext
 from control_plane.settings import Settings
 
@@ -47,10 +48,10 @@ def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
         tenant_database=TenantDatabase,
         tenant_template=TenantTemplate,
         migration_jobs=RqMigrationJobs(client, settings.queue_name, settings.job_timeout),
-        queue_monitor=RqQueueMonitor(client, [settings.queue_name]),
+        queue_monitor=RqQueueMonitor(client, queue_names(settings.queue_name)),
         logical_replication=PostgresLogicalReplication,
         warm_pool=WarmPool,
-        request_warm_refill=partial(enqueue_warm_refill, client, settings.queue_name),
+        request_warm_refill=partial(enqueue_warm_refill, client, queue_name(settings.queue_name, Lane.BACKGROUND)),
         auth_throttle=RedisFailureThrottle(client, settings.auth_failure_limit, settings.auth_failure_window_seconds),
         runtime_access=RuntimeAccess(settings.catalog_database_url, client),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from enum import Enum
 
 from tenant_runtime.naming import (  # noqa: F401 (re-exported: the runtime shares them)
     TENANT_EVENTS_CHANNEL,
@@ -129,3 +130,28 @@ def warm_pool_lock_key() -> int:
 def auth_failures_key(client: str) -> str:
     """Redis counter of one client address's failed authentications in the current window."""
     return f"control-plane:auth-failures:{client}"
+
+
+class Lane(str, Enum):
+    """The job queues of operations, in the order every worker takes work from them.
+
+    Who asked decides the lane (services.operation_requests.lane_of): super admins and the system
+    (CLI, drains, migration runs, the cron ticks) first; then tenant admins, at most one operation per
+    tenant at a time, so together they cannot hold back a super admin's work by more than the job a
+    worker is running; last, background work started in bulk (the scheduler's backups and drills and
+    their retries, warm pool refills), which must never delay work a person waits for.
+    """
+
+    OPERATIONS = "operations"
+    TENANT_ADMINS = "tenant-admins"
+    BACKGROUND = "background"
+
+
+def queue_name(base: str, lane: Lane) -> str:
+    """The RQ queue of a lane: `QUEUE_NAME` itself for the first, `<QUEUE_NAME>-<lane>` for the others."""
+    return base if lane is Lane.OPERATIONS else f"{base}-{lane.value}"
+
+
+def queue_names(base: str) -> list[str]:
+    """Every lane's queue, in the order workers listen to them."""
+    return [queue_name(base, lane) for lane in Lane]

@@ -23,7 +23,7 @@ from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog import backup_models, migration_run_models  # noqa: F401 (their tables join the metadata)
 from control_plane.catalog.models import Base, TokenRole
 from control_plane.jobs.worker import build_worker
-from control_plane.naming import TEMPLATE_OWNER_ROLE, TEMPLATE_PREFIX
+from control_plane.naming import TEMPLATE_OWNER_ROLE, TEMPLATE_PREFIX, queue_names
 from control_plane.services.auth import create_token
 from control_plane.settings import Settings
 
@@ -158,4 +158,5 @@ def clean_world(request):
         for database, role in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-    Queue(settings.queue_name, connection=redis_conn).empty()
+    for name in queue_names(settings.queue_name):
+        Queue(name, connection=redis_conn).empty()

@@ -1,4 +1,4 @@
-"""RqJobQueue: puts operations on the RQ queue; one RQ job per operation id."""
+"""RqJobQueue: puts operations on the RQ queue of their lane (naming.Lane); one RQ job per operation id."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from control_plane.errors import DependencyUnavailableError
-from control_plane.naming import job_id
+from control_plane.naming import Lane, job_id, queue_name
 
 log = logging.getLogger(__name__)
 
@@ -19,18 +19,14 @@ _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.
 
 
 class RqJobQueue:
-    def __init__(self, connection: redis.Redis, queue_name: str, job_timeout: int) -> None:
+    def __init__(self, connection: redis.Redis, base_name: str, job_timeout: int) -> None:
         self._connection = connection
-        self._queue = Queue(queue_name, connection=connection)
+        self._queues = {lane: Queue(queue_name(base_name, lane), connection=connection) for lane in Lane}
         self._job_timeout = job_timeout
 
-    @property
-    def queue(self) -> Queue:
-        return self._queue
-
-    def enqueue_operation(self, operation_id: str) -> None:
+    def enqueue_operation(self, operation_id: str, lane: Lane = Lane.OPERATIONS) -> None:
         try:
-            self._queue.enqueue_call(
+            self._queues[lane].enqueue_call(
                 OPERATION_JOB, args=(operation_id,), job_id=job_id(operation_id),
                 timeout=self._job_timeout, result_ttl=3600, failure_ttl=7 * 86400,
                 description=f"operation {operation_id}")

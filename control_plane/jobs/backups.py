@@ -12,6 +12,7 @@ from rq.exceptions import StopRequested
 from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.jobs.fleet import advance_drains, check_servers, refill_warm_pools, report_reconcile
 from control_plane.jobs.sweeper import sweep_operations
+from control_plane.naming import Lane, queue_name
 from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups
 from control_plane.services.drill_schedule import schedule_due_drills
 from control_plane.services.pruning import prune_backups as prune
@@ -85,7 +86,8 @@ def build_cron(settings: Settings, interval: int = 60) -> CronScheduler:
                   name=f"{settings.queue_name}:check-servers")
     cron.register(advance_drains, queue_name=settings.queue_name, interval=interval, job_timeout=300,
                   name=f"{settings.queue_name}:advance-drains")
-    cron.register(refill_warm_pools, queue_name=settings.queue_name, interval=interval, job_timeout=600,
+    cron.register(refill_warm_pools, queue_name=queue_name(settings.queue_name, Lane.BACKGROUND), interval=interval,
+                  job_timeout=600,
                   name=f"{settings.queue_name}:refill-warm-pools")
     cron.register(report_reconcile, queue_name=settings.queue_name, cron="53 2 * * *", job_timeout=1800,
                   name=f"{settings.queue_name}:reconcile-report")

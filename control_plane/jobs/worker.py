@@ -16,6 +16,7 @@ from control_plane.jobs.migration_runs import migration_item_horse_killed
 from control_plane.services.runner import fail_abandoned
 from control_plane.services.sweeper import sweep
 from control_plane.services.servers import ensure_default_server
+from control_plane.naming import queue_names
 from control_plane.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def build_worker(settings: Settings) -> Worker:
     works (start-up and `_mark_horse_killed` build and dispose their own).
     """
     _preload()
-    worker = Worker([settings.queue_name], connection=redis_client(settings),
+    # Every lane, in priority order: RQ takes the next job from the first queue that has one.
+    worker = Worker(queue_names(settings.queue_name), connection=redis_client(settings),
                   work_horse_killed_handler=_mark_horse_killed(settings))
     # Back on Redis within 15 s of its return (RQ's default backoff grows to 60 s): see the sweeper's guarantee.
     worker.max_connection_wait_time = 15

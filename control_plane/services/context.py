@@ -10,13 +10,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_plane.adapters.crypto import ControlPlaneKeyring
 from control_plane.catalog.models import DatabaseServer, Tenant
 from control_plane.errors import InsecureServerError
+from control_plane.naming import Lane
 from control_plane.settings import Settings
 from tenant_runtime.crypto import role_secret_context  # noqa: F401 (re-exported: the runtime decrypts them)
 from control_plane.tls import postgres_verifies
 
 
 class JobQueue(Protocol):
-    def enqueue_operation(self, operation_id: str) -> None: ...
+    def enqueue_operation(self, operation_id: str, lane: Lane = Lane.OPERATIONS) -> None: ...
     def is_pending(self, operation_id: str) -> bool: ...
 
 

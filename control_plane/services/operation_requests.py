@@ -18,10 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.catalog.db import transaction
-from control_plane.catalog.models import Operation, OperationStatus, RequestKey, Tenant, new_id, utcnow
+from control_plane.catalog.models import (ApiToken, Operation, OperationStatus, RequestKey, Tenant, TokenRole, new_id,
+                                          utcnow)
 from control_plane.errors import DependencyUnavailableError, IdempotencyKeyReusedError
+from control_plane.naming import Lane
 from control_plane.services import audit
-from control_plane.services.auth import Principal
+from control_plane.services.auth import SCHEDULER, Principal
 from control_plane.services.context import ServiceContext, operation_secret_context
 from control_plane.services.kinds.base import Kind
 
@@ -139,13 +141,29 @@ def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_i
     if tenant.status is not previous:
         ctx.events.publish(tenant.id, "status", status=tenant.status.value)
     if enqueue:
-        dispatch(ctx, op.id)
+        dispatch(ctx, op.id, lane_of_principal(principal))
     return op
 
 
-def dispatch(ctx: ServiceContext, operation_id: str) -> None:
+def lane_of_principal(principal: Principal) -> Lane:
+    """The queue an operation waits in, from who asked for it (naming.Lane says why)."""
+    if principal.token_id == SCHEDULER.token_id:
+        return Lane.BACKGROUND
+    return Lane.OPERATIONS if principal.is_super_admin else Lane.TENANT_ADMINS
+
+
+def lane_of(session: Session, operation: Operation) -> Lane:
+    """The lane of an operation dispatched again (a retry, the sweeper): the lane of who first asked for it."""
+    if operation.requested_by == SCHEDULER.token_id:
+        return Lane.BACKGROUND
+    role = session.scalar(select(ApiToken.role).where(ApiToken.id == operation.requested_by)) \
+        if operation.requested_by else None
+    return Lane.TENANT_ADMINS if role is TokenRole.TENANT_ADMIN else Lane.OPERATIONS
+
+
+def dispatch(ctx: ServiceContext, operation_id: str, lane: Lane) -> None:
     """Enqueue; when Redis is down the operation stays queued in the catalog and the sweeper dispatches it."""
     try:
-        ctx.queue.enqueue_operation(operation_id)
+        ctx.queue.enqueue_operation(operation_id, lane)
     except DependencyUnavailableError:
         log.warning("operation %s stays queued: enqueue failed, it will be re-dispatched", operation_id)

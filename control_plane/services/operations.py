@@ -14,7 +14,7 @@ from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, operation_secret_context
 from control_plane.services.kinds.registry import kind_of
-from control_plane.services.operation_requests import dispatch, is_replay, take_slot
+from control_plane.services.operation_requests import dispatch, is_replay, lane_of, take_slot
 from control_plane.services.runner import announce, cancel_operation as cancel
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ def retry_operation(ctx: ServiceContext, principal: Principal, operation_id: str
         tenant = session.get(Tenant, op.tenant_id, with_for_update=True) if op.tenant_id else None
         requeue(ctx, session, op, tenant)
         audit.record(session, principal.actor, "operation.retried", op.tenant_id, op.id, kind=op.kind.value)
+        lane = lane_of(session, op)
     announce(ctx, tenant)
-    dispatch(ctx, op.id)
+    dispatch(ctx, op.id, lane)
     return op
 
 

@@ -28,7 +28,7 @@ from control_plane.errors import ControlPlaneError, DependencyUnavailableError
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext
 from control_plane.services.migration_dispatch import reconcile_runs
-from control_plane.services.operation_requests import dispatch
+from control_plane.services.operation_requests import dispatch, lane_of
 from control_plane.services.operations import requeue
 from control_plane.services.runner import announce, fail_abandoned
 
@@ -93,13 +93,14 @@ def retry_due(ctx: ServiceContext) -> list[str]:
                 requeue(ctx, session, op, tenant)
                 audit.record(session, "system", "operation.retried", op.tenant_id, op.id, kind=op.kind.value,
                              automatic=True, attempt=op.attempts + 1)
+                lane = lane_of(session, op)
         except ControlPlaneError as exc:  # the tenant moved on (busy with another operation, deleted): a person decides
             log.warning("operation %s: not retried automatically: %s", operation_id, exc.detail)
             with transaction(ctx.sessions) as session:
                 session.get(Operation, operation_id, with_for_update=True).retry_at = None
             continue
         announce(ctx, tenant)
-        dispatch(ctx, operation_id)
+        dispatch(ctx, operation_id, lane)
         retried.append(operation_id)
     return retried
 
@@ -108,14 +109,16 @@ def redispatch_lost(ctx: ServiceContext) -> list[str]:
     """Queued operations that no live RQ job will run: enqueued again (jobs are keyed by operation id and
     take the tenant lock, so a duplicate does nothing)."""
     with ctx.sessions() as session:
-        ids = session.scalars(select(Operation.id).where(Operation.status == OperationStatus.QUEUED,
-                                                         Operation.created_at < utcnow() - LOST_AFTER)).all()
+        queued = session.scalars(select(Operation).where(Operation.status == OperationStatus.QUEUED,
+                                                         Operation.created_at < utcnow() - LOST_AFTER)
+                                 .order_by(Operation.created_at)).all()  # first asked, first queued again
+        lanes = {op.id: lane_of(session, op) for op in queued}
     try:
-        lost = [operation_id for operation_id in ids if not ctx.queue.is_pending(operation_id)]
+        lost = [operation_id for operation_id in lanes if not ctx.queue.is_pending(operation_id)]
     except DependencyUnavailableError:
         log.warning("sweep: Redis unavailable; queued operations are dispatched again on the next sweep")
         return []
     for operation_id in lost:
         log.info("re-dispatching lost operation %s", operation_id)
-        dispatch(ctx, operation_id)
+        dispatch(ctx, operation_id, lanes[operation_id])
     return lost
