@@ -127,6 +127,11 @@ def warm_pool_lock_key() -> int:
     return _lock_key("warm-pool")
 
 
+def recovery_sweep_key(queue_name: str) -> str:
+    """Redis key a worker sets (NX, short TTL) to be the one that sweeps once Redis is back after an outage."""
+    return f"control-plane:recovery-sweep:{queue_name}"
+
+
 def auth_failures_key(client: str) -> str:
     """Redis counter of one client address's failed authentications in the current window."""
     return f"control-plane:auth-failures:{client}"

@@ -1,7 +1,8 @@
 """The sweeper: repairs from the catalog what a lost queue or a dead worker left behind.
 
-It runs every minute on RQ's cron scheduler (`tenantctl scheduler`) and once at every worker start, and
-is safe to run anywhere, any number of times at once:
+It runs every minute on RQ's cron scheduler (`tenantctl scheduler`), once at every worker start and at once
+when a worker sees Redis come back after an outage (jobs.worker), and is safe to run anywhere, any number of
+times at once:
 - a queued operation whose RQ job is missing or dead (Redis was down or lost its data) is enqueued again;
 - a running operation whose worker or work horse is gone is failed, with the reason, through the one
   failure path (its partial work undone) and, for kinds that are safe to repeat, queued again
@@ -53,11 +54,12 @@ class SweepReport:
                 "migration_runs": self.migration_runs}
 
 
-def sweep(ctx: ServiceContext) -> SweepReport:
+def sweep(ctx: ServiceContext, lost_after: timedelta = LOST_AFTER) -> SweepReport:
+    """One pass. `lost_after` 0 right after Redis returns: whatever is queued then was never enqueued."""
     report = SweepReport()
     report.abandoned = fail_abandoned_operations(ctx)
     report.retried = retry_due(ctx)
-    report.dispatched = redispatch_lost(ctx)
+    report.dispatched = redispatch_lost(ctx, lost_after)
     if ctx.migration_jobs is not None:
         report.migration_runs = reconcile_runs(ctx)
     if report.abandoned or report.retried or report.dispatched:
@@ -105,12 +107,12 @@ def retry_due(ctx: ServiceContext) -> list[str]:
     return retried
 
 
-def redispatch_lost(ctx: ServiceContext) -> list[str]:
+def redispatch_lost(ctx: ServiceContext, lost_after: timedelta = LOST_AFTER) -> list[str]:
     """Queued operations that no live RQ job will run: enqueued again (jobs are keyed by operation id and
     take the tenant lock, so a duplicate does nothing)."""
     with ctx.sessions() as session:
         queued = session.scalars(select(Operation).where(Operation.status == OperationStatus.QUEUED,
-                                                         Operation.created_at < utcnow() - LOST_AFTER)
+                                                         Operation.created_at <= utcnow() - lost_after)
                                  .order_by(Operation.created_at)).all()  # first asked, first queued again
         lanes = {op.id: lane_of(session, op) for op in queued}
     try:
