@@ -3,7 +3,8 @@ tenant back to its previous status; Idempotency-Key on cancel and retry."""
 from __future__ import annotations
 
 import tenant_migrations
-from backup_support import active_tenant, back_up, backup_cleanup, databases_like, db, role, tid  # noqa: F401
+from backup_support import (active_tenant, back_up, backup_cleanup, databases_like, db, role, store_root,  # noqa: F401
+                            tid, write_rows)
 from control_plane.adapters.postgres_admin import PostgresAdmin
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.bootstrap import build_context, dispose
@@ -99,6 +100,25 @@ def test_cancel_a_running_restore_drops_its_scratch_database(client, auth, run_j
     _cancelled(client, auth, op.get_json()["id"])
     assert tenant(client, auth, name)["status"] == "suspended"
     assert databases_like(admin_url, role(name) + "%") == {db(name)}
+
+
+def test_cancel_a_running_backup_removes_its_partial_objects(ctx, settings, client, auth, run_jobs, monkeypatch):
+    from control_plane.catalog.backup_models import Backup, BackupStatus
+    from control_plane.services import backups
+    name = tid("runbak")
+    active_tenant(client, auth, run_jobs, name)
+    write_rows(ctx, name, "stream")
+    monkeypatch.setattr(backups, "HEARTBEAT_SECONDS", 0)  # every chunk streamed is a point to stop at
+    _cancel_after(monkeypatch, backups._Heartbeat, "__init__")  # cancelled once the dump has started
+    op = client.post(f"/v1/tenants/{name}/backups", headers=auth)
+    run_jobs()
+    # No step follows the stream's: cancelled (not succeeded) means it stopped while streaming.
+    assert _cancelled(client, auth, op.get_json()["id"])["error"] == "cancelled at backup"
+    assert tenant(client, auth, name)["status"] == "active"
+    with ctx.sessions() as session:
+        statuses = [b.status for b in session.query(Backup).filter(Backup.tenant_id == name)]
+    assert statuses == [BackupStatus.FAILED]  # the attempt is recorded, never left running
+    assert [p for p in (store_root(settings) / name).rglob("*") if p.is_file()] == []  # no partial object
 
 
 def test_cancel_a_running_delete_after_its_final_backup_keeps_the_tenant(client, auth, run_jobs, admin_url,

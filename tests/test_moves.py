@@ -214,12 +214,18 @@ def test_kill_9_at_each_phase_is_undone_or_finished_by_retry(fleet, ctx, setting
 
 
 
-def test_cancel_before_the_cut_over_leaves_the_source_untouched(fleet, ctx, settings):
+def test_cancel_queued_then_running_before_the_cut_over_leaves_the_source_untouched(fleet, ctx, settings):
     from control_plane.catalog.models import Operation
 
     fleet.place("undecided", "pg2")
     with tenant_login(ctx, "undecided") as conn:
         conn.execute("INSERT INTO leads (full_name) SELECT 'seed ' || g FROM generate_series(1, 500) g")
+    queued = _move(fleet, "undecided", server="pg3", mode="online")  # no worker yet: cancelled at once
+    response = fleet.client.post(f"/v1/operations/{queued['id']}/cancel", headers=fleet.auth)
+    assert response.status_code == 202 and response.get_json()["status"] == "cancelled", response.get_json()
+    body = tenant(fleet.client, fleet.auth, "undecided")
+    assert (body["status"], body["server"]) == ("active", "pg2")
+
     op = _move(fleet, "undecided", server="pg3", mode="online")
     answers: list[int] = []
 
