@@ -14,9 +14,11 @@ from control_plane.cli_backups import backups_group, keys_group, scheduler_comma
 from control_plane.cli_migrations import migrations as migrations_group
 from control_plane.cli_recovery import (catalog_backup, catalog_backups_list, catalog_restore, drills_group,
                                         fleet_group)
+from control_plane.cli_examples import add_examples
 from control_plane.cli_fleet import reconcile_command
 from control_plane.cli_plans import plans_group
 from control_plane.cli_runtime import runtime_group
+from control_plane.cli_output import EXIT_BY_STATUS, EXIT_FAILED, EXIT_USAGE, CommandError, json_option
 from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import OperationStatus, TenantStatus
@@ -35,7 +37,20 @@ Shell completion (bash): eval "$(_TENANTCTL_COMPLETE=bash_source tenantctl)"  (z
 """
 
 
-@click.group(epilog=CLI_EPILOG)
+class TenantctlGroup(click.Group):
+    """The root group: the project's errors end the command with the exit code their HTTP status maps to
+    (the same codes as in API mode), whichever subcommand raised them."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ControlPlaneError as exc:
+            raise CommandError(exc.detail, EXIT_BY_STATUS.get(getattr(exc, "status", 500), EXIT_FAILED)) from None
+        except MarshmallowValidationError as exc:
+            raise CommandError(str(exc.messages), EXIT_USAGE) from None
+
+
+@click.group(cls=TenantctlGroup, epilog=CLI_EPILOG)
 @click.version_option(package_name="tenant-control-plane", prog_name="tenantctl")
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def cli(verbose: bool) -> None:
@@ -118,14 +133,16 @@ def tenants_group() -> None:
 @click.option("--domain", "domains", multiple=True)
 @click.option("--plan", default="standard", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the provisioning.")
-def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[str, ...], plan: str, wait: bool) -> None:
+@json_option
+def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[str, ...], plan: str, wait: bool,
+                   as_json: bool) -> None:
     """Create a tenant and provision its database (follows the provisioning unless --no-wait)."""
     from control_plane.api.schemas import TenantCreateSchema
 
     body = TenantCreateSchema().load({"id": tenant_id, "name": name, "admin_email": admin_email,
                                       "domains": list(domains), "plan": plan})
     ctx = context()
-    started(ctx, provision.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait)
+    started(ctx, provision.request_tenant(ctx, SYSTEM, tenant_id=body.pop("id"), **body), wait, as_json)
 
 
 @tenants_group.command("list")
@@ -133,10 +150,17 @@ def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[s
 @click.option("--server")
 @click.option("-q", "query")
 @click.option("--backup-stale", is_flag=True, default=None, help="Only tenants whose newest backup is older than their RPO.")
-def tenants_list(status: str | None, server: str | None, query: str | None, backup_stale: bool | None) -> None:
+@json_option
+def tenants_list(status: str | None, server: str | None, query: str | None, backup_stale: bool | None,
+                 as_json: bool) -> None:
     """List tenants (filter by status, server, a search -q over id, name and domains, or RPO)."""
     items, total = tenants.list_tenants(context(), SYSTEM, status=TenantStatus(status) if status else None,
                                         server=server, q=query, backup_stale=backup_stale, limit=10_000)
+    if as_json:
+        from control_plane.api.schemas import TenantSchema
+
+        click.echo(json.dumps(TenantSchema(many=True).dump(items), indent=2, default=str))
+        return
     click.echo(f"{'ID':<40} {'STATUS':<13} {'SERVER':<12} REVISION")
     for t in items:
         click.echo(f"{t.id:<40} {t.status.value:<13} {t.server_name or '-':<12} {t.schema_revision or '-'}")
@@ -145,35 +169,46 @@ def tenants_list(status: str | None, server: str | None, query: str | None, back
 
 @tenants_group.command("show")
 @click.argument("tenant_id")
-def tenants_show(tenant_id: str) -> None:
-    """One tenant, as JSON."""
+@json_option
+def tenants_show(tenant_id: str, as_json: bool) -> None:
+    """One tenant, as JSON (with or without --json)."""
     from control_plane.api.schemas import TenantSchema
 
     click.echo(json.dumps(TenantSchema().dump(tenants.get_tenant(context(), SYSTEM, tenant_id)), indent=2))
 
 
+def _print_tenant(tenant, as_json: bool) -> None:
+    """Its new status, or with --json the whole tenant."""
+    from control_plane.api.schemas import TenantSchema
+
+    click.echo(json.dumps(TenantSchema().dump(tenant), indent=2, default=str) if as_json else tenant.status.value)
+
+
 @tenants_group.command("suspend")
 @click.argument("tenant_id")
-def tenants_suspend(tenant_id: str) -> None:
+@json_option
+def tenants_suspend(tenant_id: str, as_json: bool) -> None:
     """Suspend a tenant: tenant runtimes refuse its requests."""
-    click.echo(tenants.suspend_tenant(context(), SYSTEM, tenant_id).status.value)
+    _print_tenant(tenants.suspend_tenant(context(), SYSTEM, tenant_id), as_json)
 
 
 @tenants_group.command("resume")
 @click.argument("tenant_id")
-def tenants_resume(tenant_id: str) -> None:
+@json_option
+def tenants_resume(tenant_id: str, as_json: bool) -> None:
     """Resume a suspended tenant."""
-    click.echo(tenants.resume_tenant(context(), SYSTEM, tenant_id).status.value)
+    _print_tenant(tenants.resume_tenant(context(), SYSTEM, tenant_id), as_json)
 
 
 @tenants_group.command("migrate")
 @click.argument("tenant_id")
 @click.option("--target", default="head", show_default=True)
 @click.option("--wait/--no-wait", default=True, show_default=True)
-def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
+@json_option
+def tenants_migrate(tenant_id: str, target: str, wait: bool, as_json: bool) -> None:
     """Bring a tenant's schema to head or to a given revision."""
     ctx = context()
-    started(ctx, migrate.request_migration(ctx, SYSTEM, tenant_id, target), wait)
+    started(ctx, migrate.request_migration(ctx, SYSTEM, tenant_id, target), wait, as_json)
 
 
 @tenants_group.command("move")
@@ -182,13 +217,14 @@ def tenants_migrate(tenant_id: str, target: str, wait: bool) -> None:
 @click.option("--offline", is_flag=True, help="pg_dump | pg_restore while the tenant is held (no replication).")
 @click.option("--online", is_flag=True, help="Refuse unless an online move (logical replication) is possible.")
 @click.option("--follow/--no-follow", "wait", default=True, show_default=True, help="Show progress until it ends.")
-def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait: bool) -> None:
+@json_option
+def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait: bool, as_json: bool) -> None:
     """Move a tenant to another server; without --online/--offline, online where the servers allow it."""
     if offline and online:
         raise click.UsageError("--online and --offline exclude each other")
     ctx = context()
     mode = "offline" if offline else "online" if online else None
-    started(ctx, move.request_move(ctx, SYSTEM, tenant_id, server=server, mode=mode), wait)
+    started(ctx, move.request_move(ctx, SYSTEM, tenant_id, server=server, mode=mode), wait, as_json)
 
 
 @tenants_group.command("delete")
@@ -197,10 +233,12 @@ def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait:
 @click.option("--purge", is_flag=True, help="Also destroy the tenant's backup key and delete its backups.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.confirmation_option(prompt="Drop the tenant's database and role?")
-def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool) -> None:
+@json_option
+def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool, as_json: bool) -> None:
     """Delete a tenant: final backup (unless --no-final-backup), then drop its database and role."""
     ctx = context()
-    started(ctx, delete.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait)
+    started(ctx, delete.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait,
+            as_json)
 
 
 @cli.group("operations")
@@ -211,13 +249,15 @@ def operations_group() -> None:
 @operations_group.command("show")
 @click.argument("operation_id")
 @click.option("--follow", "follow_progress", is_flag=True, help="Show progress until it finishes.")
-def operations_show(operation_id: str, follow_progress: bool) -> None:
-    """One operation, as JSON; --follow shows its progress until it ends."""
+@json_option
+def operations_show(operation_id: str, follow_progress: bool, as_json: bool) -> None:
+    """One operation, as JSON; --follow shows its progress until it ends (then its result, or with --json the
+    operation)."""
     from control_plane.api.schemas import OperationSchema
 
     ctx = context()
     if follow_progress:
-        follow(ctx, operation_id)
+        follow(ctx, operation_id, as_json=as_json)
     else:
         click.echo(json.dumps(OperationSchema().dump(operations.get_operation(ctx, SYSTEM, operation_id)), indent=2))
 
@@ -225,26 +265,33 @@ def operations_show(operation_id: str, follow_progress: bool) -> None:
 @operations_group.command("retry")
 @click.argument("operation_id")
 @click.option("--wait/--no-wait", default=True, show_default=True)
-def operations_retry(operation_id: str, wait: bool) -> None:
+@json_option
+def operations_retry(operation_id: str, wait: bool, as_json: bool) -> None:
     """Run a failed operation again; its steps resume where they stopped."""
     ctx = context()
-    started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait)
+    started(ctx, operations.retry_operation(ctx, SYSTEM, operation_id), wait, as_json)
 
 
 @operations_group.command("cancel")
 @click.argument("operation_id")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it until it has stopped.")
-def operations_cancel(operation_id: str, wait: bool) -> None:
+@json_option
+def operations_cancel(operation_id: str, wait: bool, as_json: bool) -> None:
     """Cancel a queued operation at once, a running one at its next safe step (undoing what it started)."""
     ctx = context()
     op = operations.cancel_operation(ctx, SYSTEM, operation_id)
     click.echo(f"operation {op.id} ({op.kind.value}) {op.status.value}", err=True)
     if wait:
-        follow(ctx, op.id, expect=OperationStatus.CANCELLED)
+        follow(ctx, op.id, expect=OperationStatus.CANCELLED, as_json=as_json)
+    elif as_json:
+        from control_plane.api.schemas import OperationSchema
+
+        click.echo(json.dumps(OperationSchema().dump(op), indent=2))
 
 
 @operations_group.command("sweep")
-def operations_sweep() -> None:
+@json_option
+def operations_sweep(as_json: bool) -> None:
     """What the scheduler does every minute: re-dispatch lost operations, fail and retry abandoned ones."""
     from control_plane.services.sweeper import sweep
 
@@ -256,10 +303,23 @@ def servers_group() -> None:
     """Tenant database servers."""
 
 
+def _server_view(server, count: int) -> dict:
+    from control_plane.api.schemas import ServerSchema
+
+    schema = ServerSchema()  # what GET /v1/servers shows (never the admin URL)
+    return schema.dump({**{name: getattr(server, name, None) for name in schema.fields}, "status": server.health,
+                        "tenants": count, "headroom": round(servers.headroom(server, count), 4)})
+
+
 @servers_group.command("list")
-def servers_list() -> None:
+@json_option
+def servers_list(as_json: bool) -> None:
     """Tenant database servers with their status and tenant count."""
-    for server, count in servers.list_servers(context()):
+    found = servers.list_servers(context())
+    if as_json:
+        click.echo(json.dumps([_server_view(server, count) for server, count in found], indent=2))
+        return
+    for server, count in found:
         load = f"{server.connections}/{server.max_connections} connections" if server.max_connections else "not checked"
         click.echo(f"{server.name:<20} {server.host}:{server.port:<6} {server.health:<11} {count} tenants, {load}, "
                    f"headroom {servers.headroom(server, count):.2f}")
@@ -270,20 +330,28 @@ def servers_list() -> None:
 @click.option("--admin-url-file", type=click.File(), required=True,
               help="A file holding the admin URL (keeps the password out of shell history).")
 @click.option("--max-tenants", type=int)
-def servers_add(name: str, admin_url_file, max_tenants: int | None) -> None:
+@json_option
+def servers_add(name: str, admin_url_file, max_tenants: int | None, as_json: bool) -> None:
     """Register a tenant database server (its admin URL read from a file)."""
     server = servers.register_server(context(), SYSTEM.actor, name, admin_url_file.read().strip(), max_tenants)
-    click.echo(f"registered {server.name} at {server.host}:{server.port}")
+    if as_json:
+        click.echo(json.dumps(_server_view(server, 0), indent=2))
+    else:
+        click.echo(f"registered {server.name} at {server.host}:{server.port}")
 
 
 @servers_group.command("set-url")
 @click.argument("name")
 @click.option("--admin-url-file", type=click.File(), required=True,
               help="A file holding the new admin URL (keeps the password out of shell history).")
-def servers_set_url(name: str, admin_url_file) -> None:
+@json_option
+def servers_set_url(name: str, admin_url_file, as_json: bool) -> None:
     """Change a registered server's admin URL (TENANT_DB_ADMIN_URL is applied only on first registration)."""
     server = servers.replace_server(context(), SYSTEM.actor, name, admin_url_file.read().strip())
-    click.echo(f"{server.name} now at {server.host}:{server.port}")
+    if as_json:
+        click.echo(json.dumps(_server_view(*servers.get_server(context(), name)), indent=2))
+    else:
+        click.echo(f"{server.name} now at {server.host}:{server.port}")
 
 
 @servers_group.command("drain")
@@ -293,34 +361,50 @@ def servers_set_url(name: str, admin_url_file) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 50), default=3, show_default=True)
 @click.option("--mode", type=click.Choice(["online", "offline"]), help="Default: each move chooses.")
 @click.option("--follow/--no-follow", default=True, show_default=True, help="Show progress until the run ends.")
-def servers_drain(name: str, undo: bool, no_move: bool, concurrency: int, mode: str | None, follow: bool) -> None:
+@json_option
+def servers_drain(name: str, undo: bool, no_move: bool, concurrency: int, mode: str | None, follow: bool,
+                  as_json: bool) -> None:
     """Move every tenant off a server (a run: see `servers drain-status`), and place none there."""
     ctx = context()
     if undo or no_move:
-        click.echo(servers.set_draining(ctx, SYSTEM.actor, name, not undo).status.value)
+        server = servers.set_draining(ctx, SYSTEM.actor, name, not undo)
+        click.echo(json.dumps(_server_view(*servers.get_server(ctx, name)), indent=2) if as_json
+                   else server.status.value)
         return
     run = drains.start_drain(ctx, SYSTEM, name, concurrency=concurrency, mode=mode)
     click.echo(f"drain run {run.id}: {run.counts()['total']} tenants", err=True)
     if follow:
-        _follow_drain(ctx, run.id)
+        _follow_drain(ctx, run.id, as_json)
+    elif as_json:
+        _print_drain(ctx, run.id)
     else:
         click.echo(run.id)
 
 
 @servers_group.command("drain-status")
 @click.argument("run_id")
-@click.option("--follow", is_flag=True)
-def servers_drain_status(run_id: str, follow: bool) -> None:
-    """A drain run's progress."""
+@click.option("--follow", is_flag=True, help="Show progress until the run ends.")
+@json_option
+def servers_drain_status(run_id: str, follow: bool, as_json: bool) -> None:
+    """A drain run's progress (with --json, the run with its per-tenant items)."""
     ctx = context()
     if follow:
-        _follow_drain(ctx, run_id)
+        _follow_drain(ctx, run_id, as_json)
+        return
+    if as_json:
+        _print_drain(ctx, run_id)
         return
     run = drains.get_drain(ctx, SYSTEM, run_id)
     click.echo(json.dumps({"status": run.status.value, **run.counts()}))
 
 
-def _follow_drain(ctx, run_id: str) -> None:
+def _print_drain(ctx, run_id: str) -> None:
+    from control_plane.api.schemas import DrainRunSchema
+
+    click.echo(json.dumps(DrainRunSchema().dump(drains.get_drain(ctx, SYSTEM, run_id)), indent=2))
+
+
+def _follow_drain(ctx, run_id: str, as_json: bool = False) -> None:
     last = None
     while True:
         run = drains.get_drain(ctx, SYSTEM, run_id)
@@ -336,6 +420,8 @@ def _follow_drain(ctx, run_id: str) -> None:
     for item in run.items:
         if item.status.value == "failed":
             click.echo(f"  {item.tenant_id}: {item.error}", err=True)
+    if as_json:
+        _print_drain(ctx, run_id)
     if run.status.value != "succeeded":
         raise click.ClickException(run.error or f"drain {run.status.value}")
 
@@ -346,6 +432,7 @@ for feature_group in (tokens_group, audit_command, plans_group, runtime_group, b
 fleet_group.add_command(reconcile_command)
 for catalog_command in (catalog_backup, catalog_backups_list, catalog_restore):
     catalog.add_command(catalog_command)
+add_examples(cli)
 
 
 def main() -> None:
@@ -355,12 +442,12 @@ def main() -> None:
 
             build_api_cli(cli)(standalone_mode=True, prog_name="tenantctl")
         cli(standalone_mode=True)
-    except ControlPlaneError as exc:
+    except ControlPlaneError as exc:  # local mode: the exit code the API's status maps to, as in API mode
         click.echo(f"error: {exc.detail}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_BY_STATUS.get(getattr(exc, "status", 500), EXIT_FAILED))
     except MarshmallowValidationError as exc:
         click.echo(f"error: {exc.messages}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
 
 
 if __name__ == "__main__":

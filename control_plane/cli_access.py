@@ -9,6 +9,7 @@ import click
 
 from control_plane.api.access_schemas import AuditEventSchema, TokenSchema
 from control_plane.catalog.models import TokenRole
+from control_plane.cli_output import json_option
 from control_plane.cli_support import context
 from control_plane.services import audit, auth
 from control_plane.services.auth import SYSTEM
@@ -38,20 +39,27 @@ def tokens_group() -> None:
 @click.option("--tenant", "tenant_id", help="The tenant a tenant_admin token is scoped to.")
 @click.option("--name", default="cli", show_default=True)
 @click.option("--expires-in", help="30d, 12h, 90m or 'never' (default: TOKEN_DAYS_SUPER_ADMIN / TOKEN_DAYS_TENANT_ADMIN).")
-def tokens_create(role: str, tenant_id: str | None, name: str, expires_in: str | None) -> None:
-    """Create a token; it is printed once, alone on the last line."""
+@json_option
+def tokens_create(role: str, tenant_id: str | None, name: str, expires_in: str | None, as_json: bool) -> None:
+    """Create a token; it is printed once, alone on the last line (with --json, as `token` next to its record).
+
+    Runs locally in both modes: it makes the API's first token.
+    """
     token, plaintext = auth.create_token(context(), TokenRole(role), name, tenant_id,
                                          expires_in=_expires_in(expires_in), actor=SYSTEM.actor)
     expiry = f"expires {token.expires_at:%Y-%m-%d %H:%M}Z" if token.expires_at else "never expires"
     click.echo(f"created {role} token {token.id} ({name}), {expiry}", err=True)
-    click.echo(plaintext)
+    if as_json:
+        click.echo(json.dumps({**TokenSchema().dump(token), "token": plaintext}, indent=2))
+    else:
+        click.echo(plaintext)
 
 
 @tokens_group.command("list")
 @click.option("--tenant", "tenant_id")
 @click.option("--include-revoked", is_flag=True)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def tokens_list(tenant_id: str | None, include_revoked: bool, limit: int, as_json: bool) -> None:
     """Tokens, newest first (never their secret)."""
     items, _ = auth.list_tokens(context(), SYSTEM, offset=0, limit=limit, tenant_id=tenant_id,
@@ -68,10 +76,11 @@ def tokens_list(tenant_id: str | None, include_revoked: bool, limit: int, as_jso
 
 @tokens_group.command("revoke")
 @click.argument("token_id")
-def tokens_revoke(token_id: str) -> None:
+@json_option
+def tokens_revoke(token_id: str, as_json: bool) -> None:
     """Revoke a token: its next request gets 401."""
-    auth.revoke_token(context(), SYSTEM, token_id)
-    click.echo(f"revoked {token_id}")
+    token = auth.revoke_token(context(), SYSTEM, token_id)
+    click.echo(json.dumps(TokenSchema().dump(token), indent=2) if as_json else f"revoked {token_id}")
 
 
 @click.command("audit")
@@ -81,7 +90,7 @@ def tokens_revoke(token_id: str) -> None:
 @click.option("--since", type=click.DateTime(), help="UTC")
 @click.option("--until", type=click.DateTime(), help="UTC")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def audit_command(tenant_id, actor, action, since: datetime | None, until: datetime | None, limit: int,
                   as_json: bool) -> None:
     """The audit trail, newest first."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,23 +18,14 @@ from typing import Any
 
 import click
 import requests
-from rich import filesize
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+from control_plane.cli_output import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_USAGE, OPERATION_COLUMNS, CommandError,
+                                     follow_all, follow_bar, print_data)
 
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
-EXIT_BY_STATUS = {400: EXIT_USAGE, 422: EXIT_USAGE, 404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT, 423: EXIT_CONFLICT}
-POLL_SECONDS = 0.5  # a human-facing refresh, not synchronisation
 TIMEOUT_SECONDS = 30
 
 
-class ApiCommandError(click.ClickException):
-    """An answer that is not a success, or a failed operation: printed as `error: ...`, with its exit code."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+class ApiCommandError(CommandError):
+    """An answer that is not a success, or a failed operation."""
 
 
 class ApiClient:
@@ -106,12 +96,13 @@ def _opt(*decls: str, **attrs: Any) -> click.Option:
 
 
 TENANT = _arg("tenant_id")
-OPERATION_COLUMNS = ("id", "kind", "tenant_id", "status", "progress", "step", "error")
+
 TENANT_COLUMNS = ("id", "name", "status", "server", "schema_revision", "last_backup_at")
 DRILL_COLUMNS = ("id", "tenant_id", "result", "finished_at", "rpo_seconds", "rto_seconds", "reason")
 BACKUP_COLUMNS = ("id", "status", "trigger", "completed_at", "stored_bytes", "schema_revision")
 STATUS = _opt("--status", help="Only in this status.")
-LIMIT = _opt("--limit", "page_size", type=click.IntRange(1, 1000), default=100, show_default=True,
+MAX_PAGE_SIZE = 100  # the API's largest page
+LIMIT = _opt("--limit", "page_size", type=click.IntRange(1, MAX_PAGE_SIZE), default=100, show_default=True,
              help="At most this many rows.")
 
 PLAN_FIELDS = ("description", "connection_limit", "statement_timeout_ms", "idle_in_transaction_timeout_ms",
@@ -171,8 +162,6 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
                  ("tenantctl operations cancel 5f0c...",), (_arg("operation_id"),)),
     )),
     "drills": ("Restore drills: a tenant's newest backup restored into a scratch database and checked.", (
-        Endpoint("run", "POST", "/v1/tenants/{tenant_id}/drills", "Drill a tenant's newest backup now.",
-                 ("tenantctl drills run acme-clinic",), (TENANT,), starts_work=True),
         Endpoint("list", "GET", "/v1/drills", "Drills, newest first (every tenant's, or --tenant's).",
                  ("tenantctl drills list --result failed", "tenantctl drills list --tenant acme-clinic"),
                  (_opt("--tenant", "tenant_id"), _opt("--result", type=click.Choice(("running", "passed", "failed"))), LIMIT),
@@ -239,6 +228,9 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
                  (_arg("name"), _opt("--undo", is_flag=True), _opt("--move/--no-move", "move_tenants", default=True),
                   _opt("--concurrency", type=int), _opt("--mode", type=click.Choice(["online", "offline"]))),
                  body=("move_tenants", "concurrency", "mode"), derived=lambda o: {"draining": not o["undo"]}),
+        Endpoint("drain-runs", "GET", "/v1/drain-runs", "Drain runs, newest first.",
+                 ("tenantctl servers drain-runs", "tenantctl servers drain-runs --json"), (LIMIT,),
+                 query=("page_size",), columns=("id", "server", "status", "counts", "created_at", "error")),
         Endpoint("drain-status", "GET", "/v1/drain-runs/{run_id}", "A drain run with its per-tenant items.",
                  ("tenantctl servers drain-status 7a1b... --json",), (_arg("run_id"),)),
     )),
@@ -302,59 +294,10 @@ def _value(raw: Any) -> Any:
     return raw
 
 
-def _render(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def print_data(data: Any, columns: tuple[str, ...], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    console = Console()
-    if isinstance(data, list):
-        table = Table(*(column.upper() for column in columns or (sorted(data[0]) if data else ())))
-        for row in data:
-            table.add_row(*(_render(row.get(column)) for column in columns or sorted(row)))
-        console.print(table)
-    elif isinstance(data, dict):
-        table = Table("FIELD", "VALUE", show_header=False)
-        for key, value in data.items():
-            table.add_row(key, _render(value))
-        console.print(table)
-    elif data is not None:
-        click.echo(_render(data))
-
-
-def _completion(operation: dict[str, Any]) -> dict[str, Any]:
-    """The bar's position: bytes streamed of the estimated total when the operation records them (a backup),
-    else its percent."""
-    result = operation.get("result") or {}
-    done, total = result.get("bytes_done"), result.get("bytes_total")
-    if isinstance(done, int) and isinstance(total, int) and total > 0:
-        return {"completed": min(done, total), "total": total,
-                "bytes": f"{filesize.decimal(done)} of ~{filesize.decimal(total)}"}
-    return {"completed": operation["progress"], "total": 100, "bytes": ""}
-
-
 def follow_operation(client: ApiClient, operation: dict[str, Any], as_json: bool) -> None:
-    """A progress bar (percent, step, elapsed, ETA) until the operation ends; then its record; exit 1 if it
-    did not succeed."""
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[bytes]}"), TextColumn("{task.fields[step]}"))
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{operation['kind']} {operation.get('tenant_id') or ''}", total=100, step="",
-                                 bytes="")
-        while True:
-            progress.update(task, step=operation.get("step") or "", **_completion(operation))
-            if operation["status"] in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(POLL_SECONDS)
-            operation, _ = client.call("GET", f"/v1/operations/{operation['id']}")
+    """A progress bar (percent, bytes, step, elapsed, ETA) until the operation ends; then its record; exit 1
+    if it did not succeed."""
+    operation = follow_bar(operation, lambda op_id: client.call("GET", f"/v1/operations/{op_id}")[0])
     print_data(operation, (), as_json)
     if operation["status"] != "succeeded":
         raise ApiCommandError(operation.get("error") or f"operation {operation['status']}")
@@ -406,14 +349,63 @@ def _confirm(prompt: str):
     return callback
 
 
+def all_pages(client: ApiClient, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every item of a paginated list, page after page."""
+    items: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        data, _ = client.call("GET", path, params={**params, "page": page, "page_size": MAX_PAGE_SIZE})
+        items.extend(data)
+        if len(data) < MAX_PAGE_SIZE:
+            return items
+        page += 1
+
+
+DRILLS_RUN_EXAMPLES = ("tenantctl drills run acme-clinic", "tenantctl drills run acme-clinic bella-clinic --json",
+                       "tenantctl drills run --all --no-follow")
+
+
+@click.command("run", epilog="\b\nExamples:\n" + "\n".join(f"  {e}" for e in DRILLS_RUN_EXAMPLES),
+               short_help="Drill tenants' newest backups now.")
+@click.argument("tenant_ids", nargs=-1)
+@click.option("--all", "all_tenants", is_flag=True, help="Every active tenant.")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Watch each drill to its end (they run side by side), then a table of how each ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print the operations as JSON.")
+def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow: bool, as_json: bool) -> None:
+    """Drill TENANT_IDS' (or --all active tenants') newest backups: each restored into a scratch database and
+    checked. Exits 1 if a followed drill did not pass.
+
+    POST /v1/tenants/{tenant_id}/drills
+    """
+    if bool(tenant_ids) == all_tenants:
+        raise click.UsageError("name tenants, or --all")
+    client = ApiClient.from_env()
+    if all_tenants:
+        tenant_ids = tuple(t["id"] for t in all_pages(client, "/v1/tenants", {"status": "active"}))
+    started = []
+    for tenant_id in tenant_ids:
+        op, _ = client.call("POST", f"/v1/tenants/{urllib.parse.quote(tenant_id, safe='')}/drills", body={})
+        click.echo(f"tenant {tenant_id}: drill operation {op['id']}", err=True)
+        started.append(op)
+    follow_all(started, lambda op_id: client.call("GET", f"/v1/operations/{op_id}")[0], follow, as_json)
+
+
+# Commands that do more than one request: (group, command).
+API_COMMANDS: tuple[tuple[str, click.Command], ...] = (("drills", drills_run),)
+
+
 def build_api_cli(local: click.Group) -> click.Group:
     """The CLI in API mode: the ENDPOINTS groups, plus the local-only commands taken from `local`."""
-    api_cli = click.Group("tenantctl", help=local.help, params=list(local.params), callback=local.callback,
+    api_cli = type(local)("tenantctl", help=local.help, params=list(local.params), callback=local.callback,
                           epilog=local.epilog)
     for group_name, (group_help, endpoints) in ENDPOINTS.items():
         group = click.Group(group_name, help=group_help) if group_name else api_cli
         for endpoint in endpoints:
             group.add_command(endpoint_command(endpoint))
+        for target, command in API_COMMANDS:
+            if target == group_name:
+                group.add_command(command)
         if group is not api_cli:
             api_cli.add_command(group)
     for name in LOCAL_COMMANDS:

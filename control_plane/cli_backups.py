@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from control_plane.catalog.backup_models import BackupStatus
+from control_plane.cli_output import json_option
 from control_plane.cli_support import context, started
 from control_plane.services import backups
 from control_plane.services.kinds import backup as backup_kind
@@ -35,19 +36,26 @@ def backups_group() -> None:
 @click.argument("tenant_id")
 @click.option("--expires-in-days", type=click.IntRange(1, 3650), help="Keep it this long, whatever the policy.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
-def backups_create(tenant_id: str, expires_in_days: int | None, wait: bool) -> None:
-    """Back a tenant up now."""
+@json_option
+def backups_create(tenant_id: str, expires_in_days: int | None, wait: bool, as_json: bool) -> None:
+    """Back a tenant up now (a bar shows the bytes streamed unless --no-wait)."""
     ctx = context()
-    started(ctx, backup_kind.request_backup(ctx, SYSTEM, tenant_id, expires_in_days=expires_in_days), wait)
+    started(ctx, backup_kind.request_backup(ctx, SYSTEM, tenant_id, expires_in_days=expires_in_days), wait, as_json)
 
 
 @backups_group.command("list")
 @click.argument("tenant_id")
 @click.option("--status", type=click.Choice([s.value for s in BackupStatus]))
-def backups_list(tenant_id: str, status: str | None) -> None:
+@json_option
+def backups_list(tenant_id: str, status: str | None, as_json: bool) -> None:
     """A tenant's backups, newest first."""
     items, total = backups.list_backups(context(), SYSTEM, tenant_id,
                                         status=BackupStatus(status) if status else None, limit=10_000)
+    if as_json:
+        from control_plane.api.backup_schemas import BackupSchema
+
+        click.echo(json.dumps(BackupSchema(many=True).dump(items), indent=2))
+        return
     click.echo(f"{'ID':<36}  {'STATUS':<9}  {'TRIGGER':<11}  {'COMPLETED':<25}  {'ARCHIVE':>9}  {'STORED':>9}  REVISION")
     for b in items:
         completed = b.completed_at.isoformat(timespec="seconds") if b.completed_at else "-"
@@ -58,8 +66,9 @@ def backups_list(tenant_id: str, status: str | None) -> None:
 
 @backups_group.command("show")
 @click.argument("backup_id")
-def backups_show(backup_id: str) -> None:
-    """One backup's catalog record and manifest, as JSON."""
+@json_option
+def backups_show(backup_id: str, as_json: bool) -> None:
+    """One backup's catalog record and manifest, as JSON (with or without --json)."""
     from control_plane.api.backup_schemas import BackupManifestSchema
 
     click.echo(json.dumps(BackupManifestSchema().dump(backups.get_backup(context(), SYSTEM, backup_id)), indent=2))
@@ -104,19 +113,21 @@ def backups_decrypt(backup_id: str, output: str) -> None:
 @click.option("--safety-backup/--no-safety-backup", default=True, show_default=True,
               help="In place: back the current database up first.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
+@json_option
 def backups_restore(tenant_id: str, backup_id: str, new_tenant_id: str | None, safety_backup: bool,
-                    wait: bool) -> None:
-    """Restore a backup of TENANT_ID in place, or as a new tenant."""
+                    wait: bool, as_json: bool) -> None:
+    """Restore a backup of TENANT_ID in place, or as a new tenant (a bar shows the archive bytes restored)."""
     ctx = context()
     op = restores.request_restore(ctx, SYSTEM, tenant_id, backup_id=backup_id,
                                   mode=restores.NEW_TENANT if new_tenant_id else restores.IN_PLACE,
                                   new_tenant_id=new_tenant_id, safety_backup=safety_backup)
-    started(ctx, op, wait)
+    started(ctx, op, wait, as_json)
 
 
 @backups_group.command("prune")
 @click.option("--tenant", "tenant_ids", multiple=True, help="Only these tenants (default: all).")
-def backups_prune(tenant_ids: tuple[str, ...]) -> None:
+@json_option
+def backups_prune(tenant_ids: tuple[str, ...], as_json: bool) -> None:
     """Expire what the retention policies no longer keep; drop retired databases past their grace period."""
     from control_plane.services.pruning import prune_backups
 
@@ -132,8 +143,9 @@ def backups_prune(tenant_ids: tuple[str, ...]) -> None:
 @click.option("--rpo-hours", type=click.IntRange(1, 24 * 90),
               help="This tenant's recovery point objective (default: its plan's backup_rpo_hours, else 24).")
 @click.option("--plan-rpo", is_flag=True, help="Drop the tenant's own RPO: its plan's (or 24 h) applies.")
+@json_option
 def backups_policy(tenant_id: str, keep_last: int | None, keep_daily_days: int | None,
-                   scheduled: bool | None, rpo_hours: int | None, plan_rpo: bool) -> None:
+                   scheduled: bool | None, rpo_hours: int | None, plan_rpo: bool, as_json: bool) -> None:
     """Show, or with options change, a tenant's retention policy."""
     ctx = context()
     rpo = {"rpo_hours": None} if plan_rpo else {"rpo_hours": rpo_hours} if rpo_hours is not None else {}
@@ -151,7 +163,8 @@ def keys_group() -> None:
 
 
 @keys_group.command("rotate")
-def keys_rotate() -> None:
+@json_option
+def keys_rotate(as_json: bool) -> None:
     """Re-wrap tenant backup keys (and the catalog's other secrets) under the KEYRING's first key.
 
     Put the new key first in KEYRING, keep the old one after it, run this, then remove the old key.
@@ -168,7 +181,8 @@ def keys_rotate() -> None:
 @click.option("--once", is_flag=True, help="Start what is due and prune now, then exit (for cron and tests).")
 @click.option("--interval", default=60, show_default=True, type=click.IntRange(10, 3600),
               help="Seconds between schedule ticks and operation sweeps.")
-def scheduler_command(once: bool, interval: int) -> None:
+@json_option
+def scheduler_command(once: bool, interval: int, as_json: bool) -> None:
     """Daily staggered backups of every active tenant, hourly pruning and stale-backup warnings (RQ's
     cron scheduler enqueues the ticks; workers run them)."""
     from control_plane.services.backup_schedule import report_stale_backups, schedule_due_backups

@@ -5,6 +5,7 @@ import json
 
 import click
 
+from control_plane.cli_output import json_option
 from control_plane.cli_support import context
 from control_plane.services import reconcile
 from control_plane.services.auth import SYSTEM
@@ -12,7 +13,7 @@ from control_plane.services.auth import SYSTEM
 
 @click.command("reconcile")
 @click.option("--apply", "apply_repairs", is_flag=True, help="Repair what is safe (default: report only).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def reconcile_command(apply_repairs: bool, as_json: bool) -> None:
     """Orphans, missing databases, leftovers past grace and drift on every server; --apply repairs."""
     report = reconcile.reconcile(context(), SYSTEM, apply=apply_repairs)

@@ -10,6 +10,7 @@ from typing import IO, Any
 import click
 
 from control_plane.bootstrap import build_context
+from control_plane.cli_output import json_option
 from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunStatus, RunItemStatus
 from control_plane.catalog.models import TenantStatus, utcnow
 from control_plane.services import migration_runs, schema_drift
@@ -113,7 +114,14 @@ def summary(detail: RunDetail, items: str = "problems") -> str:
     return "\n".join(lines)
 
 
-def _follow(ctx: ServiceContext, run_id: str, items: str) -> None:
+def _print_run(ctx: ServiceContext, run_id: str) -> None:
+    """The run with its per-tenant items, as the API shows it (--json)."""
+    from control_plane.api.migration_run_schemas import RunDetailSchema, RunDetailView
+
+    click.echo(json.dumps(RunDetailSchema().dump(RunDetailView(migration_runs.get_run(ctx, SYSTEM, run_id))), indent=2))
+
+
+def _follow(ctx: ServiceContext, run_id: str, items: str, as_json: bool = False) -> None:
     """Show the live progress line until the run ends, then the summary; exit 1 unless it succeeded."""
     progress = _Progress(sys.stderr)
     while True:
@@ -123,11 +131,14 @@ def _follow(ctx: ServiceContext, run_id: str, items: str) -> None:
             break
         time.sleep(POLL_SECONDS)
     progress.close()
-    _finish(detail, items)
+    _finish(detail, items, ctx if as_json else None)
 
 
-def _finish(detail: RunDetail, items: str) -> None:
-    click.echo(summary(detail, items))
+def _finish(detail: RunDetail, items: str, json_from: ServiceContext | None = None) -> None:
+    if json_from is not None:
+        _print_run(json_from, detail.run.id)
+    else:
+        click.echo(summary(detail, items))
     if detail.run.status is not MigrationRunStatus.SUCCEEDED:
         sys.exit(1)
 
@@ -173,9 +184,10 @@ def migrations() -> None:
               help="Seconds any one migration statement may run.")
 @click.option("--follow", is_flag=True, help="Show live progress, then a summary table; exit 1 unless it succeeded.")
 @_ITEMS
+@json_option
 def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...], concurrency: int, canary: int,
                 max_failures: int, backup_first: bool | None, dry_run: bool, lock_timeout: float, statement_timeout: float,
-                follow: bool, items: str) -> None:
+                follow: bool, items: str, as_json: bool) -> None:
     """Bring every tenant (or a selection) to TARGET, CONCURRENCY at a time."""
     ctx = _context()
     request = RunRequest(target=target, tenants=tenants or None,
@@ -184,12 +196,19 @@ def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...]
                          lock_timeout_seconds=lock_timeout, statement_timeout_seconds=statement_timeout)
     run = migration_runs.request_run(ctx, SYSTEM, request)
     if dry_run:
-        _print_plan(run)
+        if as_json:
+            from control_plane.api.migration_run_schemas import RunSchema
+
+            click.echo(json.dumps(RunSchema().dump(run), indent=2))
+        else:
+            _print_plan(run)
         return
     click.echo(f"migration run {run.id}: {run.total} tenants to {run.target_revision} "
                f"(concurrency {run.concurrency}, canary {run.canary}, max failures {run.max_failures})", err=True)
     if follow:
-        _follow(ctx, run.id, items)
+        _follow(ctx, run.id, items, as_json)
+    elif as_json:
+        _print_run(ctx, run.id)
     else:
         click.echo(run.id)
 
@@ -197,20 +216,18 @@ def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...]
 @migrations.command("status")
 @click.argument("run_id")
 @click.option("--follow", is_flag=True, help="Watch it until it ends.")
-@click.option("--json", "as_json", is_flag=True, help="The API's JSON instead of a table.")
+@json_option
 @_ITEMS
 def status_command(run_id: str, follow: bool, as_json: bool, items: str) -> None:
     """A run's counts and tenants."""
     ctx = _context()
     if follow:
-        _follow(ctx, run_id, items)
+        _follow(ctx, run_id, items, as_json)
+        return
+    if as_json:
+        _print_run(ctx, run_id)
         return
     detail = migration_runs.get_run(ctx, SYSTEM, run_id)
-    if as_json:
-        from control_plane.api.migration_run_schemas import RunDetailSchema, RunDetailView
-
-        click.echo(json.dumps(RunDetailSchema().dump(RunDetailView(detail)), indent=2))
-        return
     click.echo(progress_line(detail.run))
     click.echo(summary(detail, items))
 
@@ -218,10 +235,16 @@ def status_command(run_id: str, follow: bool, as_json: bool, items: str) -> None
 @migrations.command("list")
 @click.option("--status", type=click.Choice([s.value for s in MigrationRunStatus]))
 @click.option("--limit", default=20, show_default=True)
-def list_command(status: str | None, limit: int) -> None:
+@json_option
+def list_command(status: str | None, limit: int, as_json: bool) -> None:
     """Recent runs, newest first."""
     runs, total = migration_runs.list_runs(_context(), SYSTEM, status=MigrationRunStatus(status) if status else None,
                                            limit=limit)
+    if as_json:
+        from control_plane.api.migration_run_schemas import RunSchema
+
+        click.echo(json.dumps(RunSchema(many=True).dump(runs), indent=2))
+        return
     click.echo(f"{'RUN':<36} {'STATUS':<9} {'TARGET':<30} {'DONE':>9} {'FAILED':>6}  CREATED")
     for run in runs:
         done = run.succeeded + run.failed + run.skipped
@@ -232,23 +255,31 @@ def list_command(status: str | None, limit: int) -> None:
 
 @migrations.command("resume")
 @click.argument("run_id")
-@click.option("--follow", is_flag=True)
+@click.option("--follow", is_flag=True, help="Watch it until it ends.")
 @_ITEMS
-def resume_command(run_id: str, follow: bool, items: str) -> None:
+@json_option
+def resume_command(run_id: str, follow: bool, items: str, as_json: bool) -> None:
     """Re-queue a run's failed and pending tenants (and those whose worker died)."""
     ctx = _context()
     run = migration_runs.resume_run(ctx, SYSTEM, run_id)
     click.echo(f"migration run {run.id} resumed: {run.pending + run.queued} tenants to go", err=True)
     if follow:
-        _follow(ctx, run.id, items)
+        _follow(ctx, run.id, items, as_json)
+    elif as_json:
+        _print_run(ctx, run.id)
 
 
 @migrations.command("cancel")
 @click.argument("run_id")
-def cancel_command(run_id: str) -> None:
+@json_option
+def cancel_command(run_id: str, as_json: bool) -> None:
     """Start no new tenant; those being migrated finish."""
-    run = migration_runs.cancel_run(_context(), SYSTEM, run_id)
-    click.echo(f"migration run {run.id} cancelled; {run.running} tenant(s) still finishing")
+    ctx = _context()
+    run = migration_runs.cancel_run(ctx, SYSTEM, run_id)
+    if as_json:
+        _print_run(ctx, run.id)
+    else:
+        click.echo(f"migration run {run.id} cancelled; {run.running} tenant(s) still finishing")
 
 
 @migrations.command("drift")

@@ -6,6 +6,7 @@ import json
 import click
 
 from control_plane.api.plans import PlanCreateSchema, PlanLimitsSchema, PlanSchema
+from control_plane.cli_output import json_option
 from control_plane.cli_support import context
 from control_plane.services import plans
 from control_plane.services.auth import SYSTEM
@@ -43,7 +44,7 @@ def plans_group() -> None:
 
 
 @plans_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def plans_list(as_json: bool) -> None:
     """Plans and their per-tenant limits."""
     rows = PlanSchema(many=True).dump(plans.list_plans(context(), SYSTEM))
@@ -58,11 +59,12 @@ def plans_list(as_json: bool) -> None:
 @plans_group.command("create")
 @click.argument("name")
 @_limit_options
-def plans_create(name: str, **limits) -> None:
+@json_option
+def plans_create(name: str, as_json: bool, **limits) -> None:
     """Create a plan with the given limits."""
     body = _validated(PlanCreateSchema(), {"name": name, **_given(limits)})
     plan = plans.create_plan(context(), SYSTEM, body.pop("name"), **body)
-    click.echo(f"created plan {plan.name}")
+    click.echo(json.dumps(PlanSchema().dump(plan), indent=2) if as_json else f"created plan {plan.name}")
 
 
 @plans_group.command("set")
@@ -70,16 +72,19 @@ def plans_create(name: str, **limits) -> None:
 @_limit_options
 @click.option("--unset", multiple=True, type=click.Choice([f for f in plans.LIMIT_FIELDS]),
               help="remove a limit (repeatable)")
-def plans_set(name: str, unset: tuple[str, ...], **limits) -> None:
+@json_option
+def plans_set(name: str, unset: tuple[str, ...], as_json: bool, **limits) -> None:
     """Change a plan's limits; the roles of its tenants are updated at once."""
     body = _validated(PlanLimitsSchema(), {**_given(limits), **{field: None for field in unset}})
-    plans.update_plan(context(), SYSTEM, name, **body)
-    click.echo(f"updated plan {name}")
+    plan = plans.update_plan(context(), SYSTEM, name, **body)
+    click.echo(json.dumps(PlanSchema().dump(plan), indent=2) if as_json else f"updated plan {name}")
 
 
 @plans_group.command("apply")
 @click.argument("name")
-def plans_apply(name: str) -> None:
+@json_option
+def plans_apply(name: str, as_json: bool) -> None:
     """Apply a plan's limits again to all its tenants (after a server was unreachable)."""
     plans.get_plan(context(), SYSTEM, name)
-    click.echo(f"applied to {plans.apply_plan(context(), name)} tenants")
+    applied = plans.apply_plan(context(), name)
+    click.echo(json.dumps({"plan": name, "tenants": applied}) if as_json else f"applied to {applied} tenants")

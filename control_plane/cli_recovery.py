@@ -7,6 +7,7 @@ import json
 import click
 
 from control_plane.bootstrap import build_context, dispose
+from control_plane.cli_output import json_option
 from control_plane.cli_support import context
 from control_plane.services import catalog_backups, recovery, servers
 from control_plane.services.auth import SYSTEM
@@ -20,8 +21,10 @@ def _human(size: int) -> str:
 
 
 @click.command("backup")
-def catalog_backup() -> None:
-    """Back the catalog up (encrypted, verified) to the store and the copy store."""
+@json_option
+def catalog_backup(as_json: bool) -> None:
+    """Back the catalog up (encrypted, verified) to the store and the copy store; prints its id (with --json,
+    its manifest)."""
     ctx = context()
     try:
         manifest = catalog_backups.backup_catalog(ctx)
@@ -29,11 +32,11 @@ def catalog_backup() -> None:
         dispose(ctx)
     click.echo(f"catalog backup {manifest['backup_id']}: {manifest['tenants']} tenants, "
                f"{_human(manifest['object']['bytes'])} in {', '.join(manifest['locations'])}", err=True)
-    click.echo(manifest["backup_id"])
+    click.echo(json.dumps(manifest, indent=2, default=str) if as_json else manifest["backup_id"])
 
 
 @click.command("backups")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def catalog_backups_list(as_json: bool) -> None:
     """Catalog backups in the store and the copy store, newest first (reads the stores, not the catalog)."""
     ctx = build_context(Settings.from_env(), pool_size=1)  # the catalog may be gone: never touch it
@@ -54,7 +57,8 @@ def catalog_backups_list(as_json: bool) -> None:
 
 @click.command("restore")
 @click.argument("backup_id")
-def catalog_restore(backup_id: str) -> None:
+@json_option
+def catalog_restore(backup_id: str, as_json: bool) -> None:
     """Restore catalog backup BACKUP_ID (or `latest`) into the empty database CATALOG_DATABASE_URL names.
 
     Verifies it first (SHA-256, every chunk), checks every table's row count and the schema revision
@@ -81,7 +85,7 @@ def fleet_group() -> None:
 @click.option("--admin-url-file", type=click.File(),
               help="The replacement server's admin URL, in a file: recorded for SERVER first (default: "
                    "TENANT_DB_ADMIN_URL for `default`, the recorded URL for others).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def fleet_recover(server_name: str, parallel: int, admin_url_file, as_json: bool) -> None:
     """Restore the newest backup of every tenant whose database is missing on SERVER (after a catalog restore).
 
@@ -117,15 +121,22 @@ def drills_group() -> None:
     """Restore drills: each tenant's newest backup restored into a scratch database and checked."""
 
 
-@drills_group.command("run")
+@drills_group.command("run", epilog="""\b
+Examples:
+  tenantctl drills run acme-clinic --follow
+  tenantctl drills run --all --json""")
 @click.argument("tenant_ids", nargs=-1)
 @click.option("--all", "all_tenants", is_flag=True, help="Every active tenant.")
-@click.option("--follow", "follow_progress", is_flag=True, help="Show progress until each finishes.")
-def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow_progress: bool) -> None:
-    """Drill TENANT_IDS (or --all); prints the operation ids, or with --follow each drill's result."""
-    from control_plane.cli_support import follow
+@click.option("--follow/--no-follow", "follow_progress", default=False, show_default=True,
+              help="Watch each drill to its end (they run side by side on the workers), then a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the operations as JSON.")
+def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow_progress: bool, as_json: bool) -> None:
+    """Drill TENANT_IDS (or --all active tenants): each newest backup restored into a scratch database and
+    checked. Prints the operations, or with --follow how each ended (exit 1 if one did not pass)."""
+    from control_plane.api.schemas import OperationSchema
     from control_plane.catalog.models import TenantStatus
-    from control_plane.services import tenants
+    from control_plane.cli_output import follow_all
+    from control_plane.services import operations, tenants
     from control_plane.services.kinds.drill import request_drill
 
     if bool(tenant_ids) == all_tenants:
@@ -134,26 +145,19 @@ def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow_progress: 
     if all_tenants:
         tenant_ids = tuple(t.id for t in tenants.list_tenants(ctx, SYSTEM, status=TenantStatus.ACTIVE,
                                                               limit=1_000_000)[0])
-    ops = [request_drill(ctx, SYSTEM, tenant_id) for tenant_id in tenant_ids]
-    failed = 0
-    for op in ops:
+    started = []
+    for tenant_id in tenant_ids:
+        op = request_drill(ctx, SYSTEM, tenant_id)
         click.echo(f"tenant {op.tenant_id}: drill operation {op.id}", err=True)
-        if not follow_progress:
-            click.echo(op.id)
-            continue
-        try:
-            follow(ctx, op.id)
-        except click.ClickException as exc:
-            click.echo(f"tenant {op.tenant_id}: drill failed: {exc.message}", err=True)
-            failed += 1
-    if failed:
-        raise SystemExit(1)
+        started.append(OperationSchema().dump(op))
+    follow_all(started, lambda op_id: OperationSchema().dump(operations.get_operation(ctx, SYSTEM, op_id)),
+               follow_progress, as_json)
 
 
 @drills_group.command("list")
 @click.option("--tenant", "tenant_id")
 @click.option("--result", type=click.Choice(["running", "passed", "failed"]))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def drills_list(tenant_id: str | None, result: str | None, as_json: bool) -> None:
     """Drills, newest first."""
     from control_plane.api.drill_schemas import DrillSchema

@@ -1,8 +1,11 @@
 """`tenantctl runtime ...`: the credentials a tenant application's runtime gets (README, Security model)."""
 from __future__ import annotations
 
+import json
+
 import click
 
+from control_plane.cli_output import json_option
 from control_plane.cli_support import context
 from control_plane.services import runtime_access
 from control_plane.services.auth import SYSTEM
@@ -15,10 +18,12 @@ def runtime_group() -> None:
 
 @runtime_group.command("grant")
 @click.argument("role")
-def runtime_grant(role: str) -> None:
-    """Let catalog role ROLE (create it first, with LOGIN) read what the runtime reads, and nothing else."""
-    for statement in runtime_access.grant_catalog_role(context(), SYSTEM, role):
-        click.echo(statement)
+@json_option
+def runtime_grant(role: str, as_json: bool) -> None:
+    """Let catalog role ROLE (create it first, with LOGIN) read what the runtime reads, and nothing else;
+    prints the statements it ran."""
+    statements = list(runtime_access.grant_catalog_role(context(), SYSTEM, role))
+    click.echo(json.dumps(statements, indent=2) if as_json else "\n".join(statements))
 
 
 @runtime_group.command("events-user")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import click
 
 from control_plane.bootstrap import build_context
+from control_plane.cli_output import follow_bar
 from control_plane.catalog.models import OperationStatus
 from control_plane.services import operations, servers
 from control_plane.services.auth import SYSTEM
@@ -20,27 +20,32 @@ def context() -> ServiceContext:
     return ctx
 
 
-def follow(ctx: ServiceContext, operation_id: str, expect: OperationStatus = OperationStatus.SUCCEEDED) -> None:
-    """Print the operation's progress until it finishes; exit 1 if it did not end as `expect`ed."""
-    last = None
-    while True:
-        op = operations.get_operation(ctx, SYSTEM, operation_id)
-        line = f"{op.status.value:<9} {op.progress:>3}%  {op.step or ''}"
-        if line != last:
-            click.echo(line, err=True)
-            last = line
-        if op.status.finished:
-            break
-        time.sleep(0.5)  # a human-facing poll, not synchronisation
-    if op.result:
-        click.echo(json.dumps(op.result, indent=2))
-    if op.status is not expect:
-        raise click.ClickException(op.error or f"operation {op.status.value}")
+def follow(ctx: ServiceContext, operation_id: str, expect: OperationStatus = OperationStatus.SUCCEEDED,
+           as_json: bool = False) -> None:
+    """A progress bar (percent, bytes, step, ETA) on stderr until the operation finishes; then its result (or,
+    with `as_json`, the whole operation) on stdout; exit 1 if it did not end as `expect`ed."""
+    from control_plane.api.schemas import OperationSchema
+
+    def fetch(op_id: str) -> dict:
+        return OperationSchema().dump(operations.get_operation(ctx, SYSTEM, op_id))
+
+    op = follow_bar(fetch(operation_id), fetch)
+    if as_json:
+        click.echo(json.dumps(op, indent=2))
+    elif op["result"]:
+        click.echo(json.dumps(op["result"], indent=2))
+    if op["status"] != expect.value:
+        raise click.ClickException(op["error"] or f"operation {op['status']}")
 
 
-def started(ctx: ServiceContext, op, wait: bool) -> None:
+def started(ctx: ServiceContext, op, wait: bool, as_json: bool = False) -> None:
+    """Work was requested: follow it (`wait`), else print its id (with `as_json`, the operation)."""
+    from control_plane.api.schemas import OperationSchema
+
     click.echo(f"operation {op.id} ({op.kind.value}) {op.status.value}", err=True)
     if wait:
-        follow(ctx, op.id)
+        follow(ctx, op.id, as_json=as_json)
+    elif as_json:
+        click.echo(json.dumps(OperationSchema().dump(op), indent=2))
     else:
         click.echo(op.id)

@@ -146,7 +146,7 @@ def test_decrypt_gives_an_archive_stock_pg_restore_reads(client, auth, run_jobs,
     path.write_bytes(bytes(data))
     damaged = tmp_path / "damaged.pgdump"
     result = CliRunner().invoke(cli, ["backups", "decrypt", backup["id"], "-o", str(damaged)])
-    assert result.exit_code != 0 and "failed authentication" in str(result.exception)
+    assert result.exit_code != 0 and "failed authentication" in result.stderr
     assert not damaged.exists() and not list(tmp_path.glob(".damaged*"))
 
 

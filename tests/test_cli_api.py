@@ -61,9 +61,12 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     assert [b["status"] for b in backups] == ["completed", "completed"]
     assert as_json(tenantctl("backups", "show", backups[0]["id"], "--json"))["tenant_id"] == "api-clinic"
     assert "rpo_hours" in as_json(tenantctl("backups", "policy", "api-clinic", "--json"))
-    restored = as_json(tenantctl("backups", "restore", "api-clinic", backups[0]["id"], "--new-tenant", "api-copy",
-                                 "--json"))
+    restoring = tenantctl("backups", "restore", "api-clinic", backups[0]["id"], "--new-tenant", "api-copy", "--json")
+    restored = as_json(restoring)
     assert restored["status"] == "succeeded"
+    # The archive bytes fed to pg_restore, of the backup's recorded archive size.
+    assert restored["result"]["bytes_done"] == restored["result"]["bytes_total"] == backups[0]["archive_bytes"]
+    assert " of ~" in restoring.stderr
     assert as_json(tenantctl("tenants", "show", "api-copy", "--json"))["status"] == "active"
 
     operations = as_json(tenantctl("operations", "list", "--tenant", "api-clinic", "--json"))
@@ -75,12 +78,18 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     tenantctl("operations", "cancel", operations[0]["id"], code=4)  # 409: it has already finished
     tenantctl("operations", "cancel", "00000000-0000-0000-0000-000000000000", code=3)
 
-    drill_op = as_json(tenantctl("drills", "run", "api-clinic", "--json"))
+    [drill_op] = as_json(tenantctl("drills", "run", "api-clinic", "--json"))
     assert drill_op["kind"] == "drill" and drill_op["status"] == "succeeded"
+    every = tenantctl("drills", "run", "--all", "--json", code=1)  # api-copy has no backup: its drill fails
+    assert sorted((op["tenant_id"], op["status"]) for op in as_json(every)) == [("api-clinic", "succeeded"),
+                                                                                ("api-copy", "failed")]
+    assert "1 of 2 did not succeed: api-copy" in every.stderr
+    tenantctl("drills", "run", "api-clinic", "--all", code=2)
     drills = as_json(tenantctl("drills", "list", "--tenant", "api-clinic", "--json"))
-    assert [(d["tenant_id"], d["result"]) for d in drills] == [("api-clinic", "passed")]
+    assert [(d["tenant_id"], d["result"]) for d in drills] == [("api-clinic", "passed")] * 2
     assert drills[0]["id"] in {d["id"] for d in as_json(tenantctl("drills", "list", "--result", "passed", "--json"))}
-    assert as_json(tenantctl("drills", "list", "--result", "failed", "--json")) == []
+    assert [d["tenant_id"] for d in as_json(tenantctl("drills", "list", "--result", "failed", "--json"))] == \
+        ["api-copy"]
     tenantctl("drills", "list", "--result", "bogus", code=2)
 
     deleted = tenantctl("tenants", "delete", "api-copy", "--no-final-backup", "--yes", "--json")
@@ -121,20 +130,47 @@ def test_a_tenant_admin_token_sees_only_its_tenant(live_api: str, ctx, tenantctl
     assert refused.exit_code == 1 and "403" in refused.stderr
 
 
-def test_every_command_has_help_and_the_api_ones_examples_and_json() -> None:
-    def walk(group: click.Group, path: str = ""):
-        for name, command in group.commands.items():
-            if isinstance(command, click.Group):
-                yield from walk(command, f"{path} {name}")
-            else:
-                yield f"{path} {name}".strip(), command
+# Commands that print no data: the processes, and those that only write a file or confirm a change.
+PRINTS_NO_DATA = {"serve", "worker", "catalog upgrade", "backups decrypt", "runtime events-user"}
 
+
+def walk(group: click.Group, path: str = ""):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from walk(command, f"{path} {name}")
+        else:
+            yield f"{path} {name}".strip(), command
+
+
+def test_every_command_has_help_examples_and_json_in_both_modes() -> None:
     for tree in (cli, API_CLI):
         for name, command in walk(tree):
             assert (command.help or "").strip(), f"tenantctl {name} has no help text"
-    for name, command in walk(API_CLI):
-        if name not in ("tokens create", "serve", "worker", "scheduler") and not name.startswith("catalog"):
-            assert "Examples:" in (command.epilog or ""), name
-            assert any(p.name == "as_json" for p in command.params), name
+            assert "Examples:" in (command.epilog or ""), f"tenantctl {name} has no examples"
+            if name not in PRINTS_NO_DATA:
+                assert any(p.name == "as_json" for p in command.params), f"tenantctl {name} has no --json"
     version = CliRunner().invoke(cli, ["--version"])
     assert version.exit_code == 0 and "tenantctl, version" in version.output
+    assert "Exit codes: 0 ok, 1 the operation failed, 2 usage" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_local_mode_json_and_exit_codes(settings) -> None:
+    """Without TENANTCTL_API_URL: the same --json and the same exit codes as through the API."""
+    def local(*args: str, code: int = 0) -> Result:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == code, (args, result.output, result.exception)
+        return result
+
+    servers = as_json(local("servers", "list", "--json"))
+    assert [s["name"] for s in servers] == ["default"] and "admin_url" not in json.dumps(servers)
+    assert as_json(local("tenants", "list", "--json")) == []
+    assert "standard" in {p["name"] for p in as_json(local("plans", "list", "--json"))}
+    assert as_json(local("plans", "create", "local-plan", "--connection-limit", "5", "--json"))["connection_limit"] == 5
+    local("plans", "create", "local-plan", code=4)  # 409: it exists
+    local("tenants", "show", "nobody-here", code=3)
+    local("operations", "show", "00000000-0000-0000-0000-000000000000", "--json", code=3)
+    local("tenants", "create", "Bad--Id", "--name", "x", "--admin-email", "a@b.example", "--no-wait", code=2)
+    started = as_json(local("tenants", "create", "local-json", "--name", "Local", "--admin-email", "a@local.example",
+                            "--no-wait", "--json"))
+    assert started["kind"] == "provision" and started["status"] == "queued"
+    assert as_json(local("operations", "show", started["id"], "--json"))["id"] == started["id"]

@@ -58,4 +58,6 @@ def test_drain_of_ten_tenants_at_concurrency_3_with_cancel_and_resume(fleet, ctx
 
     status = CliRunner().invoke(cli, ["servers", "drain-status", run["id"]])
     assert status.exit_code == 0 and '"moved": 10' in status.stdout
+    listed = client.get("/v1/drain-runs", headers=auth).get_json()  # the console's runs page
+    assert [(r["id"], r["counts"]["moved"]) for r in listed] == [(run["id"], 10)]
     assert client.delete("/v1/servers/pg2", headers=auth).status_code == 204

@@ -95,6 +95,19 @@ class DrainServer(MethodView):
 runs_blp = ApiBlueprint("drain_runs", __name__, url_prefix="/v1/drain-runs", description="Server drains")
 
 
+@runs_blp.route("")
+class DrainRuns(MethodView):
+    @runs_blp.access(Access.SUPER_ADMIN)
+    @runs_blp.response(200, DrainRunSchema(many=True))
+    @runs_blp.paginate()
+    def get(self, pagination_parameters):
+        """Drain runs, newest first, with their per-tenant items and counts."""
+        runs, total = drains.list_drains(services(), principal(), offset=pagination_parameters.first_item,
+                                         limit=pagination_parameters.page_size)
+        pagination_parameters.item_count = total
+        return runs
+
+
 @runs_blp.route("/<run_id>")
 class DrainRunItem(MethodView):
     @runs_blp.access(Access.SUPER_ADMIN)

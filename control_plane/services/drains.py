@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from control_plane.catalog.db import transaction
 from control_plane.catalog.drain_models import DrainItem, DrainItemStatus, DrainRun, DrainStatus
@@ -63,6 +63,17 @@ def get_drain(ctx: ServiceContext, principal: Principal, run_id: str) -> DrainRu
         if run is None:
             raise DrainRunNotFoundError(run_id)
         return run
+
+
+def list_drains(ctx: ServiceContext, principal: Principal, *, offset: int = 0,
+                limit: int = 50) -> tuple[list[DrainRun], int]:
+    """Drain runs, newest first (the console's runs page), with their items; and how many there are."""
+    principal.require_super_admin()
+    with ctx.sessions() as session:
+        total = session.scalar(select(func.count()).select_from(DrainRun)) or 0
+        runs = session.scalars(select(DrainRun).order_by(DrainRun.created_at.desc(), DrainRun.id)
+                               .offset(offset).limit(limit)).all()
+        return list(runs), total
 
 
 def cancel_drain(ctx: ServiceContext, principal: Principal, run_id: str) -> DrainRun:
