@@ -73,6 +73,7 @@ def test_super_admin_creates_backs_up_restores_and_retries(page: Page, live_api:
     expect(page.get_by_role("status")).to_contain_text("Drill: operation")
     drill_row = page.locator("#tenant-operations tr", has_text="drill")
     expect(drill_row.locator(".badge")).to_have_text("succeeded", timeout=SLOW)
+    expect(page.locator("#tenant-drills tbody tr").first.locator(".badge")).to_have_text("passed")
 
     backup_row.get_by_role("button", name="Restore").click()
     dialog = page.get_by_role("dialog")
@@ -84,6 +85,9 @@ def test_super_admin_creates_backs_up_restores_and_retries(page: Page, live_api:
     restore_row = page.locator("#operations tr", has_text="console-copy")
     expect(restore_row.locator(".badge")).to_have_text("succeeded", timeout=SLOW)
     expect(restore_row).to_contain_text("restore")
+    expect(restore_row).to_contain_text(" of ~")  # the archive bytes restored, as the bar shows them
+    page.get_by_label("Kind").select_option("restore")
+    expect(page.locator("#operations tbody tr")).to_have_count(1)
     page.goto(f"{live_api}/console#/tenants/console-clinic")
 
     # A failure: the database refuses connections, so a backup fails with PostgreSQL's reason.
@@ -104,8 +108,11 @@ def test_super_admin_creates_backs_up_restores_and_retries(page: Page, live_api:
 
     page.get_by_role("link", name="Servers").click()
     expect(page.locator("#servers tr", has_text="default")).to_contain_text("tenants")
-    page.get_by_role("link", name="Migration runs").click()
+    page.get_by_role("link", name="Runs").click()
     expect(page.locator("#runs")).to_contain_text("No migration runs.")
+    expect(page.locator("#drain-runs")).to_contain_text("No drain runs.")
+    page.get_by_role("link", name="Drills").click()
+    expect(page.locator("#drills tr", has_text="console-clinic").locator(".badge")).to_have_text("passed")
 
 
 def test_tenant_admin_sees_only_its_tenant(page: Page, live_api: str, ctx, client, auth) -> None:

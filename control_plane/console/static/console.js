@@ -161,13 +161,24 @@ function isSuper() { return me && me.role === "super_admin"; }
 
 // ---------------------------------------------------------------- operations (shared by several pages)
 
+// Percent and step; for a backup, restore or move, the bytes done of the estimated total it records.
+function opProgress(op) {
+  const r = op.result || {};
+  const label = `progress of ${op.kind} ${op.id}`;
+  if (Number.isInteger(r.bytes_done) && Number.isInteger(r.bytes_total) && r.bytes_total > 0) {
+    const pct = Math.min(100, Math.round((100 * r.bytes_done) / r.bytes_total));
+    return h("span", {}, progressBar(pct, label), ` ${bytes(r.bytes_done)} of ~${bytes(r.bytes_total)} `, op.step || "");
+  }
+  return h("span", {}, progressBar(op.progress, label), ` ${op.progress}% `, op.step || "");
+}
+
 function operationsTable(ops) {
   return table("Operations", [
     ["Operation", op => h("code", { text: op.id.slice(0, 8), title: op.id })],
     ["Kind", op => op.kind],
     ["Tenant", op => op.tenant_id ? h("a", { href: `#/tenants/${op.tenant_id}`, text: op.tenant_id }) : "-"],
     ["Status", op => badge(op.status)],
-    ["Progress", op => h("span", {}, progressBar(op.progress, `progress of ${op.kind} ${op.id}`), ` ${op.progress}% `, op.step || "")],
+    ["Progress", opProgress],
     ["Started", op => when(op.started_at || op.created_at)],
     ["Error", op => op.error ? h("span", { class: "error", text: op.error }) : ""],
     ["", op => op.status === "failed" ? h("button", {
@@ -257,6 +268,7 @@ async function tenantPage(params, view, tenantId) {
   }
   const opsRegion = h("div", { id: "tenant-operations" });
   const backupsRegion = h("div", { id: "tenant-backups" });
+  const drillsRegion = h("div", { id: "tenant-drills" });
   view.replaceChildren(
     h("h2", {}, `${tenant.name} `, badge(tenant.status)),
     h("dl", { class: "facts" }, [
@@ -267,7 +279,9 @@ async function tenantPage(params, view, tenantId) {
       h("dt", { text: "Last backup" }), h("dd", {}, backupAge(tenant.last_backup_at))),
     actions,
     h("h3", { text: "Operations" }), opsRegion,
-    h("h3", { text: "Backups" }), backupsRegion);
+    h("h3", { text: "Backups" }), backupsRegion,
+    h("h3", { text: "Restore drills" }), drillsRegion);
+  live(drillsRegion, async () => drillsTable((await api("GET", `${path}/drills?page_size=10`)).data));
   live(opsRegion, async () => operationsTable((await api("GET", `/v1/operations${query({ tenant_id: tenantId, page_size: 20 })}`)).data));
   live(backupsRegion, async () => {
     const { data: backups } = await api("GET", `${path}/backups?page_size=50`);
@@ -332,10 +346,39 @@ function backupChart(backups) {
 
 async function operationsPage(params, view) {
   const region = h("div", { id: "operations" });
-  const status = h("select", { id: "op-status", onchange: () => { location.hash = `#/operations${query({ status: status.value })}`; } },
-    ["", "queued", "running", "succeeded", "failed", "cancelled"].map(s => h("option", { value: s, selected: s === (params.status || ""), text: s || "any" })));
-  view.replaceChildren(h("h2", { text: "Operations" }), h("div", { class: "toolbar" }, h("label", { for: "op-status" }, "Status", status)), region);
-  live(region, async () => operationsTable((await api("GET", `/v1/operations${query({ status: params.status, page_size: 50 })}`)).data));
+  const go = () => { location.hash = `#/operations${query({ status: status.value, kind: kind.value })}`; };
+  const choice = (id, values, current) => h("select", { id, onchange: go },
+    values.map(v => h("option", { value: v, selected: v === (current || ""), text: v || "any" })));
+  const status = choice("op-status", ["", "queued", "running", "succeeded", "failed", "cancelled"], params.status);
+  const kind = choice("op-kind", ["", "provision", "migrate", "backup", "restore", "move", "drill", "delete"], params.kind);
+  view.replaceChildren(h("h2", { text: "Operations" }),
+    h("div", { class: "toolbar" }, h("label", { for: "op-status" }, "Status", status), h("label", { for: "op-kind" }, "Kind", kind)), region);
+  live(region, async () => operationsTable((await api("GET", `/v1/operations${query({ status: params.status, kind: params.kind, page_size: 50 })}`)).data));
+}
+
+function seconds(value, unit) {
+  if (value === null || value === undefined) return "-";
+  return unit === "h" ? `${(value / 3600).toFixed(1)} h` : `${value.toFixed(1)} s`;
+}
+
+function drillsTable(drills) {
+  return table("Restore drills", [
+    ["Tenant", d => h("a", { href: `#/tenants/${d.tenant_id}`, text: d.tenant_id })],
+    ["Result", d => badge(d.result)],
+    ["Finished", d => when(d.finished_at || d.started_at)],
+    ["RPO achieved", d => seconds(d.rpo_seconds, "h")],
+    ["RTO achieved", d => seconds(d.rto_seconds, "s")],
+    ["Reason", d => d.reason ? h("span", { class: "error", text: d.reason }) : ""],
+  ], drills, "No drills yet.");
+}
+
+async function drillsPage(params, view) {
+  const region = h("div", { id: "drills" });
+  const result = h("select", { id: "drill-result", onchange: () => { location.hash = `#/drills${query({ result: result.value })}`; } },
+    ["", "running", "passed", "failed"].map(r => h("option", { value: r, selected: r === (params.result || ""), text: r || "any" })));
+  view.replaceChildren(h("h2", { text: "Restore drills" }),
+    h("div", { class: "toolbar" }, h("label", { for: "drill-result" }, "Result", result)), region);
+  live(region, async () => drillsTable((await api("GET", `/v1/drills${query({ result: params.result, page_size: 50 })}`)).data));
 }
 
 async function serversPage(params, view) {
@@ -358,9 +401,25 @@ function runCounts(run) {
   return h("span", {}, progressBar(pct, `progress of run ${run.id}`), ` ${done}/${c.total || 0} (ok ${c.succeeded || 0}, failed ${c.failed || 0}, skipped ${c.skipped || 0})`);
 }
 
+function drainCounts(run) {
+  const c = run.counts || {};
+  const done = (c.moved || 0) + (c.failed || 0) + (c.skipped || 0);
+  const pct = c.total ? Math.round((100 * done) / c.total) : 0;
+  return h("span", {}, progressBar(pct, `progress of drain ${run.id}`), ` ${done}/${c.total || 0} (moved ${c.moved || 0}, moving ${c.moving || 0}, failed ${c.failed || 0})`);
+}
+
 async function runsPage(params, view) {
   const region = h("div", { id: "runs" });
-  view.replaceChildren(h("h2", { text: "Migration runs" }), region);
+  const drainsRegion = h("div", { id: "drain-runs" });
+  view.replaceChildren(h("h2", { text: "Migration runs" }), region, h("h2", { text: "Server drains" }), drainsRegion);
+  live(drainsRegion, async () => table("Server drains", [
+    ["Run", r => h("a", { href: `#/drains/${r.id}`, text: r.id.slice(0, 8) })],
+    ["Server", r => r.server],
+    ["Status", r => badge(r.status)],
+    ["Progress", drainCounts],
+    ["Started", r => when(r.created_at)],
+    ["Error", r => r.error ? h("span", { class: "error", text: r.error }) : ""],
+  ], (await api("GET", "/v1/drain-runs?page_size=50")).data, "No drain runs."));
   live(region, async () => table("Migration runs", [
     ["Run", r => h("a", { href: `#/runs/${r.id}`, text: r.id.slice(0, 8) })],
     ["Target", r => r.target_revision || r.target],
@@ -388,6 +447,22 @@ async function runPage(params, view, runId) {
   });
 }
 
+async function drainPage(params, view, runId) {
+  const region = h("div", { id: "drain" });
+  view.replaceChildren(h("h2", { text: `Drain run ${runId.slice(0, 8)}` }), region);
+  live(region, async () => {
+    const { data: run } = await api("GET", `/v1/drain-runs/${runId}`);
+    return h("div", {}, h("p", {}, `server ${run.server} `, badge(run.status), " ", drainCounts(run)),
+      table("Drain items", [
+        ["Tenant", i => h("a", { href: `#/tenants/${i.tenant_id}`, text: i.tenant_id })],
+        ["Status", i => badge(i.status)],
+        ["To", i => i.target_server || "-"],
+        ["Move", i => i.operation_id ? h("code", { text: i.operation_id.slice(0, 8), title: i.operation_id }) : "-"],
+        ["Error", i => i.error || ""],
+      ], run.items || [], "No tenants."));
+  });
+}
+
 const ROUTES = [
   [/^#\/tenants$/, tenantsPage],
   [/^#\/tenants\/([a-z0-9-]+)$/, tenantPage],
@@ -395,6 +470,8 @@ const ROUTES = [
   [/^#\/servers$/, serversPage],
   [/^#\/runs$/, runsPage],
   [/^#\/runs\/([A-Za-z0-9-]+)$/, runPage],
+  [/^#\/drains\/([A-Za-z0-9-]+)$/, drainPage],
+  [/^#\/drills$/, drillsPage],
 ];
 
 // ---------------------------------------------------------------- navigation and sign-in
