@@ -1,24 +1,23 @@
-"""Backup benchmark: a tenant database grown to two sizes (a few hundred MB), each measured against
-baselines taken in the same run. Prints; asserts nothing.
+"""Backup benchmark: a tenant database grown to two sizes, each measured against baselines taken in the
+same run, on the same database and the same stores. Prints; asserts nothing. On a shared machine the
+figures are noisy: read the ratios (each the best of a few runs interleaved with its baseline).
 
 The data is clinic-CRM-like: leads with free-text notes drawn from a Zipf-weighted vocabulary, and
-messages that are half automated reminder/confirmation templates and half free text. How well a
-backup compresses depends on this mix: free text alone stores at about 0.26 of the archive (zstd 3).
+messages that are half automated reminder/confirmation templates and half free text.
 
-- backup throughput: our BACKUP job (pg_dump -Fc -Z0 → zstd → AES-256-GCM chunks → store, manifest,
-  read-back check, catalog) vs raw `pg_dump -Fc -Z0 > /dev/null`, same server, role and client;
-- stored size vs the raw archive;
-- peak RSS of the job process (the RQ work horse's code path, run in a child process) at both sizes;
-- restore time: our in-place RESTORE job (copy, verify every chunk, pg_restore from the stream,
-  checks, swap) vs raw `pg_restore` of a local archive file into a fresh database;
-- the reference user's method on the same database and store: `pg_dump -Fc` (its default compression)
-  streamed to the store unencrypted: time and stored size against ours;
-- where the time goes: the CPU seconds of each stage (pg_dump client, zstd, AES-GCM + SHA-256) on the
+Per size:
+- the reference user's method, `pg_dump -Fc` (its default gzip compression) streamed unencrypted to the
+  store, vs our BACKUP job (pg_dump -Fc -Z0 → zstd → AES-256-GCM chunks → store, manifest, read-back
+  check, catalog) at the configured level and at level 3: time and stored size;
+- both vs raw `pg_dump -Fc -Z0 > /dev/null` (same server, role and client): the throughput ratio;
+- a restore drill's RTO (download, verify, pg_restore from the decrypting stream, row counts) and the
+  in-place RESTORE job vs raw `pg_restore` of the decrypted archive from a local file;
+- peak RSS (VmHWM) of the job process at both sizes, for a file store and an S3 store (moto's server
+  on a free port), backup and drill;
+- where the time goes: CPU seconds of pg_dump, its server backend, zstd and AES-GCM + SHA-256 on the
   same archive, against the cores there are.
 
-Usage: scripts/bench backup [--s3] [SIZE_MB ...]   (default 150 450)
-`--s3` measures an S3 store: moto's server on a free port, a fresh bucket. Set BACKUP_STORE_URL to
-measure another store (default: a file:// directory under /tmp).
+Usage: scripts/bench backup [SIZE_MB ...]   (default 30 200)
 """
 from __future__ import annotations
 
@@ -39,8 +38,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 REPEATS = 3
-# The second level measured: the smallest stored object at about the reference method's (gzip 6) ratio.
-ALT_LEVEL = 6
+# The second level measured: the fast one (about twice zstd 7's speed, several percent larger than gzip).
+ALT_LEVEL = 3
 RESTORE_REPEATS = 2
 TENANT = "bench-backup"
 
@@ -155,8 +154,12 @@ def grow(conn: psycopg.Connection, rng: random.Random, target_mb: int) -> int:
 
 # -- an S3 store: moto's server ---------------------------------------------------------------------------
 
+S3_STORE = "s3://bench-backups/backups"
+
+
 def start_moto() -> subprocess.Popen:
-    """moto's S3 server on a free port, a fresh bucket, and the environment pointing at it (children too)."""
+    """moto's S3 server on a free port, a fresh bucket, and the environment pointing at it (children too):
+    the store S3_STORE."""
     import socket
     import threading
 
@@ -174,8 +177,7 @@ def start_moto() -> subprocess.Popen:
         raise SystemExit(f"moto server exited with status {proc.wait()}")
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update({"BACKUP_STORE_URL": "s3://bench-backups/backups", "S3_ENDPOINT_URL": endpoint,
-                       "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+    os.environ.update({"S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"})
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench-backups")
     return proc
@@ -240,6 +242,39 @@ def children_cpu() -> float:
     usage = os.times()
     return usage.children_user + usage.children_system
 
+
+def backend_cpu_meter(admin_url: str):
+    """A function returning the CPU seconds of the PostgreSQL server's ended backends so far (the
+    postmaster's reaped children), or None when the server is not local (then not measured)."""
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            data_dir = conn.execute("SHOW data_directory").fetchone()[0]
+        with open(os.path.join(data_dir, "postmaster.pid")) as pid_file:
+            pid = int(pid_file.readline())
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, psycopg.Error):
+        return lambda: None
+
+    def reaped() -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[13]) + int(fields[14])) / ticks  # cutime + cstime
+
+    return reaped
+
+
+def reaped_since(meter, before: float) -> float:
+    """The backend CPU added since `before`, once the postmaster has reaped the dump's backend (it exits
+    a moment after its client does)."""
+    deadline = time.monotonic() + 2
+    while (now := meter()) is not None and now <= before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return (now or before) - before
+
+
 def client_args(admin_url: str, database: str, role: str) -> str:
     params = conninfo_to_dict(admin_url)
     params.pop("password", None)
@@ -256,40 +291,37 @@ def timed(args: list[str], env: dict, **kwargs) -> float:
 # -- the benchmark ------------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> None:
-    s3 = "--s3" in argv
-    sizes = [int(a) for a in argv if a != "--s3"] or [150, 450]
+    if any(a.startswith("-") for a in argv):
+        raise SystemExit("usage: scripts/bench backup [SIZE_MB ...]   (default 30 200)")
+    sizes = [int(a) for a in argv] or [30, 200]
     # Imported here, not at the top: the child process (`_run`) imports only what a work horse needs.
     from benchmarks._catalog import throwaway_catalog
 
     work = tempfile.mkdtemp(prefix="bench-backup-")
-    moto = start_moto() if s3 else None
-    store = {} if os.environ.get("BACKUP_STORE_URL") else {"BACKUP_STORE_URL": f"file://{work}/store"}
+    moto = start_moto()
     try:
-        with throwaway_catalog("backup", pool_size=2, **store) as ctx:
+        with throwaway_catalog("backup", pool_size=2, BACKUP_STORE_URL=f"file://{work}/store") as ctx:
             measure(ctx, sizes, work)
     finally:
-        if moto is not None:
-            moto.terminate()
-            moto.wait(timeout=10)
+        moto.terminate()
+        moto.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
-        store_url = urlparse(os.environ["BACKUP_STORE_URL"])
-        if store_url.scheme == "file" and not store_url.path.startswith(work):
-            shutil.rmtree(os.path.join(store_url.path, TENANT), ignore_errors=True)
 
 
 def measure(ctx, sizes: list[int], work: str) -> None:
     from control_plane.adapters.pg_backup import choose_client
     from control_plane.catalog.backup_models import Backup
     from control_plane.catalog.models import Tenant
+    from control_plane.services.auth import SYSTEM
+    from control_plane.services.context import role_secret_context
     from control_plane.services.kinds import backup as backups
     from control_plane.services.kinds import provision as tenants
     from control_plane.services.kinds import restore as restores
-    from control_plane.services.auth import SYSTEM
-    from control_plane.services.context import role_secret_context
     from control_plane.services.kinds.drill import request_drill
     from control_plane.services.runner import execute_operation
 
     admin_url = os.environ["TENANT_DB_ADMIN_URL"]
+    s3_store = ctx.open_backup_store(S3_STORE)
     rows = []
     op = tenants.request_tenant(ctx, SYSTEM, tenant_id=TENANT, name="Benchmark clinic",
                                 admin_email="owner@bench.example")
@@ -305,38 +337,54 @@ def measure(ctx, sizes: list[int], work: str) -> None:
     conninfo = client_args(admin_url, database, role)
     rng = random.Random(20261129)
     raw_archive = os.path.join(work, "raw.pgdump")
+    backend_cpu = backend_cpu_meter(admin_url)
+
+    def backup(**env_overrides: str) -> tuple[dict, str]:
+        op = backups.request_backup(ctx, SYSTEM, TENANT)
+        measured = in_child(op.id, **env_overrides)
+        return measured, finished(ctx, op.id).result["backup_id"]
+
+    def drill(**env_overrides: str) -> tuple[dict, dict]:
+        op = request_drill(ctx, SYSTEM, TENANT)
+        measured = in_child(op.id, **env_overrides)
+        return measured, finished(ctx, op.id).result
 
     for target in sizes:
         with psycopg.connect(admin_url, dbname=database) as data:
             db_size = grow(data, rng, target)
         dump = [client.pg_dump, "--format=custom", "--compress=0", "--no-password", f"--dbname={conninfo}"]
-        raw_times, ours, fast, backup_ids, reference, raw_cpu = [], [], [], [], [], []
+        reference_dump = [d for d in dump if d not in ("--compress=0", "--format=custom")]
+        raw_times, raw_cpu, raw_backend, reference, ours, fast = [], [], [], [], [], []
         for attempt in range(REPEATS):  # interleaved, so all see the same cache and load
             with open(os.devnull, "wb") as null:
-                before = children_cpu()
+                before, backend_before = children_cpu(), backend_cpu()
                 raw_times.append(timed(dump, env, stdout=null))
                 raw_cpu.append(children_cpu() - before)
-            reference.append(reference_backup(ctx.backup_store, [d for d in dump if d != "--compress=0"
-                                                                 and d != "--format=custom"], env,
+                if backend_before is not None:
+                    raw_backend.append(reaped_since(backend_cpu, backend_before))
+            reference.append(reference_backup(ctx.backup_store, reference_dump, env,
                                               f"{TENANT}/reference-{target}-{attempt}/dump.pgc"))
-            op = backups.request_backup(ctx, SYSTEM, TENANT)
-            ours.append(in_child(op.id))
-            backup_ids.append(finished(ctx, op.id).result["backup_id"])
-            op = backups.request_backup(ctx, SYSTEM, TENANT)
-            fast.append(in_child(op.id, BACKUP_ZSTD_LEVEL=str(ALT_LEVEL)))
-            fast_id = finished(ctx, op.id).result["backup_id"]
+            ours.append(backup())
+            fast.append(backup(BACKUP_ZSTD_LEVEL=str(ALT_LEVEL)))
+        # The S3 store (moto): one backup each way, and a drill of ours (the newest backup now).
+        s3_reference = reference_backup(s3_store, reference_dump, env, f"{TENANT}/reference-{target}/dump.pgc")
+        s3_ours, _ = backup(BACKUP_STORE_URL=S3_STORE)
+        s3_drill = drill()
+        # The newest backup again in the file store: the drills and the restore below read it.
+        ours.append(backup())
         timed([*dump, f"--file={raw_archive}"], env)
         archive_size = os.path.getsize(raw_archive)
         costs = stage_costs(raw_archive, ctx.settings.backup_zstd_level)
         for attempt in range(REPEATS):  # the reference method's objects
             ctx.backup_store.delete_prefix(f"{TENANT}/reference-{target}-{attempt}/")
+        s3_store.delete_prefix(f"{TENANT}/reference-{target}/")
         with ctx.sessions() as session:
-            backup = session.get(Backup, backup_ids[-1])
-            stored, ours_archive = backup.stored_bytes, backup.archive_bytes
-            stored_fast = session.get(Backup, fast_id).stored_bytes
+            newest = session.get(Backup, ours[-1][1])
+            stored, ours_archive = newest.stored_bytes, newest.archive_bytes
+            stored_fast = session.get(Backup, fast[-1][1]).stored_bytes
 
-        # Restore: raw pg_restore of the local file into a fresh database, vs our in-place restore.
-        raw_restores, restored, drilled, drill_rto = [], [], [], []
+        # Restore: raw pg_restore of the archive from a local file, vs a drill and our in-place restore.
+        raw_restores, drills = [], []
         for _ in range(RESTORE_REPEATS):
             scratch = f"bench_raw_restore_{uuid.uuid4().hex[:6]}"
             with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -350,33 +398,38 @@ def measure(ctx, sizes: list[int], work: str) -> None:
                 with psycopg.connect(admin_url, autocommit=True) as admin:
                     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                         sql.Identifier(scratch)))
-            op = restores.request_restore(ctx, SYSTEM, TENANT, backup_id=backup_ids[-1], safety_backup=False)
-            restored.append(in_child(op.id))
-            finished(ctx, op.id)
-            # A drill of the newest backup (the zstd 6 one): its RTO is download + verify + restore + check.
-            op = request_drill(ctx, SYSTEM, TENANT)
-            drilled.append(in_child(op.id))
-            drill_rto.append(finished(ctx, op.id).result["rto_seconds"])
+            drills.append(drill())
+        op = restores.request_restore(ctx, SYSTEM, TENANT, backup_id=ours[-1][1], safety_backup=False)
+        restored = in_child(op.id)
+        finished(ctx, op.id)
 
+        best_drill = min(drills, key=lambda d: d[1]["rto_seconds"])[1]
         rows.append({
             "target_mb": target, "db_mb": db_size / 2**20, "archive_mb": archive_size / 2**20,
             "ours_archive_mb": ours_archive / 2**20, "stored_mb": stored / 2**20,
-            "raw_dump_s": min(raw_times), "raw_dump_all": raw_times, "backup_s": min(r["seconds"] for r in ours),
-            "backup_all": [r["seconds"] for r in ours],
-            "fast_s": min(r["seconds"] for r in fast), "fast_all": [r["seconds"] for r in fast],
-            "fast_stored_mb": stored_fast / 2**20, "fast_rss_mb": max(r["maxrss_kb"] for r in fast) / 1024,
-            "backup_rss_mb": max(r["maxrss_kb"] for r in ours) / 1024,
-            "idle_rss_mb": max(r["rss_after_imports_kb"] for r in ours) / 1024,
-            "raw_restore_s": min(raw_restores), "restore_s": min(r["seconds"] for r in restored),
-            "restore_rss_mb": max(r["maxrss_kb"] for r in restored) / 1024,
-            "drill_rto_s": min(drill_rto), "drill_s": min(r["seconds"] for r in drilled),
-            "drill_rss_mb": max(r["maxrss_kb"] for r in drilled) / 1024,
+            "fast_stored_mb": stored_fast / 2**20,
+            "raw_dump_s": min(raw_times), "raw_dump_all": raw_times,
+            "raw_dump_cpu_s": min(raw_cpu), "raw_backend_cpu_s": min(raw_backend) if raw_backend else None,
+            "backup_s": min(m["seconds"] for m, _ in ours), "backup_all": [m["seconds"] for m, _ in ours],
+            "backup_cpu_s": min(m["cpu_s"] for m, _ in ours),
+            "fast_s": min(m["seconds"] for m, _ in fast), "fast_all": [m["seconds"] for m, _ in fast],
             "reference_s": min(t for t, _ in reference), "reference_mb": reference[-1][1] / 2**20,
-            "reference_all": [t for t, _ in reference], "raw_dump_cpu_s": min(raw_cpu),
-            "backup_cpu_s": min(r.get("cpu_s", 0.0) for r in ours), **{f"cost_{k}": v for k, v in costs.items()},
+            "reference_all": [t for t, _ in reference],
+            "s3_reference_s": s3_reference[0], "s3_backup_s": s3_ours["seconds"],
+            "backup_rss_mb": max(m["maxrss_kb"] for m, _ in ours) / 1024,
+            "s3_backup_rss_mb": s3_ours["maxrss_kb"] / 1024,
+            "idle_rss_mb": max(m["rss_after_imports_kb"] for m, _ in ours) / 1024,
+            "raw_restore_s": min(raw_restores), "raw_restore_all": raw_restores,
+            "drill_rto_s": best_drill["rto_seconds"], "drill_all": [d[1]["rto_seconds"] for d in drills],
+            "drill_download_s": best_drill["download_verify_seconds"],
+            "drill_restore_s": best_drill["restore_seconds"], "drill_check_s": best_drill["check_seconds"],
+            "drill_rss_mb": max(m["maxrss_kb"] for m, _ in drills) / 1024,
+            "s3_drill_rto_s": s3_drill[1]["rto_seconds"], "s3_drill_rss_mb": s3_drill[0]["maxrss_kb"] / 1024,
+            "restore_s": restored["seconds"], "restore_rss_mb": restored["maxrss_kb"] / 1024,
+            **{f"cost_{k}": v for k, v in costs.items()},
         })
         print_row(rows[-1], flush=True)
-    print_summary(rows, client.version, ctx.settings.backup_zstd_level)
+    print_summary(rows, client.version, ctx.settings.backup_zstd_level, ctx.settings.backup_zstd_threads)
 
 
 def finished(ctx, operation_id: str):
@@ -391,70 +444,90 @@ def finished(ctx, operation_id: str):
 
 def print_row(row: dict, flush: bool = False) -> None:
     print(f"[{row['target_mb']} MB target] database {row['db_mb']:.0f} MB, raw archive {row['archive_mb']:.0f} MB: "
-          f"raw pg_dump {row['raw_dump_s']:.2f}s, backup {row['backup_s']:.2f}s (zstd {ALT_LEVEL}: {row['fast_s']:.2f}s), "
-          f"raw pg_restore {row['raw_restore_s']:.2f}s, restore {row['restore_s']:.2f}s", flush=flush, file=sys.stderr)
+          f"raw pg_dump {row['raw_dump_s']:.2f}s, reference {row['reference_s']:.2f}s, backup {row['backup_s']:.2f}s "
+          f"(zstd {ALT_LEVEL}: {row['fast_s']:.2f}s), raw pg_restore {row['raw_restore_s']:.2f}s, "
+          f"drill RTO {row['drill_rto_s']:.2f}s", flush=flush, file=sys.stderr)
 
 
-def print_summary(rows: list[dict], client_version: str, level: int) -> None:
-    load = os.getloadavg()[0]
-    store = urlparse(os.environ["BACKUP_STORE_URL"]).scheme + "://" + (
-        " (moto server)" if os.environ.get("S3_ENDPOINT_URL") else "")
-    print()
-    print(f"backup benchmark: one tenant database on the same host, {store} store, pg_dump/pg_restore "
-          f"{client_version}, {os.cpu_count()} CPUs (load average {load:.1f}); times are the best of {REPEATS} "
-          f"backups / {RESTORE_REPEATS} restores, interleaved with their baselines")
-    print()
-    print("backup throughput and stored size (baseline: pg_dump -Fc -Z0 > /dev/null, same role, same client)")
-    print(f"{'database':>9} {'archive':>8} | {'raw dump':>8} | {'backup zstd ' + str(level):>16} {'vs raw':>7} "
-          f"{'stored':>8} {'/archive':>8} {'peak RSS':>9} | {'backup zstd ' + str(ALT_LEVEL):>14} {'vs raw':>7} {'stored':>8} "
-          f"{'/archive':>8} {'peak RSS':>9}")
-    for r in rows:
-        print(f"{r['db_mb']:7.0f}MB {r['archive_mb']:6.0f}MB | {r['raw_dump_s']:7.2f}s | {r['backup_s']:15.2f}s "
-              f"{r['raw_dump_s'] / r['backup_s']:6.2f}x {r['stored_mb']:6.1f}MB {r['stored_mb'] / r['archive_mb']:7.3f}x "
-              f"{r['backup_rss_mb']:7.1f}MB | {r['fast_s']:13.2f}s {r['raw_dump_s'] / r['fast_s']:6.2f}x "
-              f"{r['fast_stored_mb']:6.1f}MB {r['fast_stored_mb'] / r['archive_mb']:7.3f}x {r['fast_rss_mb']:7.1f}MB")
-    print("  vs raw = raw pg_dump time / backup time (throughput ratio, target >= 0.9); /archive = stored size / raw "
-          "archive size (target <= 0.2); peak RSS = VmHWM of the job process (target flat, <= 128 MB)")
-    print(f"  job process after its imports, before any work: {max(r['idle_rss_mb'] for r in rows):.1f} MB")
-    print()
-    print("restore (baseline: pg_restore of a local archive file into a fresh database, same role)")
-    print(f"{'database':>9} | {'raw pg_restore':>14} | {'restore':>8} {'vs raw':>7} {'peak RSS':>9} | "
-          f"{'drill RTO':>9} {'vs raw':>7} {'drill job':>9} {'peak RSS':>9}")
-    for r in rows:
-        print(f"{r['db_mb']:7.0f}MB | {r['raw_restore_s']:13.2f}s | {r['restore_s']:7.2f}s "
-              f"{r['restore_s'] / r['raw_restore_s']:6.2f}x {r['restore_rss_mb']:7.1f}MB | {r['drill_rto_s']:8.2f}s "
-              f"{r['drill_rto_s'] / r['raw_restore_s']:6.2f}x {r['drill_s']:8.2f}s {r['drill_rss_mb']:7.1f}MB")
-    print("  restore = the in-place RESTORE job (copy the object, authenticate every chunk, pg_restore from the "
-          "decrypting stream into a scratch database, check, swap); vs raw = restore time / raw time;\n  drill RTO = "
-          "what the drill records (download, verify, pg_restore, row counts and revision checked; target <= 1.2x raw), "
-          "drill job = the whole operation (also drops the scratch database)")
-    print()
-    print("the reference user's method (pg_dump -Fc, default compression, streamed to the same store, unencrypted)")
-    print(f"{'database':>9} | {'reference':>9} {'stored':>8} | {'ours zstd ' + str(level):>13} {'speed-up':>8} "
-          f"{'size ratio':>10} | {'ours zstd ' + str(ALT_LEVEL):>13} {'speed-up':>8} {'size ratio':>10}")
-    for r in rows:
-        print(f"{r['db_mb']:7.0f}MB | {r['reference_s']:8.2f}s {r['reference_mb']:6.1f}MB | {r['backup_s']:12.2f}s "
-              f"{r['reference_s'] / r['backup_s']:7.2f}x {r['stored_mb'] / r['reference_mb']:9.3f}x | "
-              f"{r['fast_s']:12.2f}s {r['reference_s'] / r['fast_s']:7.2f}x {r['fast_stored_mb'] / r['reference_mb']:9.3f}x")
-    print("  speed-up = reference time / our time (target > 1); size ratio = our stored object / theirs (target <= 1)")
-    print()
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
+
+
+def print_summary(rows: list[dict], client_version: str, level: int, threads: int) -> None:
     cores = os.cpu_count() or 1
-    print(f"where the time goes (CPU seconds; {cores} cores; stages measured alone on the same archive)")
-    print(f"{'database':>9} | {'raw wall':>8} {'pg_dump':>8} | {'zstd ' + str(level):>6} {'zstd ' + str(ALT_LEVEL):>6} {'aes+sha':>7} "
-          f"{'readback':>8} | {'job CPU':>7} {'backup wall':>11} {'extra cores':>11}")
+    load = os.getloadavg()[0]
+    print()
+    print(f"backup benchmark: one tenant database, file store and S3 store (moto server) on the same host, "
+          f"pg_dump/pg_restore {client_version}, {cores} CPUs (load average {load:.1f} at the end: the machine is "
+          f"shared, figures are noisy; read the ratios); ours = zstd {level} with {threads} worker threads; times "
+          f"are the best of {REPEATS}+ runs interleaved with their baselines")
+    print()
+    print("1. the reference user's method (pg_dump -Fc, its default gzip, streamed unencrypted to the same store) "
+          "vs ours")
+    print(f"{'database':>9} {'archive':>8} | {'reference':>9} {'stored':>8} | {'ours':>7} {'speed-up':>8} {'stored':>8} "
+          f"{'size':>6} | {'zstd ' + str(ALT_LEVEL):>7} {'speed-up':>8} {'stored':>8} {'size':>6} | "
+          f"{'S3: ref':>7} {'ours':>7} {'speed-up':>8}")
     for r in rows:
-        ours_cpu = r["cost_zstd"] + r["cost_aes_sha"] + r["cost_readback_sha"]
-        print(f"{r['db_mb']:7.0f}MB | {r['raw_dump_s']:7.2f}s {r['raw_dump_cpu_s']:7.2f}s | {r['cost_zstd']:5.2f}s "
-              f"{r['cost_zstd_alt']:5.2f}s {r['cost_aes_sha']:6.2f}s {r['cost_readback_sha']:7.2f}s | "
-              f"{r['backup_cpu_s']:6.2f}s {r['backup_s']:10.2f}s {ours_cpu / r['raw_dump_s']:10.2f}")
-    print("  raw wall: pg_dump -Fc -Z0 > /dev/null; pg_dump: its client CPU (the server backend that feeds it "
-          "uses about as much again,\n  not counted); zstd/aes+sha/readback: what our pipeline adds on top; job CPU: "
-          "the backup job's own CPU with pg_dump's;\n  extra cores: the added stages' CPU / raw wall: how many "
-          "cores beyond what pg_dump and its backend use our pipeline needs to keep pace with the raw dump")
+        print(f"{r['db_mb']:7.0f}MB {r['archive_mb']:6.0f}MB | {r['reference_s']:8.2f}s {r['reference_mb']:6.1f}MB | "
+              f"{r['backup_s']:6.2f}s {_ratio(r['reference_s'], r['backup_s']):>8} {r['stored_mb']:6.1f}MB "
+              f"{_ratio(r['stored_mb'], r['reference_mb']):>6} | {r['fast_s']:6.2f}s "
+              f"{_ratio(r['reference_s'], r['fast_s']):>8} {r['fast_stored_mb']:6.1f}MB "
+              f"{_ratio(r['fast_stored_mb'], r['reference_mb']):>6} | {r['s3_reference_s']:6.2f}s "
+              f"{r['s3_backup_s']:6.2f}s {_ratio(r['s3_reference_s'], r['s3_backup_s']):>8}")
+    print("  speed-up = reference time / our time (target > 1); size = our stored object / theirs (target <= 1.00x);"
+          "\n  ours includes what the reference does not: encryption, manifest, row counts, reading the stored "
+          "object back, catalog records")
+    print()
+    print("2. throughput vs raw `pg_dump -Fc -Z0 > /dev/null` (same role, same client), and where the CPU goes "
+          "(seconds; stages measured alone on the same archive, one core each)")
+    print(f"{'database':>9} | {'raw':>6} {'ours':>6} {'vs raw':>6} {'zstd ' + str(ALT_LEVEL):>7} {'vs raw':>6} | "
+          f"{'pg_dump':>7} {'backend':>7} {'zstd ' + str(level):>7} {'zstd ' + str(ALT_LEVEL):>7} {'aes+sha':>7} "
+          f"{'readback':>8} | {'cores needed at raw speed':>25} {'bound on ' + str(cores) + ' cores':>16}")
+    for r in rows:
+        fixed = r["raw_dump_cpu_s"] + (r["raw_backend_cpu_s"] or r["raw_dump_s"])
+        added = r["cost_aes_sha"] + r["cost_readback_sha"]
+        need = (fixed + r["cost_zstd"] + added) / r["raw_dump_s"]
+        need_alt = (fixed + r["cost_zstd_alt"] + added) / r["raw_dump_s"]
+        backend = f"{r['raw_backend_cpu_s']:6.2f}s" if r["raw_backend_cpu_s"] is not None else "    n/a"
+        print(f"{r['db_mb']:7.0f}MB | {r['raw_dump_s']:5.2f}s {r['backup_s']:5.2f}s "
+              f"{_ratio(r['raw_dump_s'], r['backup_s']):>6} {r['fast_s']:6.2f}s {_ratio(r['raw_dump_s'], r['fast_s']):>6} | "
+              f"{r['raw_dump_cpu_s']:6.2f}s {backend} {r['cost_zstd']:6.2f}s {r['cost_zstd_alt']:6.2f}s "
+              f"{r['cost_aes_sha']:6.2f}s {r['cost_readback_sha']:7.2f}s | "
+              f"{need:11.2f} (zstd {ALT_LEVEL}: {need_alt:4.2f}) {min(1.0, cores / need):8.2f}x / "
+              f"{min(1.0, cores / need_alt):.2f}x")
+    print("  vs raw = raw time / our time (target >= 0.9x); pg_dump = the client's CPU, backend = its server "
+          "backend's (both already in the raw run);\n  cores needed = all that CPU / raw wall time; bound = the "
+          "best throughput ratio the cores allow when the work spreads perfectly (other load not counted)")
+    print()
+    print("3. restore drill RTO vs raw `pg_restore` of the decrypted archive from a local file (into a fresh "
+          "database, no --jobs)")
+    print(f"{'database':>9} | {'raw':>6} | {'drill RTO':>9} {'vs raw':>6} ({'download+verify':>15} {'pg_restore':>10} "
+          f"{'checks':>6}) | {'S3 drill':>8} {'vs raw':>6} | {'restore job':>11} {'vs raw':>6}")
+    for r in rows:
+        print(f"{r['db_mb']:7.0f}MB | {r['raw_restore_s']:5.2f}s | {r['drill_rto_s']:8.2f}s "
+              f"{_ratio(r['drill_rto_s'], r['raw_restore_s']):>6} ({r['drill_download_s']:14.2f}s "
+              f"{r['drill_restore_s']:9.2f}s {r['drill_check_s']:5.2f}s) | {r['s3_drill_rto_s']:7.2f}s "
+              f"{_ratio(r['s3_drill_rto_s'], r['raw_restore_s']):>6} | {r['restore_s']:10.2f}s "
+              f"{_ratio(r['restore_s'], r['raw_restore_s']):>6}")
+    print("  drill RTO = download, verify (SHA-256, every chunk), pg_restore from the decrypting stream, row counts "
+          "and revision checked (target <= 1.2x raw);\n  restore job = the whole in-place RESTORE operation "
+          "(also brings the schema to head, swaps, records)")
+    print()
+    print("4. peak RSS (VmHWM of the job process, which runs it as a work horse does; pg_dump/pg_restore not "
+          "included)")
+    print(f"{'database':>9} | {'backup file':>11} {'backup S3':>9} | {'drill file':>10} {'drill S3':>8} | "
+          f"{'restore file':>12}")
+    for r in rows:
+        print(f"{r['db_mb']:7.0f}MB | {r['backup_rss_mb']:9.1f}MB {r['s3_backup_rss_mb']:7.1f}MB | "
+              f"{r['drill_rss_mb']:8.1f}MB {r['s3_drill_rss_mb']:6.1f}MB | {r['restore_rss_mb']:10.1f}MB")
+    print(f"  target: flat as the database grows; the job process after its imports, before any work: "
+          f"{max(r['idle_rss_mb'] for r in rows):.1f} MB")
     print()
     print("all runs (s): " + "; ".join(
-        f"{r['target_mb']}MB raw {['%.2f' % t for t in r['raw_dump_all']]} backup {['%.2f' % t for t in r['backup_all']]}"
-        f" zstd-{ALT_LEVEL} {['%.2f' % t for t in r['fast_all']]}" for r in rows))
+        f"{r['target_mb']}MB raw {['%.2f' % t for t in r['raw_dump_all']]} reference "
+        f"{['%.2f' % t for t in r['reference_all']]} ours {['%.2f' % t for t in r['backup_all']]} zstd-{ALT_LEVEL} "
+        f"{['%.2f' % t for t in r['fast_all']]} raw pg_restore {['%.2f' % t for t in r['raw_restore_all']]} "
+        f"drill {['%.2f' % t for t in r['drill_all']]}" for r in rows))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,13 @@ def archive_bytes(size: int = 200_000) -> bytes:
     return b"PGDMP\x01\x0e\x00" + rows[:size]
 
 
-def sealed(payload: bytes, backup_id: str = "b-1", tenant_id: str = "clinic", level: int = 3) -> bytes:
+def sealed(payload: bytes, backup_id: str = "b-1", tenant_id: str = "clinic", level: int = 3,
+           threads: int = 0) -> bytes:
     data_key = new_key()
     header = BackupHeader(backup_id=backup_id, tenant_id=tenant_id, tenant_key_id="tk-1",
                           wrapped_data_key=wrap_data_key(TENANT_KEY, data_key, tenant_id, backup_id), chunk_size=CHUNK)
     stats = SealStats()
-    stored = IterReader(seal(io.BytesIO(payload), header, data_key, stats, level=level)).read()
+    stored = IterReader(seal(io.BytesIO(payload), header, data_key, stats, level=level, threads=threads)).read()
     assert stats.stored_bytes == len(stored) and stats.archive_bytes == len(payload)
     return stored
 
@@ -57,6 +58,14 @@ def test_round_trip_and_several_chunks(payload, stored):
     assert opened(stored) == payload
     assert len(chunk_spans(stored)) >= 4
     assert stored.startswith(MAGIC)
+
+
+def test_worker_threads_write_the_same_format(payload):
+    """zstd workers compress 2 MB jobs side by side: one zstd stream the single-threaded reader opens, and
+    backups sealed at another level or thread count (earlier defaults: 3 and 1) open alike."""
+    big = archive_bytes(5 << 20)  # several zstd jobs
+    for level, threads in ((6, 2), (3, 1)):
+        assert opened(sealed(big, level=level, threads=threads)) == big
 
 
 def test_stored_bytes_are_not_plaintext(payload, stored):
@@ -173,3 +182,16 @@ def test_backup_window_staggers_tenants_inside_it():
     assert BackupWindow.parse("00:00-24:00").length == timedelta(days=1)
     with pytest.raises(Exception, match="BACKUP_WINDOW"):
         BackupWindow.parse("late")
+
+
+@pytest.mark.parametrize("name, value", [("BACKUP_ZSTD_LEVEL", "23"), ("BACKUP_ZSTD_THREADS", "0")])
+def test_compression_settings_out_of_range_refuse_to_start(name, value):
+    from control_plane.errors import ConfigurationError
+    from control_plane.settings import Settings
+
+    environ = {"CATALOG_DATABASE_URL": "postgresql://catalog", "REDIS_URL": "redis://redis",
+               "TENANT_DB_ADMIN_URL": "postgresql://admin", "BACKUP_STORE_URL": "file:///backups",
+               "KEYRING": "k1:" + "A" * 44, name: value}
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.from_env(environ)
+    assert Settings.from_env({**environ, name: "2"}) is not None

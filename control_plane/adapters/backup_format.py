@@ -130,6 +130,17 @@ class SealStats:
         return self._sha256.hexdigest()
 
 
+def _row_text_tuning(level: int) -> dict[str, int]:
+    """Parameters that suit pg_dump's COPY text at the levels with a lazy match search (5-12).
+
+    Matches of 5 bytes in rows of words, dates and ids cost about as many bits as the literals they
+    replace: requiring 6 stores a clinic-CRM archive ~4% smaller at the same speed (scripts/bench
+    backup; level 6 then beats pg_dump -Fc's gzip on size at about half its CPU). Decompression does
+    not depend on it: backups sealed with other parameters read the same.
+    """
+    return {"min_match": 6} if 5 <= level <= 12 else {}
+
+
 def seal(source: BinaryIO, header: BackupHeader, data_key: bytes, stats: SealStats, *,
          level: int = 3, threads: int = 0, on_progress: Callable[[SealStats], None] | None = None) -> Iterator[bytes]:
     """The stored bytes of the archive read from `source`, piece by piece (a generator: nothing is buffered whole)."""
@@ -139,10 +150,12 @@ def seal(source: BinaryIO, header: BackupHeader, data_key: bytes, stats: SealSta
     yield stats.stored(prefix)
 
     aes = AESGCM(data_key)
-    # With worker threads, zstd's default job size (4 windows) costs ~35 MB at level 3; 2 MB jobs cost
-    # little ratio and keep memory flat and small.
+    # `threads` zstd workers compress 2 MB jobs side by side while this thread reads, encrypts and
+    # writes (0: compress in this thread). zstd's default job size (4 windows) costs ~35 MB per worker;
+    # 2 MB jobs, each primed with the previous job's tail, cost under 0.5% of ratio and keep memory flat.
     params = zstandard.ZstdCompressionParameters.from_level(level, threads=threads, write_checksum=True,
-                                                            job_size=ZSTD_JOB_SIZE if threads else 0)
+                                                            job_size=ZSTD_JOB_SIZE if threads else 0,
+                                                            **_row_text_tuning(level))
     compressor = zstandard.ZstdCompressor(compression_params=params)
     chunker = compressor.chunker(chunk_size=header.chunk_size)
     pending: bytes | None = None  # one chunk of look-ahead: only at the end do we know which one is last

@@ -119,8 +119,8 @@ def perform_backup(ctx: ServiceContext, session: Session, tenant: Tenant, trigge
         level = ctx.settings.backup_zstd_level
         heartbeat = _Heartbeat(ctx, operation_id, tools.database_size(tenant.database_name))
         with tools.dump(tenant.database_name, tenant.role_name, _role_password(ctx, tenant)) as dump:
-            # threads=1: zstd compresses in its own thread while this one reads, encrypts and writes.
-            pieces = seal(dump.archive, header, secret, stats, level=level, threads=1, on_progress=heartbeat)
+            pieces = seal(dump.archive, header, secret, stats, level=level,
+                          threads=ctx.settings.backup_zstd_threads, on_progress=heartbeat)
             store.put(data_key(backup), IterReader(pieces))
         heartbeat.bytes.update(stats.archive_bytes)
         heartbeat.bytes.finish()

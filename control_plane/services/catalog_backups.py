@@ -89,7 +89,8 @@ def backup_catalog(ctx: ServiceContext) -> dict[str, Any]:
     level = ctx.settings.backup_zstd_level
     try:
         with tools.dump_own_database() as dump:
-            store.put(_data(backup_id), IterReader(seal(dump.archive, header, data_key, stats, level=level, threads=1)))
+            store.put(_data(backup_id), IterReader(seal(dump.archive, header, data_key, stats, level=level,
+                                                        threads=ctx.settings.backup_zstd_threads)))
         tables = dump.row_counts()
         if stats.archive_head != PG_ARCHIVE_MAGIC:
             raise BackupIntegrityError("pg_dump did not produce a custom-format archive")
