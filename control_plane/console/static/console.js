@@ -161,15 +161,17 @@ function isSuper() { return me && me.role === "super_admin"; }
 
 // ---------------------------------------------------------------- operations (shared by several pages)
 
-// Percent and step; for a backup, restore or move, the bytes done of the estimated total it records.
+// Percent and step; for a backup, restore or move, the bytes done of the estimated total it records;
+// for a move, from which server to which.
 function opProgress(op) {
   const r = op.result || {};
   const label = `progress of ${op.kind} ${op.id}`;
+  const route = op.kind === "move" && r.server ? h("div", { class: "muted", text: `${r.from_server || "?"} → ${r.server} (${r.mode || "auto"})` }) : null;
   if (Number.isInteger(r.bytes_done) && Number.isInteger(r.bytes_total) && r.bytes_total > 0) {
     const pct = Math.min(100, Math.round((100 * r.bytes_done) / r.bytes_total));
-    return h("span", {}, progressBar(pct, label), ` ${bytes(r.bytes_done)} of ~${bytes(r.bytes_total)} `, op.step || "");
+    return h("span", {}, progressBar(pct, label), ` ${bytes(r.bytes_done)} of ~${bytes(r.bytes_total)} `, op.step || "", route);
   }
-  return h("span", {}, progressBar(op.progress, label), ` ${op.progress}% `, op.step || "");
+  return h("span", {}, progressBar(op.progress, label), ` ${op.progress}% `, op.step || "", route);
 }
 
 function operationsTable(ops) {
@@ -356,9 +358,10 @@ async function operationsPage(params, view) {
   live(region, async () => operationsTable((await api("GET", `/v1/operations${query({ status: params.status, kind: params.kind, page_size: 50 })}`)).data));
 }
 
-function seconds(value, unit) {
+function seconds(value) {
   if (value === null || value === undefined) return "-";
-  return unit === "h" ? `${(value / 3600).toFixed(1)} h` : `${value.toFixed(1)} s`;
+  if (value >= 3600) return `${(value / 3600).toFixed(1)} h`;
+  return value >= 60 ? `${Math.round(value / 60)} min` : `${value.toFixed(1)} s`;
 }
 
 function drillsTable(drills) {
@@ -366,8 +369,8 @@ function drillsTable(drills) {
     ["Tenant", d => h("a", { href: `#/tenants/${d.tenant_id}`, text: d.tenant_id })],
     ["Result", d => badge(d.result)],
     ["Finished", d => when(d.finished_at || d.started_at)],
-    ["RPO achieved", d => seconds(d.rpo_seconds, "h")],
-    ["RTO achieved", d => seconds(d.rto_seconds, "s")],
+    ["RPO achieved", d => seconds(d.rpo_seconds)],
+    ["RTO achieved", d => seconds(d.rto_seconds)],
     ["Reason", d => d.reason ? h("span", { class: "error", text: d.reason }) : ""],
   ], drills, "No drills yet.");
 }
