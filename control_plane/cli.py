@@ -18,7 +18,8 @@ from control_plane.cli_examples import add_examples
 from control_plane.cli_fleet import reconcile_command
 from control_plane.cli_plans import plans_group
 from control_plane.cli_runtime import runtime_group
-from control_plane.cli_output import EXIT_BY_STATUS, EXIT_FAILED, EXIT_USAGE, CommandError, json_option
+from control_plane.cli_output import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_USAGE, CommandError, json_option,
+                                     wait_option)
 from control_plane.cli_support import context, follow, started
 from control_plane.catalog.db import create_catalog_engine, upgrade_catalog
 from control_plane.catalog.models import OperationStatus, TenantStatus
@@ -132,7 +133,7 @@ def tenants_group() -> None:
 @click.option("--admin-email", required=True)
 @click.option("--domain", "domains", multiple=True)
 @click.option("--plan", default="standard", show_default=True)
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the provisioning.")
+@wait_option(help="Follow the provisioning.")
 @json_option
 def tenants_create(tenant_id: str, name: str, admin_email: str, domains: tuple[str, ...], plan: str, wait: bool,
                    as_json: bool) -> None:
@@ -203,7 +204,7 @@ def tenants_resume(tenant_id: str, as_json: bool) -> None:
 @tenants_group.command("migrate")
 @click.argument("tenant_id")
 @click.option("--target", default="head", show_default=True)
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@wait_option()
 @json_option
 def tenants_migrate(tenant_id: str, target: str, wait: bool, as_json: bool) -> None:
     """Bring a tenant's schema to head or to a given revision."""
@@ -216,7 +217,7 @@ def tenants_migrate(tenant_id: str, target: str, wait: bool, as_json: bool) -> N
 @click.option("--to", "server", required=True, help="The database server to move the tenant's database to.")
 @click.option("--offline", is_flag=True, help="pg_dump | pg_restore while the tenant is held (no replication).")
 @click.option("--online", is_flag=True, help="Refuse unless an online move (logical replication) is possible.")
-@click.option("--follow/--no-follow", "wait", default=True, show_default=True, help="Show progress until it ends.")
+@wait_option()
 @json_option
 def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait: bool, as_json: bool) -> None:
     """Move a tenant to another server; without --online/--offline, online where the servers allow it."""
@@ -231,7 +232,7 @@ def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait:
 @click.argument("tenant_id")
 @click.option("--final-backup/--no-final-backup", default=True, show_default=True)
 @click.option("--purge", is_flag=True, help="Also destroy the tenant's backup key and delete its backups.")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@wait_option()
 @click.confirmation_option(prompt="Drop the tenant's database and role?")
 @json_option
 def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool, as_json: bool) -> None:
@@ -264,7 +265,7 @@ def operations_show(operation_id: str, follow_progress: bool, as_json: bool) -> 
 
 @operations_group.command("retry")
 @click.argument("operation_id")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@wait_option()
 @json_option
 def operations_retry(operation_id: str, wait: bool, as_json: bool) -> None:
     """Run a failed operation again; its steps resume where they stopped."""
@@ -274,7 +275,7 @@ def operations_retry(operation_id: str, wait: bool, as_json: bool) -> None:
 
 @operations_group.command("cancel")
 @click.argument("operation_id")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow it until it has stopped.")
+@wait_option(help="Follow it until it has stopped.")
 @json_option
 def operations_cancel(operation_id: str, wait: bool, as_json: bool) -> None:
     """Cancel a queued operation at once, a running one at its next safe step (undoing what it started)."""

@@ -328,8 +328,8 @@ def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
 def endpoint_command(endpoint: Endpoint) -> click.Command:
     params = list(endpoint.params)
     if endpoint.starts_work:
-        params.append(click.Option(["--wait/--no-wait"], default=True, show_default=True,
-                                   help="Follow the operation with a progress bar until it ends."))
+        params.append(click.Option(["--wait/--no-wait", "--follow/--no-follow", "wait"], default=True,
+                                   show_default=True, help="Follow the operation with a progress bar until it ends."))
     if endpoint.path == "/v1/operations/{operation_id}":
         params.append(click.Option(["--follow"], is_flag=True, help="Show progress until it ends."))
     if endpoint.confirm:

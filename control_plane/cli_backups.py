@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from control_plane.catalog.backup_models import BackupStatus
-from control_plane.cli_output import json_option
+from control_plane.cli_output import json_option, wait_option
 from control_plane.cli_support import context, started
 from control_plane.services import backups
 from control_plane.services.kinds import backup as backup_kind
@@ -35,7 +35,7 @@ def backups_group() -> None:
 @backups_group.command("create")
 @click.argument("tenant_id")
 @click.option("--expires-in-days", type=click.IntRange(1, 3650), help="Keep it this long, whatever the policy.")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@wait_option()
 @json_option
 def backups_create(tenant_id: str, expires_in_days: int | None, wait: bool, as_json: bool) -> None:
     """Back a tenant up now (a bar shows the bytes streamed unless --no-wait)."""
@@ -112,7 +112,7 @@ def backups_decrypt(backup_id: str, output: str) -> None:
 @click.option("--new-tenant", "new_tenant_id", help="Restore as this new tenant (a clone) instead of in place.")
 @click.option("--safety-backup/--no-safety-backup", default=True, show_default=True,
               help="In place: back the current database up first.")
-@click.option("--wait/--no-wait", default=True, show_default=True)
+@wait_option()
 @json_option
 def backups_restore(tenant_id: str, backup_id: str, new_tenant_id: str | None, safety_backup: bool,
                     wait: bool, as_json: bool) -> None:

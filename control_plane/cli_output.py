@@ -38,6 +38,11 @@ def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(command)
 
 
+def wait_option(help: str = "Follow the operation with a progress bar until it ends.") -> Callable[..., Any]:
+    """`--wait/--no-wait`, also spelled `--follow/--no-follow`: watch the work started to its end (the default)."""
+    return click.option("--wait/--no-wait", "--follow/--no-follow", "wait", default=True, show_default=True, help=help)
+
+
 def _render(value: Any) -> str:
     if value is None:
         return "-"

@@ -80,6 +80,7 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
 
     [drill_op] = as_json(tenantctl("drills", "run", "api-clinic", "--json"))
     assert drill_op["kind"] == "drill" and drill_op["status"] == "succeeded"
+    assert drill_op["result"]["bytes_done"] == drill_op["result"]["bytes_total"] == backups[0]["archive_bytes"]
     every = tenantctl("drills", "run", "--all", "--json", code=1)  # api-copy has no backup: its drill fails
     assert sorted((op["tenant_id"], op["status"]) for op in as_json(every)) == [("api-clinic", "succeeded"),
                                                                                 ("api-copy", "failed")]

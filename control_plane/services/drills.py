@@ -28,6 +28,7 @@ from control_plane.services.auth import Principal
 from control_plane.services.backup_copies import fetch_verified
 from control_plane.services.backup_objects import check_read, open_backup, tools_for, tools_for_server
 from control_plane.services.backups import newest_restorable
+from control_plane.services.byte_progress import ByteProgress, CountingWriter
 from control_plane.services.kinds.base import Report
 from control_plane.services.context import ServiceContext
 from control_plane.services.servers import choose_server
@@ -95,9 +96,13 @@ def perform_drill(ctx: ServiceContext, session: Session, op: Operation, tenant: 
             encrypted.seek(0)
             opened = open_backup(ctx, session, backup, encrypted)
             sizes: list[int] = []
-            tools.restore_as_admin(scratch, lambda stdin: sizes.append(opened.archive(stdin)),
+            # Archive bytes fed to pg_restore of the backup's archive size, on the operation's result.
+            fed = ByteProgress(ctx, op.id, backup.archive_bytes or 0)
+            tools.restore_as_admin(scratch,
+                                   lambda stdin: sizes.append(opened.archive(CountingWriter(stdin, fed.add))),
                                    archive_major=_major((manifest.get("postgresql") or {}).get("pg_dump_version")))
             check_read(opened, backup, sizes[0] if sizes else -1)
+            fed_bytes = fed.finish()
         restored = time.monotonic()
         report("check", 80)
         counts, revision = tools.inspect_database(scratch)
@@ -123,7 +128,7 @@ def perform_drill(ctx: ServiceContext, session: Session, op: Operation, tenant: 
              op.id, drill.backup_id, drill.rpo_seconds, drill.rto_seconds, drill.source)
     return {"drill_id": drill.id, "result": drill.result.value, "backup_id": drill.backup_id,
             "rpo_seconds": drill.rpo_seconds, "rto_seconds": drill.rto_seconds, "server": drill.server_name,
-            **drill.details}
+            **drill.details, **fed_bytes}
 
 
 def drill_failed(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
