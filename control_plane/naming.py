@@ -128,7 +128,7 @@ def warm_pool_lock_key() -> int:
 
 
 def recovery_sweep_key(queue_name: str) -> str:
-    """Redis key a worker sets (NX, short TTL) to be the one that sweeps once Redis is back after an outage."""
+    """Redis lock (NX, with a TTL) of the one worker that sweeps once Redis is back after an outage."""
     return f"control-plane:recovery-sweep:{queue_name}"
 
 

@@ -2,7 +2,7 @@
 node is (the worker, its work horse and the horse's own children at once), and a seeded choice of the moment.
 
 RQ's work horse calls setpgrp(), so killing the worker's process group misses it: an orphaned horse would
-finish the job and the "crash" would test nothing. `kill_9` walks /proc for the whole process tree instead.
+finish the job and the "crash" would test nothing. `kill_9` kills the whole process tree (devstack.processes).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.catalog.models import Operation
+from devstack.processes import kill_tree
 
 # Reproducible kill points: CRASH_SEED=<n> replays a run (failures name the seed).
 SEED = int(os.environ.get("CRASH_SEED") or random.randrange(2**32))
@@ -100,46 +101,12 @@ def processes(tmp_path) -> Iterator[Processes]:
     started.stop()
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and every process descending from it, from /proc (process groups do not say: see above)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:  # gone meanwhile
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, then ppid
-        children.setdefault(parent, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def kill_9(process: subprocess.Popen) -> list[int]:
-    """SIGKILL the worker and all its descendants at once, as when its node is lost: nothing gets to clean
-    up, and the worker never sees its horse die (no killed-horse handler runs). Everything is stopped
-    first, so nothing forks or reacts between listing and killing. Returns the pids killed."""
-    tree = process_tree(process.pid)
-    _signal(tree, signal.SIGSTOP)
-    tree = process_tree(process.pid)  # a child forked before the stop took effect
-    _signal(tree, signal.SIGSTOP)
-    _signal(tree, signal.SIGKILL)
+    """kill -9 of the worker, its work horse and the horse's children (pg_dump...) at once, as when their
+    node is lost: the worker never sees its horse die (no killed-horse handler runs). Returns the pids."""
+    killed = kill_tree(process.pid)
     process.wait()
-    return tree
+    return killed
 
 
 def _state(ctx, operation_id: str) -> tuple[str, int, str | None]:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 # The dead horse's catalog session may take a moment to end and release the tenant lock.
 KILLED_LOCK_WAIT_SECONDS = 10.0
-# After an outage every worker returns at about the same time; one sweep covers them all.
-RECOVERY_SWEEP_LOCK_SECONDS = 10
+# How long the one sweeper after an outage holds its lock at most (were it to die while sweeping).
+RECOVERY_SWEEP_LOCK_SECONDS = 60
 
 
 def _mark_horse_killed(settings: Settings):
@@ -46,11 +46,12 @@ def _mark_horse_killed(settings: Settings):
 
 def sweep_after_outage(settings: Settings, connection: redis.Redis, name: str) -> bool:
     """Redis is back after an outage: sweep at once, so what was requested meanwhile (queued in the catalog
-    only) runs now rather than at the scheduler's next sweep. One worker of many does it: the first to set
-    the key; the others see it set. Returns whether this worker swept."""
+    only) runs now rather than at the scheduler's next sweep. Workers return together: one sweeps (a Redis
+    lock, held while it sweeps), the others skip, as the sweep under way started after Redis was back.
+    Returns whether this worker swept."""
+    key = recovery_sweep_key(settings.queue_name)
     try:
-        if not connection.set(recovery_sweep_key(settings.queue_name), name, nx=True,
-                              ex=RECOVERY_SWEEP_LOCK_SECONDS):
+        if not connection.set(key, name, nx=True, ex=RECOVERY_SWEEP_LOCK_SECONDS):
             return False
     except redis.RedisError:  # gone again: the next return sweeps
         return False
@@ -62,6 +63,11 @@ def sweep_after_outage(settings: Settings, connection: redis.Redis, name: str) -
         log.exception("sweep after a Redis outage failed")
     finally:
         dispose(ctx)
+        try:
+            if connection.get(key) == name.encode():  # ours still (not expired and taken by another)
+                connection.delete(key)  # the next outage's return sweeps again
+        except redis.RedisError:
+            pass  # it expires
     return True
 
 

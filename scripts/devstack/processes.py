@@ -196,3 +196,42 @@ def run_foreground(cmd: Sequence[str], env: dict[str, str], cwd: Path) -> int:
             child.wait()
         ignore_stop_signals()
     return code if code >= 0 else 128 - code
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descending from it, from /proc. Process groups do not say: RQ's work
+    horse calls setpgrp(), so killing a worker's group leaves its horse running the job."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": the state, then the ppid
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and all its descendants at once, as when their machine is lost: nothing gets to clean
+    up, and no parent sees a child die first. All are stopped (SIGSTOP) before any is killed, so nothing
+    forks or reacts in between. Returns the pids killed; the caller reaps its own child."""
+    tree = process_tree(pid)
+    _signal_all(tree, signal.SIGSTOP)
+    tree = process_tree(pid)  # a child forked before the stop took effect
+    _signal_all(tree, signal.SIGSTOP)
+    _signal_all(tree, signal.SIGKILL)
+    return tree
