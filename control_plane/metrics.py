@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
@@ -60,6 +60,14 @@ def fleet_source(name: str) -> Callable[[FleetSource], FleetSource]:
         FLEET_SOURCES[name] = source
         return source
     return register
+
+
+def gauge(name: str, documentation: str, labels: list[str], samples: Iterable[tuple[Any, float]]) -> GaugeMetricFamily:
+    """A gauge family with one sample per (label value, or tuple of label values; value)."""
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in samples:
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
@@ -99,39 +107,23 @@ def render(ctx: ServiceContext) -> bytes:
 
 @fleet_source("reconcile")
 def _reconcile(ctx: ServiceContext) -> Iterable[Metric]:
-    findings = GaugeMetricFamily("control_plane_reconcile_findings",
-                                 "Findings of the newest daily reconcile report (orphans, missing, leftovers, drift...)",
-                                 labels=["kind"])
-    for kind, count in (reconcile.last_counts(ctx) or {}).items():
-        findings.add_metric([kind], count)
-    yield findings
+    yield gauge("control_plane_reconcile_findings",
+                "Findings of the newest daily reconcile report (orphans, missing, leftovers, drift...)", ["kind"],
+                (reconcile.last_counts(ctx) or {}).items())
 
 
 @fleet_source("catalog")
 def _catalog(ctx: ServiceContext) -> Iterable[Metric]:
-    tenants = GaugeMetricFamily("control_plane_tenants", "Tenants by status", labels=["status"])
-    for status, count in fleet.tenants_by_status(ctx).items():
-        tenants.add_metric([status], count)
-    yield tenants
-
-    operations = GaugeMetricFamily("control_plane_operations", "Operations in the catalog by kind and status",
-                                   labels=["kind", "status"])
-    for (kind, status), count in fleet.operations_by_kind_and_status(ctx).items():
-        operations.add_metric([kind, status], count)
-    yield operations
+    yield gauge("control_plane_tenants", "Tenants by status", ["status"], fleet.tenants_by_status(ctx).items())
+    yield gauge("control_plane_operations", "Operations in the catalog by kind and status", ["kind", "status"],
+                fleet.operations_by_kind_and_status(ctx).items())
 
     recent = fleet.recent_operations(ctx)
-    started = GaugeMetricFamily("control_plane_operations_started_last_hour",
-                                "Operations started in the last hour, by kind", labels=["kind"])
-    for kind, count in recent.started.items():
-        started.add_metric([kind], count)
-    yield started
-    finished = GaugeMetricFamily("control_plane_operations_finished_last_hour",
-                                 "Operations finished in the last hour, by kind and final status (succeeded, "
-                                 "failed, cancelled)", labels=["kind", "status"])
-    for (kind, status), count in recent.finished.items():
-        finished.add_metric([kind, status], count)
-    yield finished
+    yield gauge("control_plane_operations_started_last_hour", "Operations started in the last hour, by kind",
+                ["kind"], recent.started.items())
+    yield gauge("control_plane_operations_finished_last_hour",
+                "Operations finished in the last hour, by kind and final status (succeeded, failed, cancelled)",
+                ["kind", "status"], recent.finished.items())
     durations = GaugeHistogramMetricFamily("control_plane_operation_duration_seconds",
                                            "Run time of the operations that finished in the last hour, by kind",
                                            labels=["kind"])
@@ -140,45 +132,29 @@ def _catalog(ctx: ServiceContext) -> Iterable[Metric]:
         durations.add_metric([kind], buckets + [("+Inf", len(values))], gsum_value=sum(values))
     yield durations
 
-    oldest = GaugeMetricFamily("control_plane_operation_oldest_age_seconds",
-                               "Age of the oldest unfinished operation: since creation when queued, since its "
-                               "start when running", labels=["kind", "status"])
-    for (kind, status), age in fleet.oldest_unfinished_operations(ctx).items():
-        oldest.add_metric([kind, status], age)
-    yield oldest
-
-    runs = GaugeMetricFamily("control_plane_migration_run_items",
-                             "Items of unfinished bulk migration runs by status (the runs' progress)",
-                             labels=["run_id", "status"])
-    for run in fleet.unfinished_migration_runs(ctx):
-        for status in ("pending", "queued", "running", "succeeded", "failed", "skipped"):
-            runs.add_metric([run.id, status], getattr(run, status))
-    yield runs
+    yield gauge("control_plane_operation_oldest_age_seconds",
+                "Age of the oldest unfinished operation: since creation when queued, since its start when running",
+                ["kind", "status"], fleet.oldest_unfinished_operations(ctx).items())
+    yield gauge("control_plane_migration_run_items",
+                "Items of unfinished bulk migration runs by status (the runs' progress)", ["run_id", "status"],
+                (((run.id, status), getattr(run, status)) for run in fleet.unfinished_migration_runs(ctx)
+                 for status in ("pending", "queued", "running", "succeeded", "failed", "skipped")))
 
 
 @fleet_source("backups")
 def _backups(ctx: ServiceContext) -> Iterable[Metric]:
-    by_status = GaugeMetricFamily("control_plane_backups", "Backups in the catalog by status", labels=["status"])
-    for status, count in fleet.backups_by_status(ctx).items():
-        by_status.add_metric([status], count)
-    yield by_status
-
-    age = GaugeMetricFamily("control_plane_tenant_last_backup_age_seconds",
-                            "Seconds since the tenant's newest completed backup (since its creation if it has none)",
-                            labels=["tenant_id"])
-    rpo = GaugeMetricFamily("control_plane_tenant_backup_rpo_seconds",
-                            "The tenant's recovery point objective: how old its newest backup may be",
-                            labels=["tenant_id"])
-    size = GaugeMetricFamily("control_plane_tenant_last_backup_size_bytes",
-                             "Stored size of the tenant's newest completed backup", labels=["tenant_id"])
-    for state in fleet.tenant_backup_states(ctx):
-        age.add_metric([state.tenant_id], state.age_seconds)
-        rpo.add_metric([state.tenant_id], state.rpo_seconds)
-        if state.last_size_bytes is not None:
-            size.add_metric([state.tenant_id], state.last_size_bytes)
-    yield age
-    yield rpo
-    yield size
+    yield gauge("control_plane_backups", "Backups in the catalog by status", ["status"],
+                fleet.backups_by_status(ctx).items())
+    states = fleet.tenant_backup_states(ctx)
+    yield gauge("control_plane_tenant_last_backup_age_seconds",
+                "Seconds since the tenant's newest completed backup (since its creation if it has none)",
+                ["tenant_id"], ((state.tenant_id, state.age_seconds) for state in states))
+    yield gauge("control_plane_tenant_backup_rpo_seconds",
+                "The tenant's recovery point objective: how old its newest backup may be", ["tenant_id"],
+                ((state.tenant_id, state.rpo_seconds) for state in states))
+    yield gauge("control_plane_tenant_last_backup_size_bytes", "Stored size of the tenant's newest completed backup",
+                ["tenant_id"], ((state.tenant_id, state.last_size_bytes) for state in states
+                                if state.last_size_bytes is not None))
 
 
 @fleet_source("drills")
@@ -216,15 +192,11 @@ def _drills(ctx: ServiceContext) -> Iterable[Metric]:
 @fleet_source("queue")
 def _queue(ctx: ServiceContext) -> Iterable[Metric]:
     monitor = ctx.queue_monitor
-    jobs = GaugeMetricFamily("control_plane_queue_jobs", "RQ jobs by queue and state", labels=["queue", "state"])
-    oldest = GaugeMetricFamily("control_plane_queue_oldest_job_age_seconds",
-                               "Age of the oldest job waiting in the queue (0 when empty)", labels=["queue"])
-    for queue in monitor.queues():
-        for state, count in queue["jobs"].items():
-            jobs.add_metric([queue["name"], state], count)
-        oldest.add_metric([queue["name"]], queue["oldest_queued_age_seconds"])
-    yield jobs
-    yield oldest
+    queues = monitor.queues()
+    yield gauge("control_plane_queue_jobs", "RQ jobs by queue and state", ["queue", "state"],
+                (((queue["name"], state), count) for queue in queues for state, count in queue["jobs"].items()))
+    yield gauge("control_plane_queue_oldest_job_age_seconds", "Age of the oldest job waiting in the queue (0 when empty)",
+                ["queue"], ((queue["name"], queue["oldest_queued_age_seconds"]) for queue in queues))
     yield GaugeMetricFamily("control_plane_workers", "RQ workers alive (heartbeat not expired) on our queues",
                             value=len(monitor.workers()))
     yield GaugeMetricFamily("control_plane_schedulers",
@@ -261,10 +233,9 @@ def _servers(ctx: ServiceContext) -> Iterable[Metric]:
                               labels=["server"])
     sizes = GaugeMetricFamily("control_plane_tenant_database_size_bytes", "Size of the tenant's database",
                               labels=["tenant_id"])
-    quotas = GaugeMetricFamily("control_plane_tenant_storage_quota_bytes",
-                               "The storage quota of the tenant's plan (tenants whose plan has one)", labels=["tenant_id"])
-    for tenant_id, quota in storage_quotas(ctx):
-        quotas.add_metric([tenant_id], quota)
+    quotas = gauge("control_plane_tenant_storage_quota_bytes",
+                   "The storage quota of the tenant's plan (tenants whose plan has one)", ["tenant_id"],
+                   storage_quotas(ctx))
     for server, count, databases in fleet.servers_with_tenant_counts(ctx):
         tenants.add_metric([server.name], count)
         usage = _server_usage(ctx, server)
