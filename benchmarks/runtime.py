@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import tenant_migrations
+from benchmarks.sessions import SessionSampler
 from control_plane import naming
 from control_plane.adapters.crypto import Keyring
 from control_plane.catalog.db import create_catalog_engine, sqlalchemy_url, transaction, session_factory, upgrade_catalog
@@ -273,33 +274,6 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
-class Sampler:
-    """Highest number of server sessions matching a LIKE pattern, sampled every few milliseconds."""
-
-    def __init__(self, admin_url: str, pattern: str) -> None:
-        self.peak = 0
-        self._pattern = pattern
-        self._conn = _admin(admin_url)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._conn.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            count = self._conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-                                       (self._pattern,)).fetchone()[0]
-            self.peak = max(self.peak, count)
-            self._stop.wait(0.005)
-
-
 @dataclass
 class Load:
     """What to send: `tenants[sequence[n % len(sequence)]]` for the n-th request (None: no header)."""
@@ -361,7 +335,7 @@ def drive(name: str, app: Flask, load: Load, threads: int, seconds: float, *, ad
         threading.setprofile(profile_thread)
     workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
     start_measure = threading.Timer(warmup, snapshot)
-    with Sampler(admin_url, pattern) as sampler:
+    with SessionSampler(admin_url, pattern) as sampler:
         start_measure.start()
         for worker in workers:
             worker.start()

@@ -20,8 +20,8 @@ from tenant_runtime import (
     TenantNotFoundError,
     TenantSuspendedError,
 )
+from benchmarks.sessions import SessionSampler
 from test_runtime_support import (  # noqa: F401 (fixtures)
-    ConnectionSampler,
     background_drops,
     bulk_tenants,
     provision,
@@ -99,7 +99,7 @@ def test_budget_holds_with_300_tenants_and_32_threads(bulk_tenants, router_facto
                 with lock:
                     errors.append(f"{tenant_id}: {type(exc).__name__}: {exc}")
 
-    with ConnectionSampler(admin_url, router.application_name_pattern()) as sampler:
+    with SessionSampler(admin_url, router.application_name_pattern()) as sampler:
         threads = [threading.Thread(target=hammer, args=(n,)) for n in range(32)]
         for thread in threads:
             thread.start()

@@ -12,7 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from tenant_migrations.models import Lead, Message, Pipeline, TenantBase, User
 from tenant_runtime.flask import db_session, get_connection
 from tenant_runtime.example_app import create_app
-from test_runtime_support import (ConnectionSampler, background_drops, bulk_tenants, provision,  # noqa: F401
+from benchmarks.sessions import SessionSampler
+from test_runtime_support import (background_drops, bulk_tenants, provision,  # noqa: F401
                                   router_factory, server_connections)
 
 
@@ -97,7 +98,7 @@ def test_the_orm_path_stays_within_the_budget(bulk_tenants, router_factory, admi
                 with lock:
                     done.append(session.scalar(text("SELECT 1")))
 
-    with ConnectionSampler(admin_url, router.application_name_pattern()) as sampler:
+    with SessionSampler(admin_url, router.application_name_pattern()) as sampler:
         threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
         for thread in threads:
             thread.start()

@@ -75,35 +75,6 @@ def tenant_connections(admin_url: str, router: TenantRouter, tenant_id: str) -> 
     return server_connections(admin_url, router.application_name(tenant_id).replace("_", "\\_"))
 
 
-class ConnectionSampler:
-    """Samples pg_stat_activity in a thread, keeping the highest count of matching sessions."""
-
-    def __init__(self, admin_url: str, pattern: str) -> None:
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._conn = psycopg.connect(admin_url, autocommit=True, application_name="rt-test-sampler")
-        self._pattern = pattern
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "ConnectionSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._conn.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            count = self._conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",
-                                       (self._pattern,)).fetchone()[0]
-            self.peak = max(self.peak, count)
-            self.samples += 1
-            self._stop.wait(0.005)
-
-
 @pytest.fixture(scope="session")
 def background_drops() -> Iterator[list[threading.Thread]]:
     """Threads dropping bulk tenants' databases while later tests run; joined at the end of the session."""
