@@ -6,7 +6,7 @@ from flask.views import MethodView
 from control_plane.api.access_schemas import AuditEventSchema, AuditQuerySchema, TokenQuerySchema, TokenSchema
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import services
+from control_plane.api.common import page_of, services
 from control_plane.services import audit, auth
 
 blp = ApiBlueprint("access", __name__, url_prefix="/v1", description="API tokens and the audit trail")
@@ -20,10 +20,7 @@ class Tokens(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters):
         """Live tokens, newest first (never their secret): all for a super admin, its tenant's for a tenant admin."""
-        items, total = auth.list_tokens(services(), principal(), offset=pagination_parameters.first_item,
-                                        limit=pagination_parameters.page_size, **query)
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, auth.list_tokens, **query)
 
 
 @blp.route("/tokens/<token_id>")
@@ -45,7 +42,4 @@ class AuditEvents(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters):
         """Who did what to which tenant, newest first; a tenant admin sees its own tenant's events."""
-        items, total = audit.list_events(services(), principal(), offset=pagination_parameters.first_item,
-                                         limit=pagination_parameters.page_size, **query)
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, audit.list_events, **query)

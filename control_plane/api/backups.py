@@ -7,7 +7,7 @@ from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
 from control_plane.api.backup_schemas import (BackupManifestSchema, BackupPolicySchema, BackupQuerySchema,
                                               BackupRequestSchema, BackupSchema, RestoreSchema)
-from control_plane.api.common import accepted, idempotency_key, services
+from control_plane.api.common import accepted, idempotency_key, page_of, services
 from control_plane.api.schemas import OperationSchema
 from control_plane.services import backups
 from control_plane.services.kinds import backup as backup_kind
@@ -26,11 +26,7 @@ class TenantBackups(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters, tenant_id):
         """The tenant's backups, newest first (filter by status or trigger)."""
-        items, total = backups.list_backups(services(), principal(), tenant_id,
-                                            offset=pagination_parameters.first_item,
-                                            limit=pagination_parameters.page_size, **query)
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, backups.list_backups, tenant_id, **query)
 
     @blp.access(Access.TENANT)
     @blp.arguments(BackupRequestSchema)

@@ -5,7 +5,7 @@ from flask.views import MethodView
 
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import accepted, idempotency_key, services
+from control_plane.api.common import accepted, idempotency_key, page_of, services
 from control_plane.api.drill_schemas import DrillQuerySchema, DrillSchema
 from control_plane.api.schemas import OperationSchema
 from control_plane.services import drills
@@ -25,11 +25,7 @@ class TenantDrills(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters, tenant_id):
         """The tenant's drills, newest first (filter by result)."""
-        items, total = drills.list_drills(services(), principal(), tenant_id=tenant_id,
-                                          offset=pagination_parameters.first_item,
-                                          limit=pagination_parameters.page_size, **query)
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, drills.list_drills, tenant_id=tenant_id, **query)
 
     @blp.access(Access.SUPER_ADMIN)
     @blp.response(202, OperationSchema, headers=_202)
@@ -49,7 +45,4 @@ class Drills(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters):
         """Every drill, newest first (`?result=failed` for the ones to look at). Super admins."""
-        items, total = drills.list_drills(services(), principal(), offset=pagination_parameters.first_item,
-                                          limit=pagination_parameters.page_size, **query)
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, drills.list_drills, **query)

@@ -5,7 +5,7 @@ from flask.views import MethodView
 
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import idempotency_key, services
+from control_plane.api.common import idempotency_key, page_of, services
 from control_plane.api.migration_run_schemas import (DriftSchema, RunCreateSchema, RunDetailSchema, RunDetailView,
                                                      RunItemQuerySchema, RunQuerySchema, RunSchema)
 from control_plane.services import migration_runs, schema_drift
@@ -28,11 +28,7 @@ class MigrationRuns(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters):
         """List migration runs, newest first."""
-        runs, total = migration_runs.list_runs(services(), principal(), status=query.get("status"),
-                                               offset=pagination_parameters.first_item,
-                                               limit=pagination_parameters.page_size)
-        pagination_parameters.item_count = total
-        return runs
+        return page_of(pagination_parameters, migration_runs.list_runs, status=query.get("status"))
 
     @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(RunCreateSchema)

@@ -5,7 +5,7 @@ from flask.views import MethodView
 
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import accepted, idempotency_key, services
+from control_plane.api.common import accepted, idempotency_key, page_of, services
 from control_plane.api.schemas import OperationQuerySchema, OperationSchema
 from control_plane.services import operations
 
@@ -20,11 +20,8 @@ class Operations(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters):
         """List operations, newest first."""
-        items, total = operations.list_operations(services(), principal(), offset=pagination_parameters.first_item,
-                                                  limit=pagination_parameters.page_size, tenant_id=query.get("tenant_id"),
-                                                  status=query.get("status"), kind=query.get("kind"))
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, operations.list_operations, tenant_id=query.get("tenant_id"),
+                       status=query.get("status"), kind=query.get("kind"))
 
 
 @blp.route("/<operation_id>")

@@ -5,7 +5,7 @@ from flask.views import MethodView
 
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import accepted, idempotency_key, services
+from control_plane.api.common import accepted, idempotency_key, page_of, services
 from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, MoveSchema, OperationSchema,
                                        TenantCreateSchema, TenantQuerySchema, TenantSchema, TenantUpdateSchema)
 from control_plane.services import tenants
@@ -24,10 +24,7 @@ class Tenants(MethodView):
     @blp.paginate()
     def get(self, query, pagination_parameters):
         """List tenants (filter by status, server, or a search `q` over id, name and domains)."""
-        items, total = tenants.list_tenants(services(), principal(), offset=pagination_parameters.first_item,
-                                            limit=pagination_parameters.page_size, **query)
-        pagination_parameters.item_count = total
-        return items
+        return page_of(pagination_parameters, tenants.list_tenants, **query)
 
     @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(TenantCreateSchema)
