@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -15,6 +15,7 @@ from control_plane.errors import CatalogUnavailableError
 from tenant_runtime.catalog import sqlalchemy_url  # noqa: F401 (re-exported: shared with the runtime)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 # TCP keepalives on every catalog connection: a job holds its tenant's advisory lock on one, and without
@@ -53,6 +54,16 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose work commits on success and rolls back on any error."""
     with sessions() as session, session.begin():
         yield session
+
+
+def get_or_raise(session: Session, model: type[T], key: Any, not_found: Callable[[Any], Exception], *,
+                 for_update: bool = False) -> T:
+    """The `model` row with primary key `key` (locked FOR UPDATE if asked), or `not_found(key)` raised: the
+    project's not-found error of that entity (`TenantNotFoundError`, ...), which the API answers with 404."""
+    row = session.get(model, key, with_for_update=for_update)
+    if row is None:
+        raise not_found(key)
+    return row
 
 
 def page(session: Session, query: Select, *order_by: Any, offset: int, limit: int) -> tuple[list[Any], int]:

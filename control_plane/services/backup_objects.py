@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from control_plane import naming
 from control_plane.adapters.backup_format import BackupHeader, OpenedBackup
 from control_plane.backup_errors import BackupIntegrityError
+from control_plane.catalog.db import get_or_raise
 from control_plane.catalog.backup_models import Backup
 from control_plane.catalog.models import DatabaseServer
 from control_plane.errors import ServerNotFoundError
@@ -23,9 +24,7 @@ def tools_for(ctx: ServiceContext, server: DatabaseServer):
 
 
 def tools_for_server(ctx: ServiceContext, session: Session, server_name: str):
-    server = session.get(DatabaseServer, server_name)
-    if server is None:
-        raise ServerNotFoundError(server_name)
+    server = get_or_raise(session, DatabaseServer, server_name, ServerNotFoundError)
     return tools_for(ctx, server)
 
 

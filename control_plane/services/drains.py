@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy import func, select
 
-from control_plane.catalog.db import transaction
+from control_plane.catalog.db import get_or_raise, transaction
 from control_plane.catalog.drain_models import DrainItem, DrainItemStatus, DrainRun, DrainStatus
 from control_plane.catalog.models import DatabaseServer, Operation, OperationStatus, Tenant, TenantStatus, utcnow
 from control_plane.errors import ConflictError, ControlPlaneError, NotFoundError, ServerNotFoundError
@@ -37,9 +37,7 @@ def start_drain(ctx: ServiceContext, principal: Principal, server_name: str, *, 
     """Mark the server draining and record a run with one item per tenant on it; start the first moves."""
     principal.require_super_admin()
     with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, server_name, with_for_update=True)
-        if server is None:
-            raise ServerNotFoundError(server_name)
+        server = get_or_raise(session, DatabaseServer, server_name, ServerNotFoundError, for_update=True)
         running = session.scalars(select(DrainRun).where(DrainRun.server_name == server_name,
                                                          DrainRun.status == DrainStatus.RUNNING)).first()
         if running is not None:
@@ -59,10 +57,7 @@ def start_drain(ctx: ServiceContext, principal: Principal, server_name: str, *, 
 def get_drain(ctx: ServiceContext, principal: Principal, run_id: str) -> DrainRun:
     principal.require_super_admin()
     with ctx.sessions() as session:
-        run = session.get(DrainRun, run_id)
-        if run is None:
-            raise DrainRunNotFoundError(run_id)
-        return run
+        return get_or_raise(session, DrainRun, run_id, DrainRunNotFoundError)
 
 
 def list_drains(ctx: ServiceContext, principal: Principal, *, offset: int = 0,
@@ -80,9 +75,7 @@ def cancel_drain(ctx: ServiceContext, principal: Principal, run_id: str) -> Drai
     """Start no more moves; those already requested finish (or are cancelled one by one). Idempotent."""
     principal.require_super_admin()
     with transaction(ctx.sessions) as session:
-        run = session.get(DrainRun, run_id, with_for_update=True)
-        if run is None:
-            raise DrainRunNotFoundError(run_id)
+        run = get_or_raise(session, DrainRun, run_id, DrainRunNotFoundError, for_update=True)
         if run.status is DrainStatus.RUNNING:
             run.status, run.finished_at = DrainStatus.CANCELLED, utcnow()
             audit.record(session, principal.actor, "server.drain_cancelled", server=run.server_name, run_id=run.id)
@@ -93,9 +86,7 @@ def resume_drain(ctx: ServiceContext, principal: Principal, run_id: str) -> Drai
     """Failed items are tried again and a cancelled or failed run goes on; tenants that arrived since join."""
     principal.require_super_admin()
     with transaction(ctx.sessions) as session:
-        run = session.get(DrainRun, run_id, with_for_update=True)
-        if run is None:
-            raise DrainRunNotFoundError(run_id)
+        run = get_or_raise(session, DrainRun, run_id, DrainRunNotFoundError, for_update=True)
         if run.status is not DrainStatus.SUCCEEDED:
             run.status, run.finished_at, run.error = DrainStatus.RUNNING, None, None
             known = {item.tenant_id for item in run.items}
@@ -125,9 +116,7 @@ def _settle(session, run: DrainRun, item: DrainItem) -> None:
 def advance(ctx: ServiceContext, run_id: str) -> DrainRun:
     """Settle finished moves, start pending ones up to the concurrency bound, end the run when all are done."""
     with ctx.sessions() as session:
-        run = session.get(DrainRun, run_id, with_for_update=True)
-        if run is None:
-            raise DrainRunNotFoundError(run_id)
+        run = get_or_raise(session, DrainRun, run_id, DrainRunNotFoundError, for_update=True)
         for item in run.items:
             if item.status is DrainItemStatus.MOVING:
                 _settle(session, run, item)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import tenant_migrations
-from control_plane.catalog.db import transaction
+from control_plane.catalog.db import get_or_raise, transaction
 from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem, MigrationRunStatus, RunItemStatus
 from control_plane.catalog.models import Tenant, TenantStatus, utcnow
 from control_plane.errors import IdempotencyKeyReusedError, MigrationRunNotFoundError, ValidationError
@@ -217,10 +217,7 @@ def _add_items(session: Session, run: MigrationRun, tenants: list[Tenant]) -> No
 
 
 def _load(session: Session, run_id: str) -> MigrationRun:
-    run = session.get(MigrationRun, run_id)
-    if run is None:
-        raise MigrationRunNotFoundError(run_id)
-    return run
+    return get_or_raise(session, MigrationRun, run_id, MigrationRunNotFoundError)
 
 
 def peak_concurrency(items: list[MigrationRunItem], now: datetime | None = None) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from control_plane.catalog.db import page, transaction
+from control_plane.catalog.db import get_or_raise, page, transaction
 from control_plane.catalog.models import Operation, OperationKind, OperationStatus, Tenant
 from control_plane.errors import OperationNotFoundError
 from control_plane.services import audit
@@ -20,9 +20,7 @@ from control_plane.services.runner import announce, cancel_operation as cancel
 log = logging.getLogger(__name__)
 
 def _load(session, principal: Principal, operation_id: str, *, lock: bool = False) -> Operation:
-    op = session.get(Operation, operation_id, with_for_update=lock)
-    if op is None:
-        raise OperationNotFoundError(operation_id)
+    op = get_or_raise(session, Operation, operation_id, OperationNotFoundError, for_update=lock)
     if op.tenant_id is None:
         principal.require_super_admin()
     else:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_plane.catalog.db import transaction
+from control_plane.catalog.db import get_or_raise, transaction
 from control_plane.catalog.models import Tenant, TenantStatus
 from control_plane.catalog.plan_models import Plan, RoleLimits
 from control_plane.errors import ConflictError, ControlPlaneError, PlanNotFoundError, ValidationError
@@ -33,10 +33,7 @@ def list_plans(ctx: ServiceContext, principal: Principal) -> list[Plan]:
 def get_plan(ctx: ServiceContext, principal: Principal, name: str) -> Plan:
     principal.require_super_admin()
     with ctx.sessions() as session:
-        plan = session.get(Plan, name)
-        if plan is None:
-            raise PlanNotFoundError(name)
-        return plan
+        return get_or_raise(session, Plan, name, PlanNotFoundError)
 
 
 def require_plan(session: Session, name: str) -> Plan:
@@ -67,9 +64,7 @@ def update_plan(ctx: ServiceContext, principal: Principal, name: str, **changes:
     """Change a plan's limits, then apply them to every tenant on it (each tenant's role, on its server)."""
     principal.require_super_admin()
     with transaction(ctx.sessions) as session:
-        plan = session.get(Plan, name, with_for_update=True)
-        if plan is None:
-            raise PlanNotFoundError(name)
+        plan = get_or_raise(session, Plan, name, PlanNotFoundError, for_update=True)
         for key in LIMIT_FIELDS:
             if key in changes:
                 setattr(plan, key, changes[key])

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from control_plane import naming
 from control_plane.backup_errors import BackupStoreError
+from control_plane.catalog.db import get_or_raise
 from control_plane.catalog.backup_models import (Backup, BackupCopy, BackupStatus, BackupTrigger, CopyStatus,
                                                  TenantBackupKey)
 from control_plane.catalog.models import DatabaseServer, Operation, OperationStatus, Tenant, utcnow
@@ -117,9 +118,7 @@ def recover_server(ctx: ServiceContext, principal: Principal, server_name: str, 
     principal.require_super_admin()
     execute = execute or execute_operation
     with ctx.sessions() as session:
-        server = session.get(DatabaseServer, server_name)
-        if server is None:
-            raise ServerNotFoundError(server_name)
+        server = get_or_raise(session, DatabaseServer, server_name, ServerNotFoundError)
         tools = tools_for(ctx, server)
         tenants = session.scalars(select(Tenant).where(Tenant.server_name == server_name,
                                                        Tenant.status.in_(RECOVER_STARTS_FROM))

@@ -7,7 +7,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from control_plane.catalog.db import transaction
+from control_plane.catalog.db import get_or_raise, transaction
 from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus, utcnow
 from control_plane.errors import (ConflictError, ControlPlaneError, DatabaseServerError, NoServerAvailableError,
                                   ServerNotFoundError,
@@ -82,9 +82,7 @@ def list_servers(ctx: ServiceContext) -> list[tuple[DatabaseServer, int]]:
 
 def get_server(ctx: ServiceContext, name: str) -> tuple[DatabaseServer, int]:
     with ctx.sessions() as session:
-        server = session.get(DatabaseServer, name)
-        if server is None:
-            raise ServerNotFoundError(name)
+        server = get_or_raise(session, DatabaseServer, name, ServerNotFoundError)
         return server, _tenant_counts(session).get(name, 0)
 
 
@@ -141,9 +139,7 @@ def replace_server(ctx: ServiceContext, actor: str, name: str, admin_url: str) -
     host, port, tls = _endpoint(ctx, admin_url)
     ctx.server_admin(admin_url).ping()
     with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, name, with_for_update=True)
-        if server is None:
-            raise ServerNotFoundError(name)
+        server = get_or_raise(session, DatabaseServer, name, ServerNotFoundError, for_update=True)
         server.host, server.port, server.tls = host, port, tls
         server.admin_url_encrypted = ctx.keyring.encrypt(admin_url, server_secret_context(name))
         audit.record(session, actor, "server.replaced", server=name, host=host, port=port)
@@ -157,9 +153,7 @@ def update_server(ctx: ServiceContext, actor: str, name: str, *, max_tenants=_UN
                   max_size_bytes=_UNSET) -> DatabaseServer:
     """Change a server's capacity (None: unbounded on that resource)."""
     with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, name, with_for_update=True)
-        if server is None:
-            raise ServerNotFoundError(name)
+        server = get_or_raise(session, DatabaseServer, name, ServerNotFoundError, for_update=True)
         changes = {key: value for key, value in (("max_tenants", max_tenants), ("max_size_bytes", max_size_bytes))
                    if value is not _UNSET}
         for key, value in changes.items():
@@ -170,9 +164,7 @@ def update_server(ctx: ServiceContext, actor: str, name: str, *, max_tenants=_UN
 
 def set_draining(ctx: ServiceContext, actor: str, name: str, draining: bool) -> DatabaseServer:
     with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, name, with_for_update=True)
-        if server is None:
-            raise ServerNotFoundError(name)
+        server = get_or_raise(session, DatabaseServer, name, ServerNotFoundError, for_update=True)
         server.drain() if draining else server.undrain()
         audit.record(session, actor, "server.drained" if draining else "server.undrained", server=name)
     return server
@@ -181,9 +173,7 @@ def set_draining(ctx: ServiceContext, actor: str, name: str, draining: bool) -> 
 def remove_server(ctx: ServiceContext, actor: str, name: str) -> None:
     """Forget a server; refused while tenants are placed on it (drain it first) and for `default`."""
     with transaction(ctx.sessions) as session:
-        server = session.get(DatabaseServer, name, with_for_update=True)
-        if server is None:
-            raise ServerNotFoundError(name)
+        server = get_or_raise(session, DatabaseServer, name, ServerNotFoundError, for_update=True)
         if name == DEFAULT_SERVER:
             raise ConflictError("the default server (TENANT_DB_ADMIN_URL) cannot be removed")
         remaining = session.scalar(select(func.count()).select_from(Tenant).where(

@@ -8,7 +8,7 @@ from sqlalchemy import select, union
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_plane.catalog.db import page, transaction
+from control_plane.catalog.db import get_or_raise, page, transaction
 from control_plane.catalog.models import Tenant, TenantDomain, TenantStatus, utcnow
 from control_plane.errors import ControlPlaneError, IllegalTransitionError, TenantNotFoundError
 from control_plane.services import audit
@@ -22,10 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _load(session: Session, tenant_id: str, lock: bool = False) -> Tenant:
-    tenant = session.get(Tenant, tenant_id, with_for_update=lock)
-    if tenant is None:
-        raise TenantNotFoundError(tenant_id)
-    return tenant
+    return get_or_raise(session, Tenant, tenant_id, TenantNotFoundError, for_update=lock)
 
 
 def get_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Tenant:
