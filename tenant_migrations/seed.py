@@ -5,7 +5,7 @@ Works at any revision from 0001_clinic_crm on; safe to run again after a retry.
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Connection
 
 DEFAULT_PIPELINE = "Sales"
@@ -51,10 +51,23 @@ def seed(connection: Connection, admin_email: str, admin_name: str, admin_passwo
     none) and neither commits nor rolls back: the caller decides. Running it
     twice changes nothing the second time.
     """
-    connection.execute(
-        _INSERT_ADMIN,
-        {"email": admin_email.strip(), "name": admin_name, "password_hash": admin_password_hash},
-    )
+    seed_admin(connection, admin_email, admin_name, admin_password_hash)
+    seed_defaults(connection)
+
+
+def admin_user(admin_email: str, admin_name: str, admin_password_hash: str) -> tuple[TextClause, dict[str, str]]:
+    """The statement that creates the admin user, and its parameters (for a caller with its own driver)."""
+    return _INSERT_ADMIN, {"email": admin_email.strip(), "name": admin_name, "password_hash": admin_password_hash}
+
+
+def seed_admin(connection: Connection, admin_email: str, admin_name: str, admin_password_hash: str) -> None:
+    """The tenant's admin user, if no user has its email (any capitalisation)."""
+    connection.execute(*admin_user(admin_email, admin_name, admin_password_hash))
+
+
+def seed_defaults(connection: Connection) -> None:
+    """What every tenant starts with whoever it is (the default pipeline and its stages): a warm pool's spare
+    is seeded with it in advance, so claiming one only adds the admin user."""
     connection.execute(_INSERT_PIPELINE, {"name": DEFAULT_PIPELINE})
     pipeline_id = connection.execute(_PIPELINE_ID, {"name": DEFAULT_PIPELINE}).scalar_one()
     connection.execute(_INSERT_STAGES, {"pipeline_id": pipeline_id, "names": list(DEFAULT_STAGES)})

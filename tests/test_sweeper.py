@@ -118,7 +118,7 @@ def test_kill_9_at_a_random_point_of_each_kind_then_the_operation_succeeds(ctx, 
 
     body = {"id": name, "name": "Crash clinic", "admin_email": "owner@crash.example"}
     crash(client.post("/v1/tenants", json=body, headers=auth),
-          [5, 15, 30, 40, 55, 80])  # place, create_role, create_database, restrict_access, migrate, seed
+          [10, 15, 30, 40, 55, 80])  # claim_spare, create_role, create_database, restrict_access, migrate, seed
     assert tenant(client, auth, name)["status"] == "active" and leftovers() == set()
     assert roles(admin_url, role) == {role}
     with tenant_login(ctx, name) as conn:

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from control_plane.services import warm_pools
 from helpers import create_tenant, databases, one, operation, tenant, tenant_login
+from test_plans import role_limits
 
 TENANTS = [f"warm-{index}" for index in range(10)]
 
@@ -34,7 +35,9 @@ def test_ten_concurrent_creates_race_for_the_warm_pool(client, auth, warm, admin
     assert len(databases(admin_url, "cp\\_warm\\_%")) == 2
     assert warm_pools.refill_all(warm) == {"default": 0}  # full: nothing to do
 
-    operations = [create_tenant(client, auth, tenant_id)["id"] for tenant_id in TENANTS]
+    assert client.post("/v1/plans", headers=auth, json={"name": "warm-plan", "connection_limit": 4,
+                                                         "statement_timeout_ms": 6000}).status_code == 201
+    operations = [create_tenant(client, auth, tenant_id, plan="warm-plan")["id"] for tenant_id in TENANTS]
     workers = [subprocess.Popen([sys.executable, "-m", "control_plane.cli", "worker", "--burst"], env=os.environ,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     for worker in workers:
@@ -49,8 +52,11 @@ def test_ten_concurrent_creates_race_for_the_warm_pool(client, auth, warm, admin
         database, role = f"tenant_{tenant_id.replace('-', '_')}_db", f"tenant_{tenant_id.replace('-', '_')}"
         assert one(admin_url, "SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
                               "WHERE d.datname = %s", database) == role
+        # The plan's limits, given in the claim's own transaction to a claimed spare's role.
+        assert role_limits(admin_url, role) == [4, ["statement_timeout=6000"]]
         with tenant_login(warm, tenant_id) as conn:  # its own password, its own objects, seeded
-            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+            assert conn.execute("SELECT email FROM users").fetchall() == [(f"owner@{tenant_id}.example",)]
+            assert conn.execute("SELECT count(*) FROM pipeline_stages").fetchone()[0] == 5  # the spare's seed
             conn.execute("INSERT INTO leads (full_name) VALUES ('owned')")
     # Every spare claimed went to exactly one tenant; the refills left the pool full again.
     assert len(databases(admin_url, "cp\\_warm\\_%")) == 2

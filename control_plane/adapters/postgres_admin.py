@@ -28,6 +28,26 @@ def scram_verifier(conn: psycopg.Connection, role: str, password: str) -> str:
     return conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
 
 
+def login_options(verifier: str) -> sql.Composed:
+    """What a tenant role is: it logs in with this password (a SCRAM verifier) and has no other attribute."""
+    return sql.SQL("WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD {}").format(
+        sql.Literal(verifier))
+
+
+def limit_statements(role: str, limits: RoleLimits) -> list[sql.Composed]:
+    """The plan's limits on `role`: its CONNECTION LIMIT and per-session timeouts (RESET when unset)."""
+    ident = sql.Identifier(role)
+    limit = -1 if limits.connection_limit is None else int(limits.connection_limit)
+    statements = [sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(ident, sql.Literal(limit))]
+    for name, value in limits.settings().items():
+        if value is None:
+            statements.append(sql.SQL("ALTER ROLE {} RESET {}").format(ident, sql.Identifier(name)))
+        else:
+            statements.append(sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                ident, sql.Identifier(name), sql.Literal(str(int(value)))))
+    return statements
+
+
 def _server_error(exc: psycopg.Error) -> DatabaseServerError:
     # The message is PostgreSQL's; it never contains the DSN or its password.
     return DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}")
@@ -106,9 +126,7 @@ class PostgresAdmin:
         with self.connect() as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = sql.SQL("ALTER ROLE") if exists else sql.SQL("CREATE ROLE")
-            conn.execute(sql.SQL("{} {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                 "NOBYPASSRLS PASSWORD {}").format(verb, ident,
-                                                                   sql.Literal(scram_verifier(conn, role, password))))
+            conn.execute(sql.SQL("{} {} ").format(verb, ident) + login_options(scram_verifier(conn, role, password)))
             # A non-superuser admin must be a member of the role to create a database owned by it
             # and to drop it later; a superuser needs nothing.
             is_super = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
@@ -121,16 +139,9 @@ class PostgresAdmin:
         Role settings apply to new sessions; CONNECTION LIMIT counts every session of the role on this
         server, so N application replicas together cannot take more than the plan allows.
         """
-        ident = sql.Identifier(role)
-        limit = -1 if limits.connection_limit is None else int(limits.connection_limit)
         with self.connect() as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(ident, sql.Literal(limit)))
-            for name, value in limits.settings().items():
-                if value is None:
-                    conn.execute(sql.SQL("ALTER ROLE {} RESET {}").format(ident, sql.Identifier(name)))
-                else:
-                    conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                        ident, sql.Identifier(name), sql.Literal(str(int(value)))))
+            for statement in limit_statements(role, limits):
+                conn.execute(statement)
 
     def ensure_database(self, database: str, owner: str, template: str | None = None) -> bool:
         """Create the database owned by `owner` unless it exists; True when it was created now.

@@ -1,22 +1,31 @@
 """TenantDatabase: one tenant's database reached as the tenant's own role (schema and seed)."""
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from sqlalchemy import Connection, create_engine
+import psycopg
+from sqlalchemy import Connection, TextClause, create_engine
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 import tenant_migrations
-from tenant_migrations.seed import seed
+from tenant_migrations.seed import admin_user, seed
 
 from control_plane.errors import DatabaseServerError, TenantMigrationError
 
 
 _UNBOUNDED = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
+
+
+@functools.cache
+def _pyformat(statement: TextClause) -> str:
+    """A SQLAlchemy text() statement as psycopg's own SQL (`%(name)s` parameters)."""
+    return str(statement.compile(dialect=PGDialect_psycopg()))
 
 
 def _lock_timed_out(exc: BaseException) -> bool:
@@ -105,3 +114,22 @@ class TenantDatabase:
     def seed(self, admin_email: str, admin_name: str, admin_password_hash: str) -> None:
         with self._connect() as conn, conn.begin():
             seed(conn, admin_email=admin_email, admin_name=admin_name, admin_password_hash=admin_password_hash)
+
+    def seed_admin(self, admin_email: str, admin_name: str, admin_password_hash: str) -> str | None:
+        """The admin user in a database already seeded with the defaults (a warm spare); returns the schema
+        revision it is at. One plain connection and one transaction, sent as one pipeline: on the fast path
+        of a provisioning, a new engine's first-connect queries would cost more than the work."""
+        statement, params = admin_user(admin_email, admin_name, admin_password_hash)
+        try:
+            with psycopg.connect(host=self.host, port=self.port, dbname=self.database, user=self.role,
+                                 password=self.password, connect_timeout=10, application_name="tenant-control-plane",
+                                 options=_UNBOUNDED, **self.tls) as conn:
+                with conn.pipeline():
+                    revision = conn.execute("SELECT version_num FROM alembic_version")
+                    conn.execute(_pyformat(statement), params)
+                    conn.commit()
+                row = revision.fetchone()
+        except psycopg.Error as exc:
+            raise DatabaseServerError(f"tenant database {self.database}: "
+                                      f"{getattr(exc.diag, 'message_primary', None) or exc}") from exc
+        return row[0] if row else None

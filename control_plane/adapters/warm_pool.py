@@ -1,10 +1,11 @@
 """WarmPool: spare tenant databases at the schema's head on one server, with their roles, ready to claim.
 
-A spare is a clone of the server's template, already handed to its own role and closed to PUBLIC:
-`cp_warm_<revision hash>_<id>` owned by role `cp_warm_<id>`. Claiming one renames both to a tenant's
-names and gives the role its password; the database rename is the claim, so concurrent provisionings
-never get the same spare (the loser finds the name gone and tries the next one) and no catalog row is
-needed. Spares of another revision are dropped when the pool is refilled.
+A spare is a clone of the server's template, already handed to its own role, closed to PUBLIC and seeded
+with what every tenant starts with: `cp_warm_<tag>_<id>` owned by role `cp_warm_<id>`, the tag naming the
+revision (and the spare's format). Claiming one is one transaction on one connection: rename the database
+and the role to the tenant's names, give the role its password and its plan's limits. The database rename
+is the claim, so concurrent provisionings never get the same spare (the loser finds the name gone and tries
+the next one) and no catalog row is needed. Spares of another tag are dropped when the pool is refilled.
 """
 from __future__ import annotations
 
@@ -15,17 +16,27 @@ import zlib
 import psycopg
 from psycopg import sql
 
-from control_plane.adapters.postgres_admin import PostgresAdmin
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from control_plane.adapters.postgres_admin import PostgresAdmin, limit_statements, login_options, scram_verifier
 from control_plane.adapters.tenant_template import TenantTemplate
+from control_plane.catalog.db import sqlalchemy_url
+from control_plane.catalog.plan_models import RoleLimits
 from control_plane.naming import warm_pool_lock_key
+from tenant_migrations.seed import seed_defaults
 
 log = logging.getLogger(__name__)
 
 PREFIX = "cp_warm_"
 
 
+# Part of the tag: spares made to an earlier recipe (e.g. not yet seeded) are stale like another revision's.
+SPARE_FORMAT = "seeded-1"
+
+
 def _revision_tag(revision: str) -> str:
-    return f"{zlib.crc32(revision.encode()):08x}"
+    return f"{zlib.crc32(f'{revision}/{SPARE_FORMAT}'.encode()):08x}"
 
 
 class WarmPool:
@@ -33,10 +44,17 @@ class WarmPool:
         self._admin = admin
 
     def spares(self, revision: str) -> list[str]:
+        return [database for database, _ in self._spares(revision)]
+
+    def _spares(self, revision: str, conn: psycopg.Connection | None = None) -> list[tuple[str, str]]:
+        """(database, role) of each spare at `revision`."""
         pattern = f"{PREFIX}{_revision_tag(revision)}_".replace("_", "\\_") + "%"
-        with self._admin.connect() as conn:
-            return [row[0] for row in conn.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY datname", (pattern,))]
+        query = ("SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                 "WHERE d.datname LIKE %s ORDER BY d.datname")
+        if conn is not None:
+            return [tuple(row) for row in conn.execute(query, (pattern,))]
+        with self._admin.connect() as own:
+            return [tuple(row) for row in own.execute(query, (pattern,))]
 
     def refill(self, revision: str, size: int) -> int:
         """Drop spares of other revisions, then create spares at `revision` until there are `size`.
@@ -49,6 +67,8 @@ class WarmPool:
                 return 0
             try:
                 self._drop_stale(revision)
+                # Server-wide and idempotent, done here once so that a claim need not.
+                self._admin.close_other_databases()
                 created = 0
                 while len(self.spares(revision)) < size:
                     self._create(revision)
@@ -70,23 +90,48 @@ class WarmPool:
         self._admin.ensure_database(building, owner=role, template=template.ensure(revision))
         template.hand_over(building, role)
         self._admin.restrict_connect(building, role)
+        self._seed(building, role)
         with self._admin.connect() as conn:
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building),
                                                                         sql.Identifier(database)))
         log.info("warm pool: spare %s ready", database)
 
-    def claim(self, revision: str, database: str, role: str, password: str) -> bool:
-        """Turn a spare into `database` owned by login role `role`; False when the pool is empty."""
-        for spare in self.spares(revision):
-            with self._admin.connect() as conn:
+    def _seed(self, database: str, role: str) -> None:
+        """What every tenant starts with, written as the spare's role (the owner of its tables)."""
+        engine = create_engine(sqlalchemy_url(self._admin.url).set(database=database), poolclass=NullPool,
+                               connect_args={"options": f"-c role={role}"})
+        try:
+            with engine.begin() as conn:
+                seed_defaults(conn)
+        finally:
+            engine.dispose()
+
+    def claim(self, revision: str, database: str, role: str, password: str, limits: RoleLimits) -> bool:
+        """Turn a spare into `database` owned by login role `role`, with its password and its plan's limits;
+        False when the pool is empty or a role of that name already exists on this server.
+
+        All in one transaction, sent as one pipeline: a claim is complete or not made at all.
+        """
+        with self._admin.connect() as conn:
+            verifier = scram_verifier(conn, role, password)
+            for spare, spare_role in self._spares(revision, conn):
+                statements = [
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(spare), sql.Identifier(database)),
+                    sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(spare_role), sql.Identifier(role)),
+                    sql.SQL("ALTER ROLE {} ").format(sql.Identifier(role)) + login_options(verifier),
+                    *limit_statements(role, limits),
+                ]
                 try:
-                    conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(spare),
-                                                                                sql.Identifier(database)))
+                    with conn.pipeline(), conn.transaction():
+                        for statement in statements:
+                            conn.execute(statement)
                 except (psycopg.errors.InvalidCatalogName, psycopg.errors.ObjectInUse):
                     continue  # claimed by someone else a moment ago
-            self.adopt(database, role, password)
-            log.info("warm pool: %s claimed as %s", spare, database)
-            return True
+                except psycopg.errors.DuplicateObject:
+                    log.warning("warm pool: role %s already exists on the server; %s is provisioned cold", role, database)
+                    return False
+                log.info("warm pool: %s claimed as %s", spare, database)
+                return True
         return False
 
     def adopt(self, database: str, role: str, password: str) -> None:

@@ -163,6 +163,7 @@ def _execute_locked(ctx: ServiceContext, operation_id: str, lease) -> None:
             session.commit()
             announce(ctx, tenant, op)
             return
+        lease.check()  # what the run left uncommitted (a provisioning's activation) needs the lock still held
         op.succeed(result)
         tenant.release_slot(op.id)
         session.commit()

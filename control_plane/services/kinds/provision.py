@@ -21,7 +21,7 @@ from control_plane.services.kinds.base import Kind, Report
 from control_plane.services.operation_requests import request_work
 from control_plane.services.plans import limits_of, require_plan
 from control_plane.services.servers import choose_server
-from control_plane.services.warm_pools import claim_spare
+from control_plane.services.warm_pools import claim_spare, request_refill
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,10 @@ class Provision(Kind):
             raise TenantExistsError(tenant_id)
         domains = params["domains"]
         check_domains_free(session, domains, tenant_id)
-        choose_server(session)  # no server has room: 503 now, not a failed provisioning later
+        server = choose_server(session)  # no server has room: 503 now, not a failed provisioning later
         require_plan(session, params["plan"])
         tenant = new_tenant(ctx, tenant_id, params["name"], params["plan"])
+        tenant.server = server  # placed now, with the request's view of the fleet: the job goes straight to work
         tenant.set_domains(domains)
         session.add(tenant)
         session.flush()
@@ -82,56 +83,72 @@ class Provision(Kind):
 
     def run(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, report: Report) -> dict[str, Any]:
         # Every step checks the world before acting, so a rerun after a crash at any point converges.
-        report("place", 5)
-        if tenant.server_name is None:
+        if tenant.server_name is None:  # requested before placement moved into the request
             tenant.server = choose_server(session)
-            session.commit()
-        with ctx.admin_for(tenant.server) as admin:  # one admin session for all the server-side steps
-            password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
-            report("claim_spare", 10)
-            warm = claim_spare(ctx, admin, tenant, password)
-            report("create_role", 15)
-            admin.ensure_role(tenant.role_name, password)
-            admin.apply_limits(tenant.role_name, limits_of(session, tenant))
-
-            report("create_database", 30)
-            if warm:
-                pass  # the spare is a clone of the template at head, handed to its role (now the tenant's)
-            elif ctx.settings.provision_from_template:
-                template = ctx.tenant_template(admin)
-                admin.ensure_database(tenant.database_name, owner=tenant.role_name,
-                                      template=template.ensure(tenant_migrations.head_revision()))
-                template.hand_over(tenant.database_name, tenant.role_name)
-            else:
-                admin.ensure_database(tenant.database_name, owner=tenant.role_name)
-
-            report("restrict_access", 40)
-            admin.restrict_connect(tenant.database_name, tenant.role_name)
-            admin.close_other_databases()
-
-        report("migrate_schema", 55)  # a no-op after a clone of the template at head, unless head moved since
-        database = ctx.database_of(tenant)
-        tenant.schema_revision = database.migrate("head")
-        session.commit()
-
-        report("seed", 80)
+        password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+        limits = limits_of(session, tenant)
         params = op.params
-        database.seed(admin_email=params["admin_email"], admin_name=params["admin_name"],
-                      admin_password_hash=params["admin_password_hash"])
+        admin_user = {"admin_email": params["admin_email"], "admin_name": params["admin_name"],
+                      "admin_password_hash": params["admin_password_hash"]}
+        with ctx.admin_for(tenant.server) as admin:  # one admin session for all the server-side steps
+            report("claim_spare", 10)  # commits a placement made here with the progress
+            warm = claim_spare(ctx, admin, tenant, password, limits)
+            if not warm:
+                self._create(ctx, admin, tenant, password, limits, report)
 
-        report("activate", 95, cancellable=False)
+        database = ctx.database_of(tenant)
+        head = tenant_migrations.head_revision()
+        if warm:
+            report("seed", 80)
+            # The spare was made at head (its name says so) and seeded with what every tenant starts with:
+            # only the admin user is left, on the one connection that also reads the revision.
+            tenant.schema_revision = database.seed_admin(**admin_user)
+        if tenant.schema_revision != head:
+            report("migrate_schema", 55)  # a no-op after a clone of the template at head, unless head moved since
+            tenant.schema_revision = database.migrate("head")
+            session.commit()
+            report("seed", 80)
+            database.seed(**admin_user)
+
+        # The last step needs no commit of its own: the runner commits the activation with the operation's
+        # success (past the point of no return, a cancel is too late), and `after` publishes it.
+        op.report("activate", 95)
         tenant.activate()
         audit.record(session, "system", "tenant.provisioned", tenant.id, op.id,
                      server=tenant.server_name, schema_revision=tenant.schema_revision)
-        session.commit()
-        ctx.events.publish(tenant.id, "status", status=tenant.status.value, server=tenant.server_name,
-                           database=tenant.database_name)
         return {"tenant_id": tenant.id, "server": tenant.server_name, "database": tenant.database_name,
                 "schema_revision": tenant.schema_revision, "warm": warm}
 
+    @staticmethod
+    def _create(ctx: ServiceContext, admin: Any, tenant: Tenant, password: str, limits: Any, report: Report) -> None:
+        """The cold path: the role, then the database (a clone of the template at head, or empty)."""
+        report("create_role", 15)
+        admin.ensure_role(tenant.role_name, password)
+        admin.apply_limits(tenant.role_name, limits)
+
+        report("create_database", 30)
+        if ctx.settings.provision_from_template:
+            template = ctx.tenant_template(admin)
+            admin.ensure_database(tenant.database_name, owner=tenant.role_name,
+                                  template=template.ensure(tenant_migrations.head_revision()))
+            template.hand_over(tenant.database_name, tenant.role_name)
+        else:
+            admin.ensure_database(tenant.database_name, owner=tenant.role_name)
+
+        report("restrict_access", 40)
+        admin.restrict_connect(tenant.database_name, tenant.role_name)
+        admin.close_other_databases()
+
+    def after(self, ctx: ServiceContext, op: Operation) -> None:
+        result = op.result or {}
+        if op.status is OperationStatus.SUCCEEDED:
+            ctx.events.publish(op.tenant_id, "status", status=TenantStatus.ACTIVE.value, server=result.get("server"),
+                               database=result.get("database"))
+        request_refill(ctx)  # a spare was taken, or none was left
+
     def undo(self, ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> None:
-        if op.status is not OperationStatus.CANCELLED or tenant.server is None:
-            return  # a failure keeps what exists: a retry goes on from there, a delete drops it
+        if op.status is not OperationStatus.CANCELLED or tenant.server is None or op.started_at is None:
+            return  # a failure keeps what exists: a retry goes on from there, a delete drops it; queued: nothing made
         admin = ctx.admin_for(tenant.server)
         admin.drop_database(tenant.database_name)
         admin.drop_role(tenant.role_name)
