@@ -27,7 +27,7 @@ from control_plane.errors import ControlPlaneError
 from control_plane.logs import configure_logging
 from control_plane.services import drains, operations, servers, tenants
 from control_plane.services.auth import SYSTEM
-from control_plane.services.kinds import delete, migrate, move, provision
+from control_plane.services.kinds import delete, migrate, move, provision, undelete
 from control_plane.settings import Settings
 
 
@@ -233,13 +233,26 @@ def tenants_move(tenant_id: str, server: str, offline: bool, online: bool, wait:
 @click.option("--final-backup/--no-final-backup", default=True, show_default=True)
 @click.option("--purge", is_flag=True, help="Also destroy the tenant's backup key and delete its backups.")
 @wait_option()
-@click.confirmation_option(prompt="Drop the tenant's database and role?")
+@click.confirmation_option(prompt="Delete the tenant (its database kept for the grace period; with --purge, "
+                                  "dropped at once)?")
 @json_option
 def tenants_delete(tenant_id: str, final_backup: bool, purge: bool, wait: bool, as_json: bool) -> None:
-    """Delete a tenant: final backup (unless --no-final-backup), then drop its database and role."""
+    """Delete a tenant: final backup (unless --no-final-backup), then retire its database for
+    DELETED_TENANT_GRACE_DAYS (`tenants undelete` brings it back); --purge drops everything at once."""
     ctx = context()
     started(ctx, delete.request_deletion(ctx, SYSTEM, tenant_id, final_backup=final_backup, purge=purge), wait,
             as_json)
+
+
+@tenants_group.command("undelete")
+@click.argument("tenant_id")
+@wait_option()
+@json_option
+def tenants_undelete(tenant_id: str, wait: bool, as_json: bool) -> None:
+    """Bring a deleted tenant back within its grace period: same id and data, its previous status and domains
+    (its revoked tokens stay revoked)."""
+    ctx = context()
+    started(ctx, undelete.request_undelete(ctx, SYSTEM, tenant_id), wait, as_json)
 
 
 @cli.group("operations")

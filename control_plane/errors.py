@@ -58,6 +58,15 @@ class DomainTakenError(ConflictError):
         self.domain = domain
 
 
+class NotUndeletableError(ConflictError):
+    """A deleted tenant whose database is gone (purged, or dropped once its grace period ended)."""
+
+    def __init__(self, tenant_id: str, reason: str) -> None:
+        super().__init__(f"tenant {tenant_id!r} cannot be undeleted: {reason}")
+        self.tenant_id = tenant_id
+        self.reason = reason
+
+
 class IllegalTransitionError(ConflictError):
     def __init__(self, entity: str, entity_id: str, current: str, action: str) -> None:
         super().__init__(f"{entity} {entity_id!r} is {current}: cannot {action}")

@@ -112,6 +112,12 @@ def moved_database_name(tenant_id: str, operation_id: str) -> str:
     return f"tenant_{_slug(tenant_id)}_mv_{operation_id.replace('-', '')[:8]}"
 
 
+def deleted_database_name(tenant_id: str, operation_id: str) -> str:
+    """What a delete renames the tenant's database to, kept (connections refused) until undeleted or dropped
+    after DELETED_TENANT_GRACE_DAYS."""
+    return f"tenant_{_slug(tenant_id)}_del_{operation_id.replace('-', '')[:8]}"
+
+
 def migration_item_job_id(item_id: str, dispatch_token: int) -> str:
     """RQ job id of one claim of a migration run item: a re-claim gets a new job, a stale one is recognisable."""
     return f"migration-item-{item_id}-{dispatch_token}"

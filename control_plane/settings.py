@@ -68,6 +68,9 @@ class Settings:
     retired_database_days: int = 7
     # Fair use of disk: the retired databases (full copies) kept per tenant; a newer one drops the oldest.
     retired_databases_per_tenant: int = 2
+    # How long a deleted tenant's database is kept (renamed, connections refused, its role unable to log in)
+    # so that POST /v1/tenants/<id>/undelete can bring it back; then the prune job drops it and the role.
+    deleted_tenant_grace_days: int = 7
     # Spare databases at head kept on each server for provisioning to claim (0 turns the pool off).
     warm_pool_size: int = 2
     # Disaster recovery: a second store every completed backup is copied to (and the catalog backups),
@@ -131,6 +134,7 @@ class Settings:
             retired_database_days=_int_setting("RETIRED_DATABASE_DAYS", environ, 7),
             # At least 1: the newest is the undo of the latest restore or move.
             retired_databases_per_tenant=_int_setting("RETIRED_DATABASES_PER_TENANT", environ, 2, minimum=1),
+            deleted_tenant_grace_days=_int_setting("DELETED_TENANT_GRACE_DAYS", environ, 7),
             warm_pool_size=_int_setting("WARM_POOL_SIZE", environ, 2),
             backup_copy_store_url=read_setting("BACKUP_COPY_STORE_URL", environ),
             backup_copy_keep_daily_days=_int_setting("BACKUP_COPY_KEEP_DAILY_DAYS", environ, 90),

@@ -157,6 +157,14 @@ def clean_world(request):
     with admin_connect(admin_url) as conn:
         for database, role in names:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            drop_role_and_its_databases(conn, role)
     for name in queue_names(settings.queue_name):
         Queue(name, connection=redis_conn).empty()
+
+
+def drop_role_and_its_databases(conn, role: str) -> None:
+    """Drop every database `role` owns (a deleted tenant's retired one, restore scratch ones), then the role."""
+    for (owned,) in conn.execute("SELECT d.datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                                 "WHERE r.rolname = %s", (role,)).fetchall():
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(owned)))
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

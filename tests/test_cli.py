@@ -1,6 +1,8 @@
 """tenantctl against the real catalog, queue and servers (in-process through click's runner)."""
 from __future__ import annotations
 
+import json
+
 from click.testing import CliRunner
 
 from control_plane.cli import cli
@@ -42,6 +44,14 @@ def test_tenant_lifecycle_from_the_cli(settings, run_jobs, admin_url):
     assert '"schema_revision": "0001_clinic_crm"' in invoke("tenants", "show", "cli-clinic").stdout
     deleted = invoke("tenants", "delete", "cli-clinic", "--no-wait", "--no-final-backup", "--yes")
     assert deleted.exit_code == 0
+    run_jobs()
+    [retired] = databases(admin_url, "tenant_cli_clinic%")  # kept for the grace period
+    assert retired.startswith("tenant_cli_clinic_del_")
+    undeleted = invoke("tenants", "undelete", "cli-clinic", "--no-wait", "--json")
+    assert undeleted.exit_code == 0 and json.loads(undeleted.stdout)["kind"] == "undelete"
+    run_jobs()
+    assert '"status": "active"' in invoke("tenants", "show", "cli-clinic").stdout
+    assert invoke("tenants", "delete", "cli-clinic", "--no-wait", "--purge", "--yes").exit_code == 0
     run_jobs()
     assert databases(admin_url, "tenant_cli_clinic%") == set()
 

@@ -94,7 +94,12 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     tenantctl("drills", "list", "--result", "bogus", code=2)
 
     deleted = tenantctl("tenants", "delete", "api-copy", "--no-final-backup", "--yes", "--json")
-    assert as_json(deleted)["kind"] == "delete"
+    assert as_json(deleted)["kind"] == "delete" and as_json(deleted)["result"]["retired_database"]
+    undeleted = tenantctl("tenants", "undelete", "api-copy", "--json")  # followed to its end, like its siblings
+    assert (as_json(undeleted)["kind"], as_json(undeleted)["status"]) == ("undelete", "succeeded")
+    assert as_json(tenantctl("tenants", "show", "api-copy", "--json"))["status"] == "active"
+    tenantctl("tenants", "undelete", "api-copy", code=4)  # 409: it is not deleted
+    tenantctl("tenants", "undelete", "nobody-here", code=3)
 
 
 def test_servers_migrations_and_fleet_through_the_api(tenantctl) -> None:

@@ -106,6 +106,21 @@ def test_super_admin_creates_backs_up_restores_and_retries(page: Page, live_api:
     expect(page.locator("#tenant-operations .badge.failed")).to_have_count(0, timeout=SLOW)
     expect(page.locator("#tenant-backups .badge", has_text="completed")).to_have_count(2, timeout=SLOW)
 
+    # Delete keeps the database for the grace period; the deleted tenant's page offers Undelete.
+    page.get_by_role("button", name="Delete…").click()
+    page.get_by_role("dialog").get_by_label("Type console-clinic to confirm").fill("console-clinic")
+    page.get_by_role("dialog").get_by_role("button", name="Delete tenant").click()
+    expect(page.locator("#tenant-operations tr", has_text="delete").first.locator(".badge")).to_have_text(
+        "succeeded", timeout=SLOW)
+    page.reload()
+    expect(page.get_by_role("heading", name="Console Clinic deleted")).to_be_visible()
+    page.get_by_role("button", name="Undelete").click()
+    expect(page.get_by_role("status")).to_contain_text("Undelete: operation")
+    expect(page.locator("#tenant-operations tr", has_text="undelete").first.locator(".badge")).to_have_text(
+        "succeeded", timeout=SLOW)
+    page.reload()
+    expect(page.get_by_role("heading", name="Console Clinic active")).to_be_visible()
+
     page.get_by_role("link", name="Servers").click()
     expect(page.locator("#servers tr", has_text="default")).to_contain_text("tenants")
     page.get_by_role("link", name="Runs").click()

@@ -40,7 +40,7 @@ def test_register_drain_and_place_on_another_server(client, auth, run_jobs, ctx,
     with tenant_login(ctx, "elsewhere") as conn:
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == second_server.port
 
-    client.delete("/v1/tenants/elsewhere", headers=auth)
+    client.delete("/v1/tenants/elsewhere?purge=true", headers=auth)  # dropped at once, on its own server
     run_jobs()
     assert databases(second_server.url, "tenant_elsewhere%") == set()
 

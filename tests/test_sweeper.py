@@ -152,7 +152,16 @@ def test_kill_9_at_a_random_point_of_each_kind_then_the_operation_succeeds(ctx, 
     assert fingerprint(ctx, name) == data  # as backed up
     assert roles(admin_url, role) == {role}
 
-    crash(client.delete(f"/v1/tenants/{name}", headers=auth), [10, 30, 50])  # final backup, release, drop
+    deleted = crash(client.delete(f"/v1/tenants/{name}", headers=auth), [10, 30, 50])  # final backup, release, retire
+    assert tenant(client, auth, name)["status"] == "deleted" and leftovers() == set()
+    assert databases(admin_url, role.replace("_", r"\_") + "%") == {deleted["result"]["retired_database"]}
+    assert one(admin_url, "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", role) is False
+
+    crash(client.post(f"/v1/tenants/{name}/undelete", headers=auth), [10])  # check (bring_back is over in ms)
+    assert tenant(client, auth, name)["status"] == "active" and leftovers() == set()
+    assert fingerprint(ctx, name) == data
+
+    crash(client.delete(f"/v1/tenants/{name}?purge=true", headers=auth), [30, 50])  # release, drop
     assert tenant(client, auth, name)["status"] == "deleted"
     assert leftovers() == set() and roles(admin_url, role) == set()
-    assert databases(admin_url, role.replace("_", r"\_") + "%") <= {database}  # dropped, or retired (undelete)
+    assert databases(admin_url, role.replace("_", r"\_") + "%") == set()

@@ -207,6 +207,14 @@ class PostgresAdmin:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(db, sql.Identifier(retired)))
 
+    def unretire_database(self, retired: str, database: str) -> None:
+        """Undo `retire_database`: `retired` takes back the name `database` and accepts connections again."""
+        with self.connect() as conn:
+            db = sql.Identifier(database)
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (retired,)).fetchone():
+                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(retired), db))
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(db))
+
     def close_other_databases(self) -> None:
         """Revoke PUBLIC's CONNECT on the server's shared databases (`postgres`, `template1` by default).
 
@@ -232,12 +240,13 @@ class PostgresAdmin:
             # WITH (FORCE) ends the sessions still open on it (tenant apps, a crashed job's connection).
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
-    def drop_databases_owned_by(self, role: str) -> list[str]:
-        """Drop every database `role` owns (live, retired copies, restore scratch databases); their names."""
+    def drop_databases_owned_by(self, role: str, keep: str | None = None) -> list[str]:
+        """Drop every database `role` owns (live, retired copies, restore scratch databases) but `keep`;
+        their names."""
         with self.connect() as conn:
             owned = [row[0] for row in conn.execute(
                 "SELECT d.datname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s "
-                "AND NOT d.datistemplate ORDER BY 1", (role,))]
+                "AND NOT d.datistemplate AND d.datname IS DISTINCT FROM %s ORDER BY 1", (role, keep))]
             for database in owned:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         return owned

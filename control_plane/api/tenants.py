@@ -9,7 +9,7 @@ from control_plane.api.common import accepted, idempotency_key, page_of, service
 from control_plane.api.schemas import (DeleteQuerySchema, MigrateSchema, MoveSchema, OperationSchema,
                                        TenantCreateSchema, TenantQuerySchema, TenantSchema, TenantUpdateSchema)
 from control_plane.services import tenants
-from control_plane.services.kinds import delete, migrate, move, provision
+from control_plane.services.kinds import delete, migrate, move, provision, undelete
 
 blp = ApiBlueprint("tenants", __name__, url_prefix="/v1/tenants", description="Tenants and their lifecycle")
 
@@ -58,15 +58,36 @@ class TenantItem(MethodView):
     @blp.access(Access.SUPER_ADMIN)
     @blp.arguments(DeleteQuerySchema, location="query")
     @blp.response(202, OperationSchema, headers=_202)
-    @blp.alt_response(409, description="The tenant is busy or already deleted")
+    @blp.alt_response(409, description="The tenant is already deleted (without `purge`) or its status forbids it")
     def delete(self, query, tenant_id):
-        """Delete a tenant: final backup (unless `final_backup=false`), then drop its database and role.
+        """Delete a tenant: final backup (unless `final_backup=false`), then its database is retired (renamed,
+        connections refused, its role unable to log in) for `DELETED_TENANT_GRACE_DAYS`, during which
+        `POST /v1/tenants/<id>/undelete` brings it back; the prune job then drops the database and the role.
+        The tenant's API tokens are revoked for good.
 
-        `purge=true` also destroys the tenant's backup key and deletes its backups (crypto-shredding).
+        `purge=true` drops every database of the tenant's role and the role at once, destroys the tenant's
+        backup key and deletes its backups (crypto-shredding); it also erases a tenant deleted earlier.
         """
         return accepted(delete.request_deletion(services(), principal(), tenant_id,
                                                  final_backup=query["final_backup"], purge=query["purge"],
                                                  idempotency_key=idempotency_key()))
+
+
+@blp.route("/<tenant_id>/undelete")
+class UndeleteTenant(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
+    @blp.response(202, OperationSchema, headers=_202)
+    @blp.alt_response(404, description="No such tenant")
+    @blp.alt_response(409, description="The tenant is not deleted, its grace period is over, it was purged, or one "
+                                       "of its domains is taken (`detail` says which)")
+    def post(self, tenant_id):
+        """Undelete: within `DELETED_TENANT_GRACE_DAYS` of its deletion, the tenant back as it was (same id and
+        data, the status it had before, e.g. `suspended`, its domains, its role able to log in again).
+
+        The API tokens its deletion revoked stay revoked: create new ones for it.
+        """
+        return accepted(undelete.request_undelete(services(), principal(), tenant_id,
+                                                  idempotency_key=idempotency_key()))
 
 
 @blp.route("/<tenant_id>/suspend")

@@ -58,6 +58,7 @@ class OperationKind(str, enum.Enum):
     RESTORE = "restore"
     MOVE = "move"
     DRILL = "drill"
+    UNDELETE = "undelete"
 
 
 class OperationStatus(str, enum.Enum):
@@ -244,6 +245,12 @@ class Tenant(Base):
         self._transition("mark_deleted")
         self.deleted_at = utcnow()
         self.domain_rows = []
+
+    def come_back(self, status: TenantStatus, domains: list[str]) -> None:
+        """Undeleted: the status and domains the tenant had before its deletion (from the busy status)."""
+        self.return_to(status)
+        self.deleted_at = None
+        self.set_domains(domains)
 
     def fail(self) -> None:
         self._transition("fail")

@@ -13,7 +13,7 @@ from contextlib import closing
 from datetime import timedelta
 from typing import Any, BinaryIO
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, object_session
 
 from control_plane import naming
@@ -312,11 +312,13 @@ def pre_migration_backup(ctx: ServiceContext, tenant: Tenant, item_id: str) -> d
 
 
 def before_drop(ctx: ServiceContext, tenant: Tenant, op: Operation) -> None:
-    """Before a tenant's database and role go: drop the databases restores retired (they belong to the
-    role), and with `purge` crypto-shred the tenant's backups."""
+    """Before a tenant's database is retired or dropped: drop the databases restores, moves and an earlier
+    delete retired (they belong to the role; not the one this delete retires, on a retry), and with
+    `purge` crypto-shred the tenant's backups."""
     session = object_session(tenant)
-    for retired in session.scalars(select(RetiredDatabase).where(RetiredDatabase.tenant_id == tenant.id,
-                                                                 RetiredDatabase.dropped_at.is_(None))).all():
+    for retired in session.scalars(select(RetiredDatabase).where(
+            RetiredDatabase.tenant_id == tenant.id, RetiredDatabase.dropped_at.is_(None),
+            or_(RetiredDatabase.operation_id.is_(None), RetiredDatabase.operation_id != op.id))).all():
         drop_retired_database(ctx, session, retired)
         session.commit()
     if op.params.get("purge"):

@@ -1,5 +1,5 @@
 """The prune job: expire what retention no longer keeps, clean failed attempts, sync copies, drop retired
-databases that are due."""
+databases that are due (and the role of a deleted tenant whose grace period is over)."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +17,7 @@ from control_plane.services.backup_copies import sync_copies
 from control_plane.services.backups import delete_objects, drop_retired_database
 from control_plane.services.context import ServiceContext
 from control_plane.services.retention import policy_of, retained_ids
+from control_plane.services.retired_tenants import deletion_record, drop_tenant_databases
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class PruneReport:
     expired: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)          # failed or abandoned attempts' leftovers
     dropped_databases: list[str] = field(default_factory=list)
+    dropped_roles: list[str] = field(default_factory=list)    # of deleted tenants past their grace period
     skipped_tenants: list[str] = field(default_factory=list)  # busy: pruned next time
     copied: list[str] = field(default_factory=list)           # backups whose missing copy was made
     expired_copies: list[str] = field(default_factory=list)
@@ -99,6 +101,12 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
                     report.dropped_databases.append(retired_db.database_name)
                     session.commit()
                 report.dropped_databases.extend(drop_excess_retired(ctx, session, tenant_id))
+                if due and deleted and tenant is not None and tenant.server is not None \
+                        and deletion_record(session, tenant_id) is None:
+                    # A deleted tenant's grace period is over: whatever else its role owns, then the role.
+                    report.dropped_databases.extend(drop_tenant_databases(ctx, session, tenant, None))
+                    report.dropped_roles.append(tenant.role_name)
+                    session.commit()
         except TenantBusyError:
             log.info("tenant %s is busy: pruning it next time", tenant_id)
             report.skipped_tenants.append(tenant_id)

@@ -252,7 +252,15 @@ async function tenantPage(params, view, tenantId) {
   const actions = h("div", { class: "toolbar", role: "group", "aria-label": "Tenant actions" });
   const button = (text, onclick, cls) => h("button", { type: "button", class: cls || null, text, onclick });
   actions.append(button("Back up now", e => act(e.target, "Backup", () => api("POST", `${path}/backups`, {}))));
-  if (isSuper()) {
+  if (isSuper() && tenant.status === "deleted") {
+    // Within the grace period its database is kept: undelete brings the tenant back (409 says when it is too late).
+    actions.append(button("Undelete", e => act(e.target, "Undelete", () => api("POST", `${path}/undelete`))));
+    actions.append(button("Purge…", async e => {
+      if (await confirmDialog(`Purge ${tenantId}?`,
+        "This drops the kept database and the tenant's role now and destroys its backups (crypto-shredding). It cannot be undone.",
+        "Purge tenant", { typed: tenantId })) act(e.target, "Purge", () => api("DELETE", `${path}?purge=true`));
+    }, "danger"));
+  } else if (isSuper()) {
     actions.append(button("Run drill", e => act(e.target, "Drill", () => api("POST", `${path}/drills`)), "secondary"));
     if (tenant.status === "suspended") actions.append(button("Resume", e => act(e.target, "Resume", () => api("POST", `${path}/resume`))));
     else actions.append(button("Suspend", e => act(e.target, "Suspend", () => api("POST", `${path}/suspend`)), "secondary"));
@@ -264,7 +272,8 @@ async function tenantPage(params, view, tenantId) {
       button("Move", e => act(e.target, "Move", () => api("POST", `${path}/move`, { server: server.value }))));
     actions.append(button("Delete…", async e => {
       if (await confirmDialog(`Delete ${tenantId}?`,
-        `This takes a final backup, then drops the database ${tenant.database} and the tenant's role.`,
+        `This takes a final backup, then retires the database ${tenant.database} (kept for the grace period, ` +
+        "when Undelete brings the tenant back; then dropped with the tenant's role).",
         "Delete tenant", { typed: tenantId })) act(e.target, "Delete", () => api("DELETE", path));
     }, "danger"));
   }

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from control_plane.catalog.models import OperationKind
-from control_plane.services.kinds import backup, delete, drill, migrate, move, provision, restore
+from control_plane.services.kinds import backup, delete, drill, migrate, move, provision, restore, undelete
 from control_plane.services.kinds.base import Kind
 
 KINDS: dict[OperationKind, Kind] = {k.kind: k for k in (
@@ -13,6 +13,7 @@ KINDS: dict[OperationKind, Kind] = {k.kind: k for k in (
     restore.RESTORE,
     move.MOVE,
     drill.DRILL,
+    undelete.UNDELETE,
 )}
 
 
