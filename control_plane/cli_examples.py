@@ -21,6 +21,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "tenants migrate": ("tenantctl tenants migrate acme-clinic --target head",),
     "tenants move": ("tenantctl tenants move acme-clinic --to pg2", "tenantctl tenants move acme-clinic --to pg2 --offline"),
     "tenants delete": ("tenantctl tenants delete acme-clinic --yes", "tenantctl tenants delete acme-clinic --purge --yes"),
+    "tenants undelete": ("tenantctl tenants undelete acme-clinic", "tenantctl tenants undelete acme-clinic --no-wait --json"),
     "operations show": ("tenantctl operations show 5f0c... --follow", "tenantctl operations show 5f0c... --json"),
     "operations retry": ("tenantctl operations retry 5f0c...",),
     "operations cancel": ("tenantctl operations cancel 5f0c...", "tenantctl operations cancel 5f0c... --no-wait --json"),
