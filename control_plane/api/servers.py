@@ -6,7 +6,7 @@ from flask.views import MethodView
 
 from control_plane.api.auth import principal
 from control_plane.api.blueprint import Access, ApiBlueprint
-from control_plane.api.common import services
+from control_plane.api.common import page_of, services
 from control_plane.api.schemas import (DrainRunSchema, DrainSchema, ServerCreateSchema, ServerSchema,
                                        ServerUpdateSchema)
 from control_plane.services import drains, servers
@@ -102,10 +102,7 @@ class DrainRuns(MethodView):
     @runs_blp.paginate()
     def get(self, pagination_parameters):
         """Drain runs, newest first, with their per-tenant items and counts."""
-        runs, total = drains.list_drains(services(), principal(), offset=pagination_parameters.first_item,
-                                         limit=pagination_parameters.page_size)
-        pagination_parameters.item_count = total
-        return runs
+        return page_of(pagination_parameters, drains.list_drains)
 
 
 @runs_blp.route("/<run_id>")
