@@ -5,14 +5,16 @@ import os
 import signal
 import threading
 import time
+from datetime import timedelta
 
 import psycopg
 from click.testing import CliRunner
 
-from control_plane.catalog.models import Tenant
+from control_plane.catalog.models import Tenant, utcnow
 from control_plane.cli import cli
 from control_plane.services.context import role_secret_context
 from control_plane.jobs.worker import build_worker
+from control_plane.services.pruning import prune_backups
 
 from fleet_support import Fleet, fleet, logical_servers  # noqa: F401 (fixtures)
 from helpers import databases, one, operation, roles, tenant, tenant_login
@@ -133,6 +135,22 @@ def test_offline_move_of_a_suspended_tenant_when_online_is_impossible(fleet, ctx
     # The plan's limits came along: on the target's role, not only on the source's.
     assert role_limits(fleet.url("pg2"), "tenant_sleeper") == [
         4, ["statement_timeout=6000", "idle_in_transaction_session_timeout=7000"]]
+
+    # The role left on `default` owns the retired source: reconcile sees no orphan there meanwhile. Once the
+    # prune job drops that database after its grace period, the role goes too; the one on pg2 stays.
+    def flagged() -> list:
+        found = fleet.client.get("/v1/fleet/reconcile", headers=fleet.auth).get_json()["servers"]["default"]
+        return [item for kind in ("orphan_roles", "orphan_databases") for item in found[kind]
+                if "sleeper" in item["name"]]
+
+    assert flagged() == [] and "tenant_sleeper" in roles(admin_url)
+    assert prune_backups(ctx, tenant_ids=["sleeper"]).dropped_roles == []  # not due yet
+    later = utcnow() + timedelta(days=ctx.settings.retired_database_days + 1)
+    pruned = prune_backups(ctx, now=later, tenant_ids=["sleeper"])
+    assert pruned.dropped_databases == [done["result"]["retired_database"]]
+    assert pruned.dropped_roles == ["tenant_sleeper"]
+    assert databases(admin_url, "tenant\\_sleeper%") == set() and "tenant_sleeper" not in roles(admin_url)
+    assert flagged() == [] and "tenant_sleeper" in roles(fleet.url("pg2"))
 
 
 def test_move_refusals_and_the_cli(fleet):

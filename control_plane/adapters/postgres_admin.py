@@ -285,14 +285,35 @@ class PostgresAdmin:
             conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(role)))
             conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(role), sql.Identifier(new_name)))
 
+    def drop_role_if_unused(self, role: str) -> bool:
+        """Drop `role` if it owns nothing on this server: no database, and no object in any database (its
+        grants on databases are revoked with it, in one transaction). True when it was dropped now."""
+        with self.connect() as conn:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                return False
+            if conn.execute("SELECT 1 FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = %s",
+                            (role,)).fetchone():
+                return False
+            try:
+                with conn.transaction():
+                    self._revoke_database_grants(conn, role)
+                    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+            except psycopg.errors.DependentObjectsStillExist:
+                return False  # it owns objects (or holds grants) inside some database: not ours to drop blind
+        return True
+
+    @staticmethod
+    def _revoke_database_grants(conn: psycopg.Connection, role: str) -> None:
+        for (database,) in conn.execute(
+                "SELECT datname FROM pg_database d WHERE EXISTS (SELECT 1 FROM aclexplode(d.datacl) a "
+                "JOIN pg_roles r ON r.oid = a.grantee WHERE r.rolname = %s)", (role,)).fetchall():
+            conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(database),
+                                                                            sql.Identifier(role)))
+
     def drop_role_everywhere(self, role: str) -> None:
         """Drop a role that owns no database: its grants on databases are revoked first."""
         with self.connect() as conn:
-            for (database,) in conn.execute(
-                    "SELECT datname FROM pg_database d WHERE EXISTS (SELECT 1 FROM aclexplode(d.datacl) a "
-                    "JOIN pg_roles r ON r.oid = a.grantee WHERE r.rolname = %s)", (role,)).fetchall():
-                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(sql.Identifier(database),
-                                                                                sql.Identifier(role)))
+            self._revoke_database_grants(conn, role)
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     def drop_slot(self, slot: str) -> None:

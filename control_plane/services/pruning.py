@@ -1,5 +1,6 @@
 """The prune job: expire what retention no longer keeps, clean failed attempts, sync copies, drop retired
-databases that are due (and the role of a deleted tenant whose grace period is over)."""
+databases that are due (and the role of a deleted tenant whose grace period is over, or of a moved tenant
+on the server it left, once it owns nothing there)."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,9 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from control_plane import naming
 from control_plane.catalog.backup_models import Backup, BackupCopy, BackupStatus, CopyStatus, RetiredDatabase
-from control_plane.catalog.models import Operation, Tenant, TenantStatus, utcnow
+from control_plane.catalog.models import DatabaseServer, Operation, Tenant, TenantStatus, utcnow
 from control_plane.errors import TenantBusyError
 from control_plane.services import audit
 from control_plane.services.backup_copies import sync_copies
@@ -27,10 +29,26 @@ class PruneReport:
     expired: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)          # failed or abandoned attempts' leftovers
     dropped_databases: list[str] = field(default_factory=list)
-    dropped_roles: list[str] = field(default_factory=list)    # of deleted tenants past their grace period
+    dropped_roles: list[str] = field(default_factory=list)    # of deleted tenants past grace; left by moves
     skipped_tenants: list[str] = field(default_factory=list)  # busy: pruned next time
     copied: list[str] = field(default_factory=list)           # backups whose missing copy was made
     expired_copies: list[str] = field(default_factory=list)
+
+
+def _drop_role_left_behind(ctx: ServiceContext, session: Session, tenant: Tenant | None,
+                           retired: RetiredDatabase) -> bool:
+    """After a move, the tenant's role stays on the server it left, owning the retired source database
+    (so reconcile sees an owner, not an orphan). Once that database is dropped and the role owns nothing
+    else there, it goes too; never on the server the tenant lives on. True when it was dropped now."""
+    if tenant is not None and tenant.server_name == retired.server_name:
+        return False  # an in-place restore's retired database: the role is the live tenant's
+    role = naming.role_name(retired.tenant_id)
+    admin = ctx.admin_for(session.get(DatabaseServer, retired.server_name))
+    if not admin.drop_role_if_unused(role):
+        return False
+    audit.record(session, "system", "role.left_behind_dropped", retired.tenant_id, retired.operation_id,
+                 role=role, server=retired.server_name)
+    return True
 
 
 def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: list[str] | None = None) -> PruneReport:
@@ -100,6 +118,9 @@ def prune_backups(ctx: ServiceContext, now: datetime | None = None, tenant_ids: 
                     drop_retired_database(ctx, session, retired_db)
                     report.dropped_databases.append(retired_db.database_name)
                     session.commit()
+                    if _drop_role_left_behind(ctx, session, tenant, retired_db):
+                        report.dropped_roles.append(naming.role_name(tenant_id))
+                        session.commit()
                 report.dropped_databases.extend(drop_excess_retired(ctx, session, tenant_id))
                 if due and deleted and tenant is not None and tenant.server is not None \
                         and deletion_record(session, tenant_id) is None:
