@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+import tenant_migrations
 from control_plane.services import warm_pools
 from helpers import create_tenant, databases, one, operation, tenant, tenant_login
 from test_plans import role_limits
@@ -61,3 +62,24 @@ def test_ten_concurrent_creates_race_for_the_warm_pool(client, auth, warm, admin
     # Every spare claimed went to exactly one tenant; the refills left the pool full again.
     assert len(databases(admin_url, "cp\\_warm\\_%")) == 2
     assert not databases(admin_url, "cp\\_warming\\_%")
+
+
+def test_the_pool_is_rebuilt_when_head_moves(client, warm, admin_url, monkeypatch):
+    """Spares made at an older head are dropped by the next refill and made again at the new head (`client`
+    registers the default server)."""
+    one_spare = dataclasses.replace(warm, settings=dataclasses.replace(warm.settings, warm_pool_size=1))
+    old_head, head = tenant_migrations.known_revisions()[0], tenant_migrations.head_revision()
+    assert old_head != head
+    with monkeypatch.context() as patched:
+        patched.setattr(tenant_migrations, "head_revision", lambda: old_head)
+        assert warm_pools.refill_all(one_spare) == {"default": 1}
+    (old_spare,) = databases(admin_url, "cp\\_warm\\_%")
+    assert one(admin_url, "SELECT version_num FROM alembic_version", dbname=old_spare) == old_head
+    old_role = one(admin_url, "SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                              "WHERE d.datname = %s", old_spare)
+
+    assert warm_pools.refill_all(one_spare) == {"default": 1}  # head moved on: rebuilt
+    (new_spare,) = databases(admin_url, "cp\\_warm\\_%")
+    assert new_spare != old_spare
+    assert one(admin_url, "SELECT version_num FROM alembic_version", dbname=new_spare) == head
+    assert one(admin_url, "SELECT count(*) FROM pg_roles WHERE rolname = %s", old_role) == 0
