@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 import tenant_migrations
@@ -19,6 +20,8 @@ from control_plane import naming
 from control_plane.adapters.backup_store import FileBackupStore
 from control_plane.catalog.models import TokenRole, utcnow
 from control_plane.cli import cli
+from control_plane.errors import ConfigurationError
+from control_plane.settings import Settings
 from control_plane.services.auth import create_token
 from control_plane.services.backup_schedule import BackupWindow, schedule_due_backups
 from control_plane.services.pruning import prune_backups
@@ -199,6 +202,12 @@ def test_restores_keep_at_most_the_allowed_retired_copies_per_tenant(client, aut
     pruned = CliRunner().invoke(cli, ["backups", "prune", "--tenant", PILE])
     assert pruned.exit_code == 0, pruned.output
     assert databases_like(admin_url, f"{role(PILE)}%") == {db(PILE), retired[2]}
+
+
+def test_the_retired_copies_allowance_is_at_least_one(monkeypatch):
+    monkeypatch.setenv("RETIRED_DATABASES_PER_TENANT", "0")  # the newest copy is the latest restore's undo
+    with pytest.raises(ConfigurationError, match="RETIRED_DATABASES_PER_TENANT must be at least 1"):
+        Settings.from_env()
 
 
 def test_key_rotation_rewraps_and_old_backups_stay_restorable(client, auth, run_jobs, ctx, settings, monkeypatch):
