@@ -62,6 +62,8 @@ def test_the_plans_rpo_schedules_and_judges_a_tenant_unless_its_own_policy_sets_
     _tenant(ctx, HOURLY, created_ago=timedelta(days=3), backed_up_ago=timedelta(hours=6), plan="rpo-premium")
     policy = client.get(f"/v1/tenants/{HOURLY}/backup-policy", headers=auth).get_json()
     assert (policy["rpo_hours"], policy["rpo_source"]) == (4, "plan")
+    assert client.get(f"/v1/tenants/{HOURLY}", headers=auth).get_json()["rpo_hours"] == 4  # what the console uses
+    assert [t["rpo_hours"] for t in client.get(f"/v1/tenants?q={HOURLY}", headers=auth).get_json()] == [4]
     # Past the plan's 4 h (the default 24 h would call it fresh): stale, and backed up every 3 h.
     assert HOURLY in {t["id"] for t in client.get("/v1/tenants?backup_stale=true", headers=auth).get_json()}
     assert _scheduled_slots(ctx, HOURLY) in (8, 9)

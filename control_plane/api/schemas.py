@@ -61,6 +61,8 @@ class TenantSchema(Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     last_backup_at = fields.DateTime(allow_none=True)
+    rpo_hours = fields.Integer(allow_none=True, metadata={
+        "description": "the tenant's RPO in hours (its policy's, else its plan's, else 24); in reads (GET)"})
 
 
 class TenantQuerySchema(InputSchema):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -57,10 +57,11 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def get_or_raise(session: Session, model: type[T], key: Any, not_found: Callable[[Any], Exception], *,
-                 for_update: bool = False) -> T:
-    """The `model` row with primary key `key` (locked FOR UPDATE if asked), or `not_found(key)` raised: the
-    project's not-found error of that entity (`TenantNotFoundError`, ...), which the API answers with 404."""
-    row = session.get(model, key, with_for_update=for_update)
+                 for_update: bool = False, options: Sequence[Any] = ()) -> T:
+    """The `model` row with primary key `key` (locked FOR UPDATE if asked, loaded with `options`), or
+    `not_found(key)` raised: the project's not-found error of that entity (`TenantNotFoundError`, ...),
+    which the API answers with 404."""
+    row = session.get(model, key, with_for_update=for_update, options=options)
     if row is None:
         raise not_found(key)
     return row

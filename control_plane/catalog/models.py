@@ -10,7 +10,7 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Computed, DateTime, Enum, For
                         Text, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.expression import true
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression, relationship
 
 from control_plane.errors import IllegalTransitionError, TenantLockedError
 
@@ -176,6 +176,8 @@ class Tenant(Base):
     storage_quota_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The tenant's work slot: the unfinished operation that changes it. One at a time; reads never wait.
     operation_id: Mapped[str | None] = mapped_column(String(36))
+    # The tenant's RPO in hours, where a read asks for it (services.rpo.with_rpo_hours); None otherwise.
+    rpo_hours: Mapped[int | None] = query_expression()
 
     domain_rows: Mapped[list["TenantDomain"]] = relationship(
         back_populates="tenant", cascade="all, delete-orphan", order_by="TenantDomain.domain", lazy="selectin")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, DateTime, func, literal, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, with_expression
 
 from control_plane.catalog.backup_models import BackupPolicy
 from control_plane.catalog.models import Tenant, TenantStatus
@@ -33,6 +33,11 @@ def rpo_hours_of_tenant():
     """The tenant's RPO in hours (its policy's, else its plan's, else the default), as a correlated SQL expression."""
     return func.coalesce(_policy_rpo(), _plan_rpo(), DEFAULT_RPO_HOURS)
 
+
+
+def with_rpo_hours():
+    """A query option that loads `Tenant.rpo_hours` with the tenant (for the API and the console)."""
+    return with_expression(Tenant.rpo_hours, rpo_hours_of_tenant())
 
 
 def rpo_of(session: Session, tenant_id: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext
 from control_plane.services.kinds.provision import check_domains_free, conflict_from
 from control_plane.services.plans import apply_to_tenant, limits_of, require_plan
-from control_plane.services.rpo import backup_stale_clause
+from control_plane.services.rpo import backup_stale_clause, with_rpo_hours
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,13 @@ def _load(session: Session, tenant_id: str, lock: bool = False) -> Tenant:
 def get_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Tenant:
     principal.require_tenant(tenant_id)
     with ctx.sessions() as session:
-        return _load(session, tenant_id)
+        return get_or_raise(session, Tenant, tenant_id, TenantNotFoundError, options=[with_rpo_hours()])
 
 
 def list_tenants(ctx: ServiceContext, principal: Principal, *, status: TenantStatus | None = None,
                  server: str | None = None, q: str | None = None, backup_stale: bool | None = None,
                  offset: int = 0, limit: int = 50) -> tuple[list[Tenant], int]:
-    query = select(Tenant)
+    query = select(Tenant).options(with_rpo_hours())
     if backup_stale is not None:
         stale = backup_stale_clause(utcnow())
         query = query.where(stale if backup_stale else ~stale)

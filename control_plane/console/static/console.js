@@ -5,7 +5,7 @@
 "use strict";
 
 const TOKEN_KEY = "tenantctl.console.token";
-const RPO_HOURS = Number(document.body.dataset.rpoHours || 24);  // the default RPO (a policy may set another)
+const RPO_HOURS = Number(document.body.dataset.rpoHours || 24);  // the default RPO, where a tenant comes without its own
 const POLL_MS = 1500;
 let me = null;          // {role, tenant_id, name} of the signed-in token
 let generation = 0;     // bumped on every navigation: stale pollers stop
@@ -82,10 +82,11 @@ function age(iso) {
   return { text, hours };
 }
 
-function backupAge(iso) {
+function backupAge(iso, rpoHours) {
+  const rpo = rpoHours || RPO_HOURS;  // the tenant's own RPO (policy, plan), as the API reads it
   const { text, hours } = age(iso);
-  const stale = hours > RPO_HOURS;
-  return h("span", { class: stale ? "stale" : "", title: stale ? `older than the ${RPO_HOURS} h RPO` : null }, text);
+  const stale = hours > rpo;
+  return h("span", { class: stale ? "stale" : "", title: stale ? `older than the ${rpo} h RPO` : null }, text);
 }
 
 function bytes(n) {
@@ -224,7 +225,7 @@ async function tenantsPage(params, view) {
         ["Status", t => badge(t.status)],
         ["Server", t => t.server || "-"],
         ["Revision", t => t.schema_revision || "-"],
-        ["Last backup", t => backupAge(t.last_backup_at)],
+        ["Last backup", t => backupAge(t.last_backup_at, t.rpo_hours)],
       ], data, "No tenant matches."),
       h("div", { class: "pager" }, `${total} tenants, page ${page} of ${pages}`,
         h("button", { type: "button", class: "secondary", disabled: page <= 1, text: "Previous", onclick: () => go(page - 1) }),
@@ -287,7 +288,7 @@ async function tenantPage(params, view, tenantId) {
       ["Schema revision", tenant.schema_revision || "-"], ["Plan", tenant.plan],
       ["Domains", (tenant.domains || []).join(", ") || "-"], ["Created", when(tenant.created_at)],
     ].flatMap(([k, v]) => [h("dt", { text: k }), h("dd", { text: v })]),
-      h("dt", { text: "Last backup" }), h("dd", {}, backupAge(tenant.last_backup_at))),
+      h("dt", { text: "Last backup" }), h("dd", {}, backupAge(tenant.last_backup_at, tenant.rpo_hours))),
     actions,
     h("h3", { text: "Operations" }), opsRegion,
     h("h3", { text: "Backups" }), backupsRegion,
