@@ -18,7 +18,7 @@ import functools
 import io
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy.engine import Connection
 
@@ -82,8 +82,13 @@ def head_revision() -> str:
 
 def known_revisions() -> list[str]:
     """All revision ids, from the first (just after base) to head."""
+    return list(_known_revisions())
+
+
+@functools.cache
+def _known_revisions() -> tuple[str, ...]:
     newest_first = [script.revision for script in script_directory().walk_revisions(BASE, "heads")]
-    return list(reversed(newest_first))
+    return tuple(reversed(newest_first))
 
 
 def resolve_target(target: str) -> str | None:
@@ -141,12 +146,15 @@ def _position(revision: str | None, known: list[str]) -> int:
         ) from None
 
 
-def migrate(connection: Connection, target: str) -> str | None:
+def migrate(connection: Connection, target: str,
+            on_start: Callable[[str | None], None] | None = None) -> str | None:
     """Upgrade or downgrade the tenant database behind ``connection`` to ``target``.
 
     ``target`` is "head", "base" or a revision id (see resolve_target); the
     direction comes from the positions of the current and target revisions in
     the history. Returns the revision the database is at afterwards.
+    ``on_start``, if given, is called with the revision the database was at, as
+    soon as it is read (before any revision runs).
 
     The connection must NOT be inside a transaction (raise otherwise): Alembic
     commits each revision in its own transaction, so if revision N fails, the
@@ -155,6 +163,10 @@ def migrate(connection: Connection, target: str) -> str | None:
     any transaction on return. Callers serialise migrations of one tenant
     themselves (e.g. an advisory lock); this function takes a process-wide lock
     only because Alembic's proxies are global.
+
+    What `alembic upgrade` does, minus its per-call costs: the revisions are parsed
+    once per process (script_directory), and the current revision is read once,
+    by Alembic itself, rather than again before and after.
     """
     if connection.in_transaction():
         raise RuntimeError(
@@ -163,21 +175,38 @@ def migrate(connection: Connection, target: str) -> str | None:
         )
     wanted = resolve_target(target)
     known = known_revisions()
-    with connection.begin():
-        current = current_revision(connection)
-    step = _position(wanted, known) - _position(current, known)
-    if step == 0:
-        return current
+    if wanted is None:
+        # Going to base: an empty database is already there, and Alembic must not create its
+        # version table in it (it would for any run on a database without one).
+        with connection.begin():
+            if current_revision(connection) is None:
+                if on_start is not None:
+                    on_start(None)
+                return None
 
-    from alembic import command
+    from alembic.runtime.environment import EnvironmentContext
 
+    from tenant_migrations import alembic_compat
+
+    script = script_directory()
     config = alembic_config(connection=connection)
+
+    def steps(heads: tuple[str, ...], context: object) -> list:
+        current = heads[0] if heads else None
+        if on_start is not None:
+            on_start(current)
+        step = _position(wanted, known) - _position(current, known)
+        if step > 0:
+            return alembic_compat.upgrade_steps(script, wanted, heads)
+        if step < 0:
+            return alembic_compat.downgrade_steps(script, wanted or BASE, heads)
+        return []
+
     with _alembic_lock:
         try:
-            if step > 0:
-                command.upgrade(config, wanted)
-            else:
-                command.downgrade(config, wanted or BASE)
+            # env.py configures the context (transaction_per_migration...) exactly as for `alembic upgrade`.
+            with EnvironmentContext(config, script, fn=steps, destination_rev=wanted or BASE):
+                script.run_env()
         except BaseException:
             # The failed revision's own transaction is already rolled back;
             # this ends one Alembic may have autobegun before it.
@@ -188,9 +217,8 @@ def migrate(connection: Connection, target: str) -> str | None:
         # and leaves it open when it is not folded into a revision's one.
         if connection.in_transaction():
             connection.commit()
-
-    with connection.begin():
-        return current_revision(connection)
+    # Every step committed with its version row: the database is at the target.
+    return wanted
 
 
 def offline_sql(from_revision: str | None, target: str) -> str:

@@ -57,6 +57,11 @@ def test_thirty_tenants_to_head_with_concurrency_four_across_workers(client, aut
     assert done["counts"] == {"total": 30, "pending": 0, "queued": 0, "running": 0, "succeeded": 30,
                               "failed": 0, "skipped": 0}
     assert 2 <= done["peak_concurrency"] <= 4
+    profile = done["result"]["profile"]  # where the time went, summed by the workers over every item
+    assert profile["items"] == 30
+    assert {"tenant lock: take", "catalog: mark running", "tenant db: connect", "alembic: revisions",
+            "catalog: record outcome"} <= set(profile["seconds"])
+    assert profile["seconds"]["alembic: revisions"] > 0
     for item in done["items"]:
         assert (item["from_revision"], item["to_revision"], item["attempts"]) == (FIRST, HEAD, 1)
     for tenant_id in ids:

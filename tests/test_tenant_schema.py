@@ -223,6 +223,21 @@ def test_failed_revision_leaves_the_previous_revision(conn: Connection) -> None:
     assert migrate(conn, "head") == REV2
 
 
+def test_migrate_reports_where_it_started_and_refuses_an_unknown_revision(conn: Connection) -> None:
+    seen: list[str | None] = []
+    assert migrate(conn, REV1, on_start=seen.append) == REV1
+    assert migrate(conn, "head", on_start=seen.append) == REV2
+    assert migrate(conn, "head", on_start=seen.append) == REV2  # a no-op reports where it is too
+    assert seen == [None, REV1, REV2]
+
+    with conn.begin():  # as if a newer release had migrated this database
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    with pytest.raises(ValueError, match="newer release"):
+        migrate(conn, REV1)
+    assert not conn.in_transaction()
+    assert revision_of(conn) == "9999_from_the_future" and "appointments" in tables(conn)
+
+
 def test_migrate_refuses_a_connection_inside_a_transaction(conn: Connection) -> None:
     conn.execute(text("SELECT 1"))  # autobegins
     with pytest.raises(RuntimeError, match="outside any transaction"):

@@ -49,16 +49,21 @@ class PostgresTenantLocks:
         key = tenant_lock_key(tenant_id)
         with self._engine.connect() as conn:
             try:
-                # Transaction-local: a session-level lock_timeout would stay on the pooled connection and
-                # later make unrelated row locks (SELECT ... FOR UPDATE) time out. At least 1 ms: 0 means wait forever.
-                conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
-                             {"ms": f"{max(1, int(wait_seconds * 1000))}"})
                 # The lock must not outlive a dead node by long: the server probes this connection after
                 # 10 s idle, every 5 s, 3 times (harmless on the pooled connection after the lock is gone).
-                conn.execute(text("SELECT set_config('tcp_keepalives_idle', '10', false), "
-                                  "set_config('tcp_keepalives_interval', '5', false), "
-                                  "set_config('tcp_keepalives_count', '3', false)"))
-                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                # The lock is normally free: try it in the same round trip, and wait only if it is not.
+                taken = conn.execute(text(
+                    "SELECT set_config('tcp_keepalives_idle', '10', false), "
+                    "set_config('tcp_keepalives_interval', '5', false), "
+                    "set_config('tcp_keepalives_count', '3', false), pg_try_advisory_lock(:key)"),
+                    {"key": key}).one()[3]
+                if not taken:
+                    # Transaction-local: a session-level lock_timeout would stay on the pooled connection and
+                    # later make unrelated row locks (SELECT ... FOR UPDATE) time out. At least 1 ms: 0 means
+                    # wait forever.
+                    conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"),
+                                 {"ms": f"{max(1, int(wait_seconds * 1000))}"})
+                    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
                 conn.commit()
             except OperationalError as exc:
                 if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available

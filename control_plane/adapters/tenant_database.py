@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import functools
+import os
+import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
 import psycopg
-from sqlalchemy import Connection, TextClause, create_engine
+from sqlalchemy import Connection, Engine, TextClause, create_engine, event
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -17,6 +20,7 @@ import tenant_migrations
 from tenant_migrations.seed import admin_user, seed
 
 from control_plane.errors import DatabaseServerError, TenantMigrationError
+from control_plane.phases import Phases
 
 
 _UNBOUNDED = "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
@@ -41,6 +45,40 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# The tenant a connection being opened in this thread logs in to (see _engine_for).
+_LOGIN: ContextVar[dict[str, str]] = ContextVar("tenant_database_login")
+_ENGINES: dict[tuple, Engine] = {}
+_MAX_ENGINES = 64
+
+
+def _engine_for(host: str, port: int, tls: Mapping[str, str], options: str | None) -> Engine:
+    """One engine per server and session options, per process, whatever the tenant.
+
+    A new engine per tenant would pay SQLAlchemy's dialect set-up (four queries on its first connection)
+    for every tenant of a migration run. Here each connection logs in to its own tenant's database as
+    the tenant's role through the `do_connect` hook (SQLAlchemy's place for per-connection credentials),
+    from _LOGIN. NullPool: no connection outlives its use, so nothing is kept across tenants or forks.
+    """
+    key = (os.getpid(), host, port, tuple(sorted(tls.items())), options)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        if len(_ENGINES) >= _MAX_ENGINES:
+            _ENGINES.clear()  # they hold no connections: dropping them costs only their next set-up
+        connect_args: dict = {**tls, "connect_timeout": 10, "application_name": "tenant-control-plane"}
+        # The plan's timeouts are set on the tenant role for its applications; the control plane's own
+        # sessions (a long migration, a seed) lift them, unless `options` bounds them itself.
+        connect_args["options"] = f"{_UNBOUNDED} {options or ''}".strip()  # later -c settings win
+        engine = create_engine(URL.create("postgresql+psycopg", host=host, port=port), poolclass=NullPool,
+                               connect_args=connect_args, hide_parameters=True)
+        event.listen(engine, "do_connect", _log_in_as_tenant)
+        _ENGINES[key] = engine
+    return engine
+
+
+def _log_in_as_tenant(dialect: object, record: object, cargs: list, cparams: dict) -> None:
+    cparams.update(_LOGIN.get())
+
+
 @dataclass(frozen=True)
 class TenantDatabase:
     host: str
@@ -56,28 +94,29 @@ class TenantDatabase:
                           host=self.host, port=self.port, database=self.database)
 
     @contextmanager
-    def _connect(self, options: str | None = None) -> Iterator[Connection]:
-        # NullPool: jobs are short-lived forked processes, a pool would only outlive its use.
-        connect_args: dict = {**self.tls, "connect_timeout": 10, "application_name": "tenant-control-plane"}
-        # The plan's timeouts are set on the tenant role for its applications; the control plane's own
-        # sessions (a long migration, a seed) lift them, unless `options` bounds them itself.
-        connect_args["options"] = f"{_UNBOUNDED} {options or ''}".strip()  # later -c settings win
-        engine = create_engine(self.url(), poolclass=NullPool, connect_args=connect_args, hide_parameters=True)
+    def _connect(self, options: str | None = None, phases: Phases | None = None) -> Iterator[Connection]:
+        phases = phases or Phases()
+        started = time.perf_counter()
+        engine = _engine_for(self.host, self.port, self.tls, options)
+        token = _LOGIN.set({"dbname": self.database, "user": self.role, "password": self.password})
         try:
             with engine.connect() as conn:
+                phases.add("tenant db: connect", time.perf_counter() - started)
                 yield conn
+                started = time.perf_counter()
         except DBAPIError as exc:
             raise DatabaseServerError(f"tenant database {self.database}: {_message(exc)}") from exc
         finally:
-            engine.dispose()
+            _LOGIN.reset(token)
+            phases.add("tenant db: close", time.perf_counter() - started)
 
     def migrate(self, target: str) -> str | None:
         """Bring the schema to `target` (one transaction per revision); returns the revision reached."""
         with self._connect() as conn:
             return tenant_migrations.migrate(conn, target)
 
-    def migrate_bounded(self, target: str, *, lock_timeout_ms: int,
-                        statement_timeout_ms: int) -> tuple[str | None, str | None]:
+    def migrate_bounded(self, target: str, *, lock_timeout_ms: int, statement_timeout_ms: int,
+                        phases: Phases | None = None) -> tuple[str | None, str | None]:
         """Like `migrate`, with every lock wait and statement of the session bounded; (from, to) revisions.
 
         lock_timeout matters most: DDL queued behind a long transaction of the tenant's application would
@@ -85,15 +124,27 @@ class TenantDatabase:
         revision the database was left at, when known (the failed revision's own transaction is rolled back).
         """
         options = f"-c lock_timeout={int(lock_timeout_ms)} -c statement_timeout={int(statement_timeout_ms)}"
-        with self._connect(options) as conn:
-            with conn.begin():
-                before = tenant_migrations.current_revision(conn)
+        phases = phases or Phases()
+        seen: list[str | None] = []  # the revision before, as Alembic read it
+        mark = time.perf_counter()
+
+        def started(before: str | None) -> None:
+            nonlocal mark
+            seen.append(before)
+            now = time.perf_counter()
+            phases.add("alembic: set-up, read revision", now - mark)
+            mark = now
+
+        with self._connect(options, phases) as conn:
             try:
-                return before, tenant_migrations.migrate(conn, target)
+                mark = time.perf_counter()
+                reached = tenant_migrations.migrate(conn, target, on_start=started)
+                phases.add("alembic: revisions", time.perf_counter() - mark)
+                return seen[0], reached
             except Exception as exc:
                 reached = self._revision_after_failure(conn)
                 raise TenantMigrationError(f"tenant database {self.database}: {_message(exc)}",
-                                           from_revision=before, reached_revision=reached,
+                                           from_revision=seen[0] if seen else None, reached_revision=reached,
                                            lock_timeout=_lock_timed_out(exc)) from exc
 
     @staticmethod

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from control_plane.bootstrap import build_context, dispose
 from control_plane.catalog.migration_run_models import MigrationRunItem
+from control_plane.phases import Phases
 from control_plane.services.migration_dispatch import recover_abandoned, requeue_lost
 from control_plane.services.migration_items import execute_item
 from control_plane.settings import Settings
@@ -21,10 +22,12 @@ KILLED_LOCK_WAIT_SECONDS = 10.0
 
 def run_migration_item(item_id: str, dispatch_token: int) -> None:
     """Migrate the claimed tenant, then the next ones this lane claims (see execute_item). Safe to run twice."""
+    phases = Phases()
     # Built inside the job, i.e. after RQ forked the work horse: nothing here crosses a fork.
-    ctx = build_context(Settings.from_env(), pool_size=2)
+    with phases.phase("job: build context"):
+        ctx = build_context(Settings.from_env(), pool_size=2)
     try:
-        execute_item(ctx, item_id, dispatch_token)
+        execute_item(ctx, item_id, dispatch_token, phases=phases)
     finally:
         dispose(ctx)
 

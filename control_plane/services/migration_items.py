@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session, joinedload, lazyload
 
 import tenant_migrations
 from control_plane.catalog.db import transaction
 from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem, MigrationRunStatus, RunItemStatus
-from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus
+from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus, utcnow
 from control_plane.errors import TenantBusyError, TenantMigrationError
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, TenantDatabasePort
 from control_plane.services.migration_dispatch import (Claims, advance, enqueue, lock_item, lock_run,
                                                        recover_abandoned, requeue_lost)
+from control_plane.services.migration_profile import Phases, add_to_profile
 from control_plane.services.runner import describe
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 MIN_TENANT_LOCK_WAIT_SECONDS = 5.0
 # How long one job goes on from tenant to tenant before handing its next claim to RQ (see execute_item).
 LANE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """What starting a claimed item needs to know before its tenant's lock is taken."""
+    item_id: str
+    run_id: str
+    tenant_id: str
+    lock_timeout_ms: int
 
 
 @dataclass
@@ -54,7 +64,8 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: float = LANE_SECONDS) -> None:
+def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: float = LANE_SECONDS,
+                 phases: Phases | None = None) -> None:
     """Run a claimed item, then go on with the next one this item's end claimed, for up to `lane_seconds`.
 
     Every finishing item claims its successors under the run lock; this job keeps one of them for itself
@@ -63,8 +74,10 @@ def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: fl
     long run never monopolises a worker. Safe to run twice: a stale claim (token, status) does nothing.
     """
     deadline = time.monotonic() + lane_seconds
+    phases = phases or Phases()
+    known: _Claimed | None = None
     while True:
-        run_id, claims, ended = _run_claim(ctx, item_id, token)
+        run_id, claims, ended, known = _run_claim(ctx, item_id, token, phases, known)
         if run_id is None:
             return
         if ended:
@@ -80,45 +93,72 @@ def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: fl
             enqueue(ctx, claims)
             return
         (item_id, token), others = claims[0], claims[1:]
-        enqueue(ctx, others)
+        if known is not None and known.item_id != item_id:
+            known = None
+        with phases.phase("queue: enqueue other claims"):
+            enqueue(ctx, others)
 
 
-def _run_claim(ctx: ServiceContext, item_id: str, token: int) -> tuple[str | None, Claims, bool]:
-    """One item: (its run, the items its end claimed, whether it ended the run); run None if the claim is stale."""
-    with ctx.sessions() as session:
+def _read_claim(ctx: ServiceContext, item_id: str, token: int, phases: Phases) -> _Claimed | None:
+    with phases.phase("catalog: read the claim"), ctx.sessions() as session:
         row = session.execute(
-            select(MigrationRunItem.run_id, MigrationRunItem.tenant_id, MigrationRun.lock_timeout_ms)
+            select(MigrationRunItem.run_id, MigrationRunItem.tenant_id, MigrationRun.lock_timeout_ms,
+                   MigrationRunItem.queued_at)
             .join(MigrationRun, MigrationRun.id == MigrationRunItem.run_id)
             .where(MigrationRunItem.id == item_id, MigrationRunItem.dispatch_token == token,
                    MigrationRunItem.status == RunItemStatus.QUEUED)).one_or_none()
     if row is None:
+        return None
+    run_id, tenant_id, lock_timeout_ms, queued_at = row
+    if queued_at is not None:
+        # From the claim to this job's start: Redis, the queue's wait for a free worker, RQ's fork.
+        phases.add("queue: claim to job start", max(0.0, (utcnow() - queued_at).total_seconds()))
+    return _Claimed(item_id, run_id, tenant_id, lock_timeout_ms)
+
+
+def _run_claim(ctx: ServiceContext, item_id: str, token: int, phases: Phases,
+               known: _Claimed | None) -> tuple[str | None, Claims, bool, _Claimed | None]:
+    """One item: (its run, the items its end claimed, whether it ended the run, what is known of the first
+    claimed item); run None if the claim is stale. `known`: this item as the end of the previous one saw it
+    (its status and token are checked again when it starts)."""
+    claimed = known or _read_claim(ctx, item_id, token, phases)
+    if claimed is None:
         log.info("migration run item %s (claim %d) is no longer queued under this claim; nothing to do",
                  item_id, token)
-        return None, [], False
-    run_id, tenant_id, lock_timeout_ms = row
+        return None, [], False, None
+    run_id = claimed.run_id
+    following: _Claimed | None = None
     try:
         # Held from before the item is marked running until after it is marked finished: "running" thus
         # always means "a live worker holds this lock", which is how abandoned items are recognised.
-        with ctx.locks.hold(tenant_id, wait_seconds=max(lock_timeout_ms / 1000, MIN_TENANT_LOCK_WAIT_SECONDS)):
-            claims, ended = _execute_locked(ctx, run_id, item_id, token)
+        lock_started = time.perf_counter()
+        with ctx.locks.hold(claimed.tenant_id,
+                            wait_seconds=max(claimed.lock_timeout_ms / 1000, MIN_TENANT_LOCK_WAIT_SECONDS)):
+            phases.add("tenant lock: take", time.perf_counter() - lock_started)
+            claims, ended, following = _execute_locked(ctx, run_id, item_id, token, phases)
+            lock_started = time.perf_counter()
+        phases.add("tenant lock: release", time.perf_counter() - lock_started)
     except TenantBusyError as exc:
         claims, ended = _not_started(ctx, run_id, item_id, token, describe(exc))
-    return run_id, claims, ended
+    return run_id, claims, ended, following
 
 
-def _execute_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> tuple[Claims, bool]:
-    started = _start(ctx, run_id, item_id, token)
+def _execute_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int,
+                    phases: Phases) -> tuple[Claims, bool, _Claimed | None]:
+    with phases.phase("catalog: mark running"):
+        started = _start(ctx, run_id, item_id, token)
     if not isinstance(started, _Started):
-        return started  # skipped, released or stale: (claims, whether the run ended)
-    ctx.events.publish(started.tenant.id, "status", status=TenantStatus.MIGRATING.value)
-    outcome = _migrate(ctx, item_id, started)
-    return _finish(ctx, run_id, item_id, token, outcome)
+        return (*started, None)  # skipped, released or stale: (claims, whether the run ended)
+    with phases.phase("events: publish"):
+        ctx.events.publish(started.tenant.id, "status", status=TenantStatus.MIGRATING.value)
+    outcome = _migrate(ctx, item_id, started, phases)
+    return _finish(ctx, run_id, item_id, token, outcome, phases)
 
 
 def _lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
-    # Its domains are not needed here: don't load them.
-    return session.get(Tenant, tenant_id, with_for_update=True, populate_existing=True,
-                       options=[lazyload(Tenant.domain_rows)])
+    # Its domains are not needed here: don't load them; its server, in the same query.
+    return session.get(Tenant, tenant_id, with_for_update={"of": Tenant}, populate_existing=True,
+                       options=[lazyload(Tenant.domain_rows), joinedload(Tenant.server)])
 
 
 def _advance_noting_end(session: Session, run: MigrationRun) -> tuple[Claims, bool]:
@@ -128,6 +168,40 @@ def _advance_noting_end(session: Session, run: MigrationRun) -> tuple[Claims, bo
 
 
 def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Started | tuple[Claims, bool]:
+    """Mark the item running and the tenant migrating, or skip or release the item.
+
+    The usual case (run going on, item still claimed, tenant active) needs no run lock: the item's row
+    lock is what a cancel takes to release a queued item, so the two cannot both win, and a start changes
+    no count the dispatcher decides on (queued and running items both hold their slot; the next
+    `advance` re-counts). Only the other cases, which change what the dispatcher decides, take the run
+    lock, in a transaction of their own so that locks are always taken run, item, tenant.
+    """
+    with transaction(ctx.sessions) as session:
+        row = session.execute(
+            select(MigrationRunItem, MigrationRun.status, MigrationRun.error, MigrationRun.target_revision,
+                   MigrationRun.lock_timeout_ms, MigrationRun.statement_timeout_ms, MigrationRun.backup_first)
+            .join(MigrationRun, MigrationRun.id == MigrationRunItem.run_id)
+            .where(MigrationRunItem.id == item_id)
+            .with_for_update(of=MigrationRunItem)
+            .execution_options(populate_existing=True)).one_or_none()
+        if row is None:
+            return [], False
+        item, status, error, target, lock_timeout_ms, statement_timeout_ms, backup_first = row
+        if item.status is not RunItemStatus.QUEUED or item.dispatch_token != token:
+            return [], False
+        if status is MigrationRunStatus.RUNNING and error is None:
+            tenant = _lock_tenant(session, item.tenant_id)
+            if tenant is not None and tenant.status is TenantStatus.ACTIVE:
+                tenant.begin_migration()
+                item.begin(worker_name())
+                return _Started(tenant=tenant, database=ctx.database_of(tenant), target=target,
+                                lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms,
+                                backup_first=backup_first)
+        session.rollback()
+    return _start_locked(ctx, run_id, item_id, token)
+
+
+def _start_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Started | tuple[Claims, bool]:
     """Under the run lock: mark the item running and the tenant migrating, or skip or release the item."""
     with transaction(ctx.sessions) as session:
         run = lock_run(session, run_id)
@@ -154,7 +228,7 @@ def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Start
                         backup_first=run.backup_first)
 
 
-def _migrate(ctx: ServiceContext, item_id: str, started: _Started) -> _Outcome:
+def _migrate(ctx: ServiceContext, item_id: str, started: _Started, phases: Phases) -> _Outcome:
     """The I/O, outside any catalog transaction, with the tenant lock held."""
     outcome = _Outcome()
     tenant_id = started.tenant.id
@@ -168,7 +242,7 @@ def _migrate(ctx: ServiceContext, item_id: str, started: _Started) -> _Outcome:
             outcome.skip_reason = f"pre-migration backup failed: {describe(exc)}"
             return outcome
     try:
-        outcome.from_revision, outcome.reached = _migrate_retrying_locks(ctx, item_id, started)
+        outcome.from_revision, outcome.reached = _migrate_retrying_locks(ctx, item_id, started, phases)
         outcome.reached_known = True
     except TenantMigrationError as exc:
         log.warning("tenant %s: migration to %s failed: %s", tenant_id, started.target, exc.detail)
@@ -185,7 +259,8 @@ def _migrate(ctx: ServiceContext, item_id: str, started: _Started) -> _Outcome:
     return outcome
 
 
-def _migrate_retrying_locks(ctx: ServiceContext, item_id: str, started: _Started) -> tuple[str | None, str | None]:
+def _migrate_retrying_locks(ctx: ServiceContext, item_id: str, started: _Started,
+                            phases: Phases) -> tuple[str | None, str | None]:
     """migrate_bounded, tried again with a doubling backoff when it gives up at lock_timeout; (from, reached).
 
     Retried here rather than re-enqueued: the worker keeps the tenant lock and the run's slot, so nothing
@@ -200,7 +275,7 @@ def _migrate_retrying_locks(ctx: ServiceContext, item_id: str, started: _Started
         try:
             before, reached = started.database.migrate_bounded(
                 started.target, lock_timeout_ms=started.lock_timeout_ms,
-                statement_timeout_ms=started.statement_timeout_ms)
+                statement_timeout_ms=started.statement_timeout_ms, phases=phases)
             return (first_from if attempt > 1 else before), reached
         except TenantMigrationError as exc:
             if attempt == 1:
@@ -219,12 +294,16 @@ def _migrate_retrying_locks(ctx: ServiceContext, item_id: str, started: _Started
             time.sleep(delay)
 
 
-def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome: _Outcome) -> tuple[Claims, bool]:
+def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome: _Outcome,
+            phases: Phases) -> tuple[Claims, bool, _Claimed | None]:
+    finish_started = time.perf_counter()
     with transaction(ctx.sessions) as session:
-        run = lock_run(session, run_id)
+        # The item and its tenant first, the run last: the run lock is what every worker's item end waits
+        # for, so it is held only for the dispatcher's decision and the commit. No deadlock: nothing else
+        # locks a running item or its tenant's row without holding the tenant's lock, which we hold.
         item = lock_item(session, item_id)
         if item.status is not RunItemStatus.RUNNING or item.dispatch_token != token:
-            return [], False  # settled by someone else; cannot happen while we hold the tenant lock
+            return [], False, None  # settled by someone else; cannot happen while we hold the tenant lock
         tenant = _lock_tenant(session, item.tenant_id)
         if outcome.reached_known:
             tenant.schema_revision = outcome.reached
@@ -233,21 +312,35 @@ def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome:
         if outcome.skip_reason:
             # Not migrated without its backup; not a failure of the migration either (the budget is untouched).
             item.skip(outcome.skip_reason)
-            audit.record(session, "system", "migration_run.item_skipped", tenant.id, None, run_id=run.id,
+            audit.record(session, "system", "migration_run.item_skipped", tenant.id, None, run_id=run_id,
                          reason=outcome.skip_reason)
         elif outcome.error:
             item.fail(outcome.error, outcome.from_revision, outcome.reached if outcome.reached_known else None)
-            audit.record(session, "system", "tenant.migration_failed", tenant.id, None, run_id=run.id,
+            audit.record(session, "system", "tenant.migration_failed", tenant.id, None, run_id=run_id,
                          from_revision=outcome.from_revision, revision=tenant.schema_revision, error=outcome.error)
         else:
             item.succeed(outcome.from_revision, outcome.reached)
-            audit.record(session, "system", "tenant.migrated", tenant.id, None, run_id=run.id,
+            audit.record(session, "system", "tenant.migrated", tenant.id, None, run_id=run_id,
                          from_revision=outcome.from_revision, to_revision=outcome.reached)
+        session.flush()
+        locking = time.perf_counter()
+        run = lock_run(session, run_id)
+        run_lock_wait = time.perf_counter() - locking
         claims, ended = _advance_noting_end(session, run)
-    ctx.events.publish(tenant.id, "status", status=tenant.status.value)
+        following = None
+        if claims:
+            # The lane goes on with the first claim: what it needs of it is at hand (no query), saving a read.
+            first = session.get(MigrationRunItem, claims[0][0])
+            following = _Claimed(first.id, run.id, first.tenant_id, run.lock_timeout_ms)
+        # This transaction's own time is counted with the next item's (it is not over yet).
+        run.result = add_to_profile(run.result, phases.drain())
+    phases.add("catalog: record outcome", time.perf_counter() - finish_started - run_lock_wait)
+    phases.add("catalog: record outcome, run lock wait", run_lock_wait)
+    with phases.phase("events: publish"):
+        ctx.events.publish(tenant.id, "status", status=tenant.status.value)
     log.info("tenant %s: run %s item %s %s (%s -> %s)", tenant.id, run_id, item_id, item.status.value,
              outcome.from_revision, outcome.reached)
-    return claims, ended
+    return claims, ended, following
 
 
 def _not_started(ctx: ServiceContext, run_id: str, item_id: str, token: int, error: str) -> tuple[Claims, bool]:
