@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,21 +18,10 @@ import pytest
 
 from control_plane.catalog.models import Operation
 from devstack.processes import kill_tree
+from helpers import wait_until
 
 # Reproducible kill points: CRASH_SEED=<n> replays a run (failures name the seed).
 SEED = int(os.environ.get("CRASH_SEED") or random.randrange(2**32))
-
-
-def wait_until(condition: Callable, seconds: float, what: str, poll: float = 0.02):
-    """Poll until `condition()` is truthy (returns it), else fail naming `what` and the bound."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds:.0f} s: {what}")
-        time.sleep(poll)
 
 
 # A worker process that has imported everything and waits for a line on stdin before it starts working
@@ -66,13 +54,19 @@ class Processes:
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         return self._start([sys.executable, "-m", "control_plane.cli", *args], env, subprocess.DEVNULL)
 
+    def standby(self, env: dict[str, str] | None = None) -> None:
+        """Make a worker ready (imports done) to start at once; call it early to overlap the imports."""
+        key = repr(sorted(env.items())) if env else None
+        if key not in self._standby:
+            self._standby[key] = self._start([sys.executable, "-c", STANDBY], env, subprocess.PIPE)
+
     def worker(self, env: dict[str, str] | None = None) -> subprocess.Popen:
         """A worker, started now (the standby made ready beforehand), and the next standby made ready."""
-        key = repr(sorted(env.items())) if env else None
-        process = self._standby.pop(key, None) or self._start([sys.executable, "-c", STANDBY], env, subprocess.PIPE)
+        self.standby(env)
+        process = self._standby.pop(repr(sorted(env.items())) if env else None)
         process.stdin.write(b"start\n")
         process.stdin.close()
-        self._standby[key] = self._start([sys.executable, "-c", STANDBY], env, subprocess.PIPE)
+        self.standby(env)
         return process
 
     def log(self, process: subprocess.Popen) -> str:
@@ -121,7 +115,7 @@ def ended(ctx, operation_id: str, seconds: float, what: str) -> Operation:
         with ctx.sessions() as session:
             op = session.get(Operation, operation_id)
             return op if op.status.finished and op.retry_at is None else None
-    return wait_until(done, seconds, what)
+    return wait_until(done, what, seconds, poll=0.02)
 
 
 def crash_at_random_point(ctx, processes: Processes, worker: subprocess.Popen | None, operation_id: str,
@@ -138,7 +132,7 @@ def crash_at_random_point(ctx, processes: Processes, worker: subprocess.Popen | 
         status, progress, _ = state = _state(ctx, operation_id)
         return state if status == "running" and progress >= point or status not in ("queued", "running") else None
 
-    status, _, step = wait_until(due, 90, f"operation {operation_id} at {point}% (seed {SEED})", poll=0.005)
+    status, _, step = wait_until(due, f"operation {operation_id} at {point}% (seed {SEED})", 90, poll=0.005)
     killed = kill_9(worker)
     assert status == "running", f"ended before {point}%: {status} (seed {SEED})"
     assert len(killed) >= 2, f"no work horse under the worker at {step} (seed {SEED})"  # the horse died too

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -65,24 +66,15 @@ def quote(identifier: str) -> sql.Identifier:
     return sql.Identifier(identifier)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    """Poll `condition` until it holds (a generous deadline: 2 shared cores), else fail naming `what`."""
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float = 120.0, poll: float = 0.2) -> T:
+    """Poll `condition` until it holds (a generous deadline: 2 shared cores), else fail naming `what`;
+    returns what it returned."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def catalog_tenant(ctx, tenant_id: str, *, created_ago: timedelta = timedelta(days=1),
-                   backed_up_ago: timedelta | None = None, plan: str = "standard") -> None:
-    """An active tenant as a catalog row only (no database): enough for what requests, the scheduler and
-    the staleness filter decide, as long as no job runs."""
-    now = utcnow()
-    with ctx.sessions() as session:
-        session.add(Tenant(id=tenant_id, name=tenant_id, status=TenantStatus.ACTIVE, server_name="default",
-                           database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
-                           role_password_encrypted=ctx.keyring.encrypt("x", role_secret_context(tenant_id)),
-                           created_at=now - created_ago, plan=plan,
-                           last_backup_at=now - backed_up_ago if backed_up_ago is not None else None))
-        session.commit()
+        time.sleep(poll)
+    return value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ from control_plane.services.context import role_secret_context
 from control_plane.jobs.worker import build_worker
 from control_plane.services.pruning import prune_backups
 
+from crash_support import SEED, crash_at_random_point, ended, processes  # noqa: F401 (fixture)
 from fleet_support import Fleet, fleet, logical_servers  # noqa: F401 (fixtures)
 from helpers import databases, one, operation, roles, tenant, tenant_login
 from test_plans import role_limits
@@ -230,6 +232,28 @@ def test_kill_9_at_each_phase_is_undone_or_finished_by_retry(fleet, ctx, setting
         assert _replication_leftovers(fleet.url(here)) == [] and _replication_leftovers(fleet.url(there)) == []
         here, there = there, here
 
+
+
+def test_kill_9_of_worker_and_horse_mid_move_then_it_succeeds_by_itself(fleet, ctx, processes):
+    """A lost node mid-move (the worker and its work horse killed -9 at a point a seeded random chooses): the
+    replacement worker's start-up sweep fails the attempt, undoes it and retries it, without anyone."""
+    processes.standby()  # its imports meanwhile
+    fleet.place("lazarus", "pg2")
+    with tenant_login(ctx, "lazarus") as conn:
+        conn.execute("INSERT INTO leads (full_name) SELECT 'seed ' || g FROM generate_series(1, 500) g")
+    op = _move(fleet, "lazarus", server="pg3", mode="online")
+    # prepare_target, copy_schema, start_replication, catch_up, cut_over (clean-up: the test above)
+    _, step = crash_at_random_point(ctx, processes, None, op["id"], [5, 10, 15, 78, 85], random.Random(SEED))
+    ended(ctx, op["id"], 120, f"the move killed at {step} to end (seed {SEED})")
+    done = operation(fleet.client, fleet.auth, op["id"])
+    assert (done["status"], done["attempts"]) == ("succeeded", 2), (step, SEED, done)
+    body = tenant(fleet.client, fleet.auth, "lazarus")
+    assert (body["status"], body["server"]) == ("active", "pg3")
+    with tenant_login(ctx, "lazarus") as conn:
+        assert conn.execute("SELECT count(*) FROM leads").fetchone()[0] == 500
+    assert databases(fleet.url("pg3"), "tenant\\_lazarus\\_db") == {"tenant_lazarus_db"}
+    assert not databases(fleet.url("pg2"), "tenant\\_lazarus\\_db")
+    assert _replication_leftovers(fleet.url("pg2")) == [] and _replication_leftovers(fleet.url("pg3")) == []
 
 
 def test_cancel_queued_then_running_before_the_cut_over_leaves_the_source_untouched(fleet, ctx, settings):

@@ -20,9 +20,9 @@ from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.catalog.backup_models import Backup, BackupStatus, RetiredDatabase
 from control_plane.catalog.models import TokenRole
 from control_plane.services.auth import create_token
-from crash_support import SEED, crash_at_random_point, ended, processes, wait_until  # noqa: F401 (fixture)
+from crash_support import SEED, crash_at_random_point, ended, processes  # noqa: F401 (fixture)
 from devstack.redis_server import RedisServer
-from helpers import create_tenant, databases, one, operation, roles, tenant, tenant_login
+from helpers import create_tenant, databases, one, operation, roles, tenant, tenant_login, wait_until
 
 FIRST = tenant_migrations.known_revisions()[0]
 HEAD = tenant_migrations.head_revision()
@@ -43,28 +43,28 @@ def test_an_operation_requested_while_redis_is_down_runs_when_it_is_back(setting
         workers = [processes("worker", env=env) for _ in range(2)]
         processes("scheduler", env=env)
         connection = redis_client(own)
-        wait_until(lambda: len(Worker.all(connection=connection)) == 2, 60, "both workers up")
+        wait_until(lambda: len(Worker.all(connection=connection)) == 2, "both workers up", 60)
         client = create_app(ctx=ctx).test_client()
         auth = {"Authorization": f"Bearer {create_token(ctx, TokenRole.SUPER_ADMIN, 'tests')[1]}"}
         queue = Queue(settings.queue_name, connection=connection)
         busy = queue.enqueue(time.sleep, 2)
-        wait_until(lambda: busy.get_status(refresh=True) == JobStatus.STARTED, 60, "a job running")
+        wait_until(lambda: busy.get_status(refresh=True) == JobStatus.STARTED, "a job running", 60)
 
         server.stop()
         op = create_tenant(client, auth, "outage")  # 202: the catalog, not Redis, holds what must happen
         assert operation(client, auth, op["id"])["status"] == "queued"
         server.start()
 
-        wait_until(lambda: operation(client, auth, op["id"])["status"] != "queued", 90,
-                   "the operation running again after Redis's return")
-        wait_until(lambda: tenant(client, auth, "outage")["status"] == "active", 120, "the tenant active")
+        wait_until(lambda: operation(client, auth, op["id"])["status"] != "queued",
+                   "the operation running again after Redis's return", 90)
+        wait_until(lambda: tenant(client, auth, "outage")["status"] == "active", "the tenant active", 120)
         assert operation(client, auth, op["id"])["status"] == "succeeded"
         assert [worker.poll() for worker in workers] == [None, None]  # both stayed up all along
         assert any("sweep after a Redis outage:" in processes.log(worker) for worker in workers)
         # Both work again, the one that had a job too: two jobs at once go to the two waiting workers (each
         # answers its work horse's parent, the worker).
         jobs = [queue.enqueue(os.getppid) for _ in range(2)]
-        wait_until(lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs), 60, "both done")
+        wait_until(lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs), "both done", 60)
         assert {job.return_value() for job in jobs} == {worker.pid for worker in workers}
     finally:
         processes.stop()
