@@ -15,12 +15,23 @@ log = logging.getLogger(__name__)
 
 
 class TenantLease:
-    """A held tenant lock; `check()` proves it is still held (call it between steps of long work)."""
+    """A held tenant lock; `check()` proves it is still held (call it between steps of long work).
+
+    `share()` lends the lock's connection to the job's catalog session: one connection for the whole job
+    (the lock is session-level, so the session's commits and rollbacks leave it held).
+    """
 
     def __init__(self, conn: Connection, tenant_id: str, key: int) -> None:
         self._conn, self.tenant_id = conn, tenant_id
+        self._shared = False
         # pg_locks shows a bigint advisory key as classid (high 32 bits) and objid (low 32 bits).
         self._high, self._low = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+    def share(self) -> Connection:
+        """The lock's connection, for a Session that controls its transactions (join_transaction_mode
+        "control_fully"); from now on `check()` reads inside that session's transaction, never ending it."""
+        self._shared = True
+        return self._conn
 
     def check(self) -> None:
         try:
@@ -28,7 +39,8 @@ class TenantLease:
                 "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND pid = pg_backend_pid() AND classid::bigint = :high AND objid::bigint = :low AND objsubid = 1)"),
                 {"high": self._high, "low": self._low}).scalar()
-            self._conn.rollback()  # never leave the lock's session idle in a transaction
+            if not self._shared:
+                self._conn.rollback()  # never leave the lock's session idle in a transaction
         except (DBAPIError, CatalogUnavailableError) as exc:
             raise LockLostError(self.tenant_id) from exc
         if not held:

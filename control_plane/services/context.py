@@ -26,7 +26,7 @@ class TenantEvents(Protocol):
 
 
 class TenantLocks(Protocol):
-    def hold(self, tenant_id: str, wait_seconds: float = 30) -> AbstractContextManager[Any]: ...  # a lease: .check()
+    def hold(self, tenant_id: str, wait_seconds: float = 30) -> AbstractContextManager[Any]: ...  # a lease: .check(), .share()
 
 
 class ServerAdmin(Protocol):

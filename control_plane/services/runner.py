@@ -125,7 +125,9 @@ def execute_operation(ctx: ServiceContext, operation_id: str, lock_wait_seconds:
 
 
 def _execute_locked(ctx: ServiceContext, operation_id: str, lease) -> None:
-    with ctx.sessions() as session:
+    # On the lock's own connection: a job needs one catalog connection, not two (a new one costs more than
+    # most of a warm provisioning). The session commits and rolls back that connection's transactions.
+    with ctx.sessions(bind=lease.share(), join_transaction_mode="control_fully") as session:
         # Locked while deciding to start: a cancel of the queued operation may be racing us.
         op = session.get(Operation, operation_id, populate_existing=True, with_for_update=True)
         if op.status.finished:  # finished (or cancelled) while we waited for the lock
