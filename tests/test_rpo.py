@@ -64,6 +64,10 @@ def test_the_plans_rpo_schedules_and_judges_a_tenant_unless_its_own_policy_sets_
     assert (policy["rpo_hours"], policy["rpo_source"]) == (4, "plan")
     assert client.get(f"/v1/tenants/{HOURLY}", headers=auth).get_json()["rpo_hours"] == 4  # what the console uses
     assert [t["rpo_hours"] for t in client.get(f"/v1/tenants?q={HOURLY}", headers=auth).get_json()] == [4]
+    # The answers of changes show it too (tenantctl prints them), not null.
+    assert client.post(f"/v1/tenants/{HOURLY}/suspend", headers=auth).get_json()["rpo_hours"] == 4
+    assert client.post(f"/v1/tenants/{HOURLY}/resume", headers=auth).get_json()["rpo_hours"] == 4
+    assert client.patch(f"/v1/tenants/{HOURLY}", json={"name": "Hourly"}, headers=auth).get_json()["rpo_hours"] == 4
     # Past the plan's 4 h (the default 24 h would call it fresh): stale, and backed up every 3 h.
     assert HOURLY in {t["id"] for t in client.get("/v1/tenants?backup_stale=true", headers=auth).get_json()}
     assert _scheduled_slots(ctx, HOURLY) in (8, 9)

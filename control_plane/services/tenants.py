@@ -27,6 +27,11 @@ def _load(session: Session, tenant_id: str, lock: bool = False) -> Tenant:
 
 def get_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Tenant:
     principal.require_tenant(tenant_id)
+    return _read(ctx, tenant_id)
+
+
+def _read(ctx: ServiceContext, tenant_id: str) -> Tenant:
+    """The tenant as the API shows it (with its `rpo_hours`), read afresh: after a change, what was committed."""
     with ctx.sessions() as session:
         return get_or_raise(session, Tenant, tenant_id, TenantNotFoundError, options=[with_rpo_hours()])
 
@@ -81,7 +86,7 @@ def update_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str, *, 
         ctx.events.publish(tenant_id, "domains", domains=domains)
     if "plan" in changes:
         apply_plan_change(ctx, tenant)
-    return tenant
+    return _read(ctx, tenant_id)  # a new plan may bring a new RPO
 
 
 def apply_plan_change(ctx: ServiceContext, tenant: Tenant) -> None:
@@ -106,7 +111,7 @@ def _set_status(ctx: ServiceContext, principal: Principal, tenant_id: str, actio
         audit.record(session, principal.actor, audit_action, tenant_id)
     # After the commit: a runtime that reloads on this event must see the new status.
     ctx.events.publish(tenant_id, "status", status=tenant.status.value)
-    return tenant
+    return _read(ctx, tenant_id)
 
 
 def suspend_tenant(ctx: ServiceContext, principal: Principal, tenant_id: str) -> Tenant:
