@@ -78,3 +78,17 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float = 120.0, po
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(poll)
     return value
+
+
+def catalog_tenant(ctx, tenant_id: str, *, created_ago: timedelta = timedelta(days=1),
+                   backed_up_ago: timedelta | None = None, plan: str = "standard") -> None:
+    """An active tenant as a catalog row only (no database): enough for what requests, the scheduler and
+    the staleness filter decide, as long as no job runs."""
+    now = utcnow()
+    with ctx.sessions() as session:
+        session.add(Tenant(id=tenant_id, name=tenant_id, status=TenantStatus.ACTIVE, server_name="default",
+                           database_name=naming.database_name(tenant_id), role_name=naming.role_name(tenant_id),
+                           role_password_encrypted=ctx.keyring.encrypt("x", role_secret_context(tenant_id)),
+                           created_at=now - created_ago, plan=plan,
+                           last_backup_at=now - backed_up_ago if backed_up_ago is not None else None))
+        session.commit()
