@@ -13,10 +13,13 @@ from control_plane.bootstrap import build_context
 from control_plane.cli_output import json_option
 from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunStatus, RunItemStatus
 from control_plane.catalog.models import TenantStatus, utcnow
-from control_plane.services import migration_runs, schema_drift
+from control_plane.cli_waves import WaveAnnouncer, wave_line, waves_body
+from control_plane.errors import ValidationError
+from control_plane.services import migration_gates, migration_runs, schema_drift
 from control_plane.services.auth import SYSTEM
 from control_plane.services.context import ServiceContext
 from control_plane.services.migration_runs import RunDetail, RunRequest
+from control_plane.services.migration_waves import Wave
 from control_plane.settings import Settings
 
 POLL_SECONDS = 0.5  # a human-facing refresh, not synchronisation
@@ -56,6 +59,8 @@ def progress_line(run: MigrationRun, now: datetime | None = None) -> str:
     line = (f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{run.total}  ok {run.succeeded}  "
             f"failed {run.failed}  skipped {run.skipped}  running {run.running + run.queued}  "
             f"{rate:.1f}/s  ETA {eta}")
+    if run.waves:
+        line += f"  wave {run.current_wave + 1}/{len(run.waves)} {run.wave_status or ''}".rstrip()
     if run.stopping:
         line += "  (stopping: " + (run.error or "") + ")"
     elif run.status is MigrationRunStatus.CANCELLED and not _ended(run):
@@ -80,6 +85,14 @@ class _Progress:
             self._stream.write(line + "\n")
         self._stream.flush()
         self._last = line
+
+    def announce(self, line: str) -> None:
+        """A line of its own, above the progress line."""
+        if self._tty and self._last:
+            self._stream.write("\r\x1b[2K")
+            self._last = ""
+        self._stream.write(line + "\n")
+        self._stream.flush()
 
     def close(self) -> None:
         if self._tty and self._last:
@@ -114,18 +127,28 @@ def summary(detail: RunDetail, items: str = "problems") -> str:
     return "\n".join(lines)
 
 
-def _print_run(ctx: ServiceContext, run_id: str) -> None:
-    """The run with its per-tenant items, as the API shows it (--json)."""
+def _as_json(detail: RunDetail) -> dict[str, Any]:
     from control_plane.api.migration_run_schemas import RunDetailSchema, RunDetailView
 
-    click.echo(json.dumps(RunDetailSchema().dump(RunDetailView(migration_runs.get_run(ctx, SYSTEM, run_id))), indent=2))
+    return RunDetailSchema().dump(RunDetailView(detail))
+
+
+def _print_run(ctx: ServiceContext, run_id: str) -> None:
+    """The run with its per-tenant items, as the API shows it (--json)."""
+    click.echo(json.dumps(_as_json(migration_runs.get_run(ctx, SYSTEM, run_id)), indent=2))
 
 
 def _follow(ctx: ServiceContext, run_id: str, items: str, as_json: bool = False) -> None:
-    """Show the live progress line until the run ends, then the summary; exit 1 unless it succeeded."""
+    """Show the live progress line and each wave's changes until the run ends, then the summary; exit 1
+    unless it succeeded."""
     progress = _Progress(sys.stderr)
+    announcer = WaveAnnouncer()
     while True:
+        # Here, and not only on the sweeper's minute: a pause that is over ends now, a gate left undone runs.
+        migration_gates.proceed(ctx, run_id)
         detail = migration_runs.get_run(ctx, SYSTEM, run_id)
+        for line in announcer.lines(_as_json(detail)):
+            progress.announce(line)
         progress.show(progress_line(detail.run))
         if _ended(detail.run):
             break
@@ -156,6 +179,16 @@ def _print_plan(run: MigrationRun) -> None:
         click.echo(f"-- skipped {skipped['tenant_id']}: {skipped['reason']}")
 
 
+_WAVES = click.option("--waves", help="Staged waves as cumulative percents of the tenants, e.g. 1,10,100.")
+_PAUSE = click.option("--pause", type=click.IntRange(0), help="Seconds to wait after each wave but the last.")
+_MANUAL = click.option("--manual-pause", is_flag=True,
+                       help="Wait after each wave but the last until `tenantctl migrations continue RUN`.")
+_CHECK = click.option("--check", help="Health check after each wave: SQL that must return 0 on every migrated "
+                                      "tenant (run read-only as the tenant's role).")
+_CHECK_TIMEOUT = click.option("--check-timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 300),
+                              help="Seconds the check may run on one tenant.")
+_ROLLBACK_ON_FAILURE = click.option("--rollback-on-failure", is_flag=True,
+                                    help="When a wave fails its budget or gate, roll back every tenant moved.")
 _ITEMS = click.option("--items", type=click.Choice(["problems", "all", "none"]), default="problems", show_default=True,
                       help="Which tenants to list in the summary (problems: all but the succeeded).")
 
@@ -182,19 +215,32 @@ def migrations() -> None:
               help="Seconds a migration statement may wait for a lock in the tenant database.")
 @click.option("--statement-timeout", default=600.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds any one migration statement may run.")
+@_WAVES
+@_PAUSE
+@_MANUAL
+@_CHECK
+@_CHECK_TIMEOUT
+@_ROLLBACK_ON_FAILURE
 @click.option("--follow", is_flag=True, help="Show live progress, then a summary table; exit 1 unless it succeeded.")
 @_ITEMS
 @json_option
 def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...], concurrency: int, canary: int,
                 max_failures: int, backup_first: bool | None, dry_run: bool, lock_timeout: float, statement_timeout: float,
-                follow: bool, items: str, as_json: bool) -> None:
-    """Bring every tenant (or a selection) to TARGET, CONCURRENCY at a time."""
+                waves: str | None, pause: int | None, manual_pause: bool, check: str | None, check_timeout: float,
+                rollback_on_failure: bool, follow: bool, items: str, as_json: bool) -> None:
+    """Bring every tenant (or a selection) to TARGET, CONCURRENCY at a time, in waves if asked."""
     ctx = _context()
+    body = waves_body(waves, pause, manual_pause, max_failures)
     request = RunRequest(target=target, tenants=tenants or None,
                          statuses=tuple(TenantStatus(s) for s in statuses) or None, concurrency=concurrency,
                          canary=canary, max_failures=max_failures, backup_first=backup_first, dry_run=dry_run,
-                         lock_timeout_seconds=lock_timeout, statement_timeout_seconds=statement_timeout)
-    run = migration_runs.request_run(ctx, SYSTEM, request)
+                         lock_timeout_seconds=lock_timeout, statement_timeout_seconds=statement_timeout,
+                         waves=tuple(Wave.from_dict(w) for w in body) if body is not None else None, check=check,
+                         check_timeout_seconds=check_timeout, rollback_on_failure=rollback_on_failure)
+    try:
+        run = migration_runs.request_run(ctx, SYSTEM, request)
+    except ValidationError as exc:
+        raise click.UsageError(exc.detail) from None
     if dry_run:
         if as_json:
             from control_plane.api.migration_run_schemas import RunSchema
@@ -204,7 +250,8 @@ def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...]
             _print_plan(run)
         return
     click.echo(f"migration run {run.id}: {run.total} tenants to {run.target_revision} "
-               f"(concurrency {run.concurrency}, canary {run.canary}, max failures {run.max_failures})", err=True)
+               f"(concurrency {run.concurrency}, canary {run.canary}, max failures {run.max_failures}"
+               + (f", {len(run.waves)} waves" if run.waves else "") + ")", err=True)
     if follow:
         _follow(ctx, run.id, items, as_json)
     elif as_json:
@@ -229,6 +276,10 @@ def status_command(run_id: str, follow: bool, as_json: bool, items: str) -> None
         return
     detail = migration_runs.get_run(ctx, SYSTEM, run_id)
     click.echo(progress_line(detail.run))
+    if detail.run.waves:
+        shown = _as_json(detail)
+        for wave in shown["wave_progress"]:
+            click.echo(wave_line(shown, wave))
     click.echo(summary(detail, items))
 
 
@@ -267,6 +318,40 @@ def resume_command(run_id: str, follow: bool, items: str, as_json: bool) -> None
         _follow(ctx, run.id, items, as_json)
     elif as_json:
         _print_run(ctx, run.id)
+
+
+@migrations.command("continue")
+@click.argument("run_id")
+@click.option("--follow", is_flag=True, help="Watch it until it ends.")
+@_ITEMS
+@json_option
+def continue_command(run_id: str, follow: bool, items: str, as_json: bool) -> None:
+    """End the pause after the current wave now: the next wave starts."""
+    ctx = _context()
+    run = migration_runs.continue_run(ctx, SYSTEM, run_id)
+    click.echo(f"migration run {run.id}: wave {run.current_wave + 1} of {len(run.waves or [None])} started", err=True)
+    if follow:
+        _follow(ctx, run.id, items, as_json)
+    elif as_json:
+        _print_run(ctx, run.id)
+
+
+@migrations.command("rollback")
+@click.argument("run_id")
+@click.option("--follow", is_flag=True, help="Watch it until it ends.")
+@_ITEMS
+@json_option
+def rollback_command(run_id: str, follow: bool, items: str, as_json: bool) -> None:
+    """Bring every tenant a failed or cancelled run moved back to its starting revision (a rollback run)."""
+    ctx = _context()
+    rollback = migration_runs.rollback_run(ctx, SYSTEM, run_id)
+    click.echo(f"rollback run {rollback.id} of {run_id}: {rollback.total} tenant(s) to bring back", err=True)
+    if follow:
+        _follow(ctx, rollback.id, items, as_json)
+    elif as_json:
+        _print_run(ctx, rollback.id)
+    else:
+        click.echo(rollback.id)
 
 
 @migrations.command("cancel")

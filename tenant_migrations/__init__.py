@@ -39,6 +39,7 @@ __all__ = [
     "resolve_target",
     "script_directory",
     "destructive_revisions",
+    "irreversible_revisions",
 ]
 
 HEAD = "head"
@@ -121,6 +122,21 @@ def destructive_revisions(from_revision: str | None, to_revision: str | None) ->
     scripts = script_directory()
     return [revision for revision in known[start + 1:end + 1]
             if getattr(scripts.get_revision(revision).module, "destructive", False) is True]
+
+
+def irreversible_revisions(from_revision: str | None, to_revision: str | None) -> list[str]:
+    """The revisions a downgrade from `from_revision` to `to_revision` would undo that cannot be undone.
+
+    A revision file whose downgrade cannot bring back what its upgrade changed (data it dropped or
+    rewrote, or no downgrade at all) declares a module-level ``downgradable = False``, next to
+    ``destructive``. Rolling back a bulk migration run across such a revision restores the tenant's
+    pre-migration backup instead of downgrading. Newest first, as a downgrade undoes them.
+    """
+    known = known_revisions()
+    start, end = sorted((_position(from_revision, known), _position(to_revision, known)))
+    scripts = script_directory()
+    return [revision for revision in reversed(known[start + 1:end + 1])
+            if getattr(scripts.get_revision(revision).module, "downgradable", True) is False]
 
 
 def current_revision(connection: Connection) -> str | None:

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import psycopg
 from sqlalchemy import Connection, Engine, TextClause, create_engine, event
@@ -77,6 +77,12 @@ def _engine_for(host: str, port: int, tls: Mapping[str, str], options: str | Non
 
 def _log_in_as_tenant(dialect: object, record: object, cargs: list, cparams: dict) -> None:
     cparams.update(_LOGIN.get())
+
+
+def _message_of_driver(exc: BaseException) -> str:
+    """PostgreSQL's own message of a psycopg error (never the DSN)."""
+    diag = getattr(exc, "diag", None)
+    return getattr(diag, "message_primary", None) or str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -183,4 +189,24 @@ class TenantDatabase:
         except psycopg.Error as exc:
             raise DatabaseServerError(f"tenant database {self.database}: "
                                       f"{getattr(exc.diag, 'message_primary', None) or exc}") from exc
+        return row[0] if row else None
+
+    def run_check(self, query: str, timeout_ms: int) -> Any:
+        """The first column of the first row of `query` (None without a row), run as the tenant's role in a
+        read-only transaction bounded by a statement timeout: a health check between migration waves."""
+        options = f"-c statement_timeout={int(timeout_ms)} -c lock_timeout={int(timeout_ms)} " \
+                  "-c default_transaction_read_only=on"
+        with self._connect(options) as conn:
+            raw = conn.connection.dbapi_connection
+            try:
+                with raw.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION READ ONLY")
+                    # No parameters: psycopg sends the text as is (a '%' in it is not a placeholder), and as
+                    # one statement of the extended protocol, so "select 1; drop ..." is refused outright.
+                    cursor.execute(query)
+                    row = cursor.fetchone() if cursor.description else None
+            except Exception as exc:
+                raise DatabaseServerError(f"tenant database {self.database}: {_message_of_driver(exc)}") from exc
+            finally:
+                raw.rollback()
         return row[0] if row else None

@@ -7,7 +7,8 @@ from control_plane.api.input import InputSchema
 from control_plane.catalog.migration_run_models import MigrationRunStatus, RunItemStatus
 from control_plane.catalog.models import TenantStatus
 from control_plane.naming import tenant_id_problem
-from control_plane.services.migration_runs import MAX_CONCURRENCY, RunDetail
+from control_plane.services.migration_runs import MAX_CHECK_TIMEOUT_SECONDS, MAX_CONCURRENCY, RunDetail
+from control_plane.services.migration_waves import MAX_CHECK_LENGTH, MAX_RUN_TENANTS, MAX_WAIT_SECONDS, MAX_WAVES
 
 
 def _validate_tenant_id(value: str) -> None:
@@ -16,7 +17,20 @@ def _validate_tenant_id(value: str) -> None:
         raise ValidationError(f"{value[:40]!r} {problem}")
 
 
-MAX_RUN_TENANTS = 100_000  # tenants one run may name; canary and max_failures cannot exceed it either
+class WaveSchema(InputSchema):
+    percent = fields.Integer(validate=validate.Range(min=1, max=100), metadata={
+        "description": "Cumulative share of the run's tenants (not named in a wave) migrated by the end of this wave"})
+    tenants = fields.List(fields.String(validate=[validate.Length(max=40), _validate_tenant_id]),
+                          validate=validate.Length(min=1, max=MAX_RUN_TENANTS),
+                          metadata={"description": "Or these tenants, by id"})
+    max_failures = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=MAX_RUN_TENANTS),
+                                  metadata={"description": "This wave's failure budget (default: the run's)"})
+    max_error_rate = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1),
+                                  metadata={"description": "Gate: failed / migrated in the wave at most this"})
+    wait_seconds = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_SECONDS),
+                                  metadata={"description": "Pause after this wave's gate passed"})
+    manual = fields.Boolean(load_default=False, metadata={
+        "description": "Pause after this wave until POST /v1/migration-runs/<id>/continue"})
 
 
 class RunCreateSchema(InputSchema):
@@ -32,6 +46,16 @@ class RunCreateSchema(InputSchema):
     dry_run = fields.Boolean(load_default=False)
     lock_timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0.01, max=3600))
     statement_timeout_seconds = fields.Float(load_default=600.0, validate=validate.Range(min=0.1, max=86400))
+    waves = fields.List(fields.Nested(WaveSchema), validate=validate.Length(min=1, max=MAX_WAVES), metadata={
+        "description": "Staged waves, e.g. [{percent: 1}, {percent: 10}, {percent: 100}]; percents increase, the "
+                       "last is 100 (or explicit tenant lists cover the run)"})
+    check = fields.String(validate=validate.Length(min=1, max=MAX_CHECK_LENGTH), metadata={
+        "description": "Health check after each wave: SQL run read-only as each migrated tenant's role; must "
+                       "return 0 on every one of them, else no later wave starts"})
+    check_timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(
+        min=0.1, max=MAX_CHECK_TIMEOUT_SECONDS))
+    rollback_on_failure = fields.Boolean(load_default=False, metadata={
+        "description": "When the run stops for a failure budget or a failed gate, roll back every tenant it moved"})
 
     @validates("tenants")
     def _unique(self, value: list[str], **kwargs) -> None:
@@ -78,6 +102,39 @@ class RunSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     cancelled_at = fields.DateTime(allow_none=True)
+    kind = fields.String(metadata={"description": "migrate, or rollback (of the run `rollback_of`)"})
+    rollback_of = fields.String(allow_none=True)
+    rollback_run_id = fields.Function(lambda run: run.rolled_back_by, allow_none=True,
+                                      metadata={"type": "string", "description": "The run rolling this one back"})
+    waves = fields.Function(lambda run: [{k: v for k, v in w.items() if k != "gate"} for w in run.waves]
+                            if run.waves else None, allow_none=True, metadata={"type": "array"})
+    check = fields.String(attribute="health_check", allow_none=True)
+    check_timeout_seconds = fields.Function(lambda run: run.check_timeout_ms / 1000)
+    current_wave = fields.Function(lambda run: run.current_wave + 1, metadata={"type": "integer"})
+    wave_status = fields.String(allow_none=True, metadata={
+        "description": "running, gating (health check), waiting (paused before the next wave), done, failed"})
+    wave_ready_at = fields.DateTime(allow_none=True, metadata={"description": "When a timed pause ends"})
+    stopped_by = fields.String(allow_none=True, metadata={"description": "canary, budget or gate"})
+    rollback_on_failure = fields.Boolean()
+
+
+class WaveCountsSchema(Schema):
+    pending = fields.Integer()
+    queued = fields.Integer()
+    running = fields.Integer()
+    succeeded = fields.Integer()
+    failed = fields.Integer()
+    skipped = fields.Integer()
+
+
+class WaveProgressSchema(Schema):
+    number = fields.Integer()
+    spec = fields.Dict()
+    status = fields.String(metadata={"description": "running, gating, waiting, passed, failed, not started, ..."})
+    total = fields.Integer()
+    counts = fields.Nested(WaveCountsSchema)
+    gate = fields.Dict(allow_none=True)
+    ready_at = fields.DateTime(allow_none=True)
 
 
 class RunItemSchema(Schema):
@@ -96,6 +153,11 @@ class RunItemSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     duration_seconds = fields.Float(allow_none=True)
+    wave = fields.Function(lambda item: item.wave + 1, metadata={"type": "integer"})
+    target_revision = fields.String(allow_none=True)
+    rollback_method = fields.String(allow_none=True)
+    operation_id = fields.String(allow_none=True)
+    check_result = fields.Dict(allow_none=True)
 
 
 class RunDetailView:
@@ -105,6 +167,7 @@ class RunDetailView:
         self._run = detail.run
         self.items = detail.items
         self.peak_concurrency = detail.peak_concurrency
+        self.wave_progress = detail.waves
 
     def __getattr__(self, name: str):
         return getattr(self._run, name)
@@ -112,6 +175,7 @@ class RunDetailView:
 
 class RunDetailSchema(RunSchema):
     peak_concurrency = fields.Integer(metadata={"description": "Most tenants observed migrating at the same time"})
+    wave_progress = fields.List(fields.Nested(WaveProgressSchema))
     items = fields.List(fields.Nested(RunItemSchema))
 
 

@@ -10,6 +10,7 @@ from control_plane.api.migration_run_schemas import (DriftSchema, RunCreateSchem
                                                      RunItemQuerySchema, RunQuerySchema, RunSchema)
 from control_plane.services import migration_runs, schema_drift
 from control_plane.services.migration_runs import RunRequest
+from control_plane.services.migration_waves import Wave
 
 blp = ApiBlueprint("migrations", __name__, url_prefix="/v1", description="Bulk schema migrations across tenants")
 
@@ -44,7 +45,8 @@ class MigrationRuns(MethodView):
         SQL per starting revision (the catalog's) and touches no tenant.
         """
         request = RunRequest(**{**body, "tenants": tuple(body["tenants"]) if "tenants" in body else None,
-                                "statuses": tuple(body["statuses"]) if "statuses" in body else None})
+                                "statuses": tuple(body["statuses"]) if "statuses" in body else None,
+                                "waves": tuple(Wave.from_dict(w) for w in body["waves"]) if "waves" in body else None})
         return _accepted(migration_runs.request_run(services(), principal(), request, idempotency_key()))
 
 
@@ -79,6 +81,32 @@ class CancelMigrationRun(MethodView):
     def post(self, run_id):
         """No new tenant starts; those being migrated finish and are recorded. `resume` continues the run."""
         return migration_runs.cancel_run(services(), principal(), run_id, idempotency_key=idempotency_key())
+
+
+@blp.route("/migration-runs/<run_id>/continue")
+class ContinueMigrationRun(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
+    @blp.response(202, RunSchema, headers=_202)
+    @blp.alt_response(404, description="No such run")
+    @blp.alt_response(409, description="The run is not paused between waves")
+    def post(self, run_id):
+        """End the pause after the current wave (manual, or a timed one early): the next wave starts."""
+        return _accepted(migration_runs.continue_run(services(), principal(), run_id, idempotency_key()))
+
+
+@blp.route("/migration-runs/<run_id>/rollback")
+class RollbackMigrationRun(MethodView):
+    @blp.access(Access.SUPER_ADMIN)
+    @blp.response(202, RunSchema, headers=_202)
+    @blp.alt_response(404, description="No such run")
+    @blp.alt_response(409, description="The run has not ended failed or cancelled, or was already rolled back")
+    def post(self, run_id):
+        """Bring every tenant the run moved back to its starting revision, as a rollback run (answered).
+
+        Per tenant: an Alembic downgrade, or, across a revision that declares `downgradable = False`, the
+        restore of its pre-migration backup. Each tenant's outcome is an item of the rollback run.
+        """
+        return _accepted(migration_runs.rollback_run(services(), principal(), run_id, idempotency_key()))
 
 
 @blp.route("/migrations/drift")

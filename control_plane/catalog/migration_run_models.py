@@ -10,7 +10,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from control_plane.catalog.models import Base, _enum, _json, new_id, utcnow
@@ -46,9 +46,20 @@ class RunItemStatus(str, enum.Enum):
         return self in (RunItemStatus.SUCCEEDED, RunItemStatus.FAILED, RunItemStatus.SKIPPED)
 
 
+class RunKind(str, enum.Enum):
+    MIGRATE = "migrate"
+    ROLLBACK = "rollback"
+
+
+class RollbackMethod(str, enum.Enum):
+    DOWNGRADE = "downgrade"  # Alembic downgrade to the item's target revision
+    RESTORE = "restore"      # restore of the tenant's pre-migration backup (the RESTORE kind, in place)
+
+
 class MigrationRun(Base):
     __tablename__ = "migration_runs"
-    __table_args__ = (UniqueConstraint("requested_by", "idempotency_key", name="uq_migration_runs_idempotency"),)
+    __table_args__ = (UniqueConstraint("requested_by", "idempotency_key", name="uq_migration_runs_idempotency"),
+                      Index("uq_migration_runs_rollback_of", "rollback_of", unique=True))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     target: Mapped[str] = mapped_column(String(64))  # as requested ("head" or a revision)
@@ -83,6 +94,21 @@ class MigrationRun(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "migrate", or "rollback": a run whose items bring back the tenants another run (rollback_of) moved.
+    kind: Mapped[str] = mapped_column(String(16), default=RunKind.MIGRATE, server_default=RunKind.MIGRATE)
+    rollback_of: Mapped[str | None] = mapped_column(ForeignKey("migration_runs.id", ondelete="CASCADE",
+                                                               name="fk_migration_runs_rollback_of"))
+    # The waves as requested (see services.migration_waves), each with its gate outcome once decided;
+    # None: one wave of every tenant.
+    waves: Mapped[list[dict[str, Any]] | None] = mapped_column(_json)
+    health_check: Mapped[str | None] = mapped_column(Text)  # SQL that must return 0 on every migrated tenant
+    check_timeout_ms: Mapped[int] = mapped_column(Integer, default=5000, server_default="5000")
+    current_wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # running (its items start), gating (its health check is being run), waiting (paused before the next)
+    wave_status: Mapped[str | None] = mapped_column(String(16))
+    wave_ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # end of a timed pause
+    stopped_by: Mapped[str | None] = mapped_column(String(16))  # canary, budget, gate: why no item starts
+    rollback_on_failure: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     items: Mapped[list["MigrationRunItem"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="MigrationRunItem.position", lazy="raise")
@@ -99,6 +125,11 @@ class MigrationRun(Base):
         self.total = sum(counts.values())
 
     @property
+    def rolled_back_by(self) -> str | None:
+        """The rollback run started for this run, if any (it is recorded in the run's result)."""
+        return (self.result or {}).get("rollback_run_id")
+
+    @property
     def stopping(self) -> bool:
         """Running, but no new item may start (canary failed or failure budget spent)."""
         return self.status is MigrationRunStatus.RUNNING and self.error is not None
@@ -109,10 +140,11 @@ class MigrationRun(Base):
         self.status = MigrationRunStatus.RUNNING
         self.started_at = utcnow()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, by: str | None = None) -> None:
         if self.status is not MigrationRunStatus.RUNNING:
             raise IllegalTransitionError("migration run", self.id, self.status.value, "stop")
         self.error = reason
+        self.stopped_by = by
 
     def finish(self) -> None:
         """End a running run once nothing is in flight: failed if any item failed or could not start."""
@@ -134,6 +166,9 @@ class MigrationRun(Base):
             self.cancelled_at = utcnow()
 
     def check_resumable(self) -> None:
+        if self.rolled_back_by:
+            raise IllegalTransitionError("migration run", self.id, f"rolled back by run {self.rolled_back_by}",
+                                         "resume")
         if self.dry_run or self.status is MigrationRunStatus.SUCCEEDED:
             raise IllegalTransitionError("migration run", self.id,
                                          "a dry run" if self.dry_run else self.status.value, "resume")
@@ -143,6 +178,7 @@ class MigrationRun(Base):
         self.status = MigrationRunStatus.RUNNING
         self.started_at = self.started_at or utcnow()
         self.error = None
+        self.stopped_by = None
         self.finished_at = None
         self.cancelled_at = None
 
@@ -169,6 +205,12 @@ class MigrationRunItem(Base):
     dispatch_token: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     backup: Mapped[dict[str, Any] | None] = mapped_column(_json)
+    wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Rollback items: the revision to bring the tenant back to, how, and the RESTORE operation doing it.
+    target_revision: Mapped[str | None] = mapped_column(String(64))
+    rollback_method: Mapped[str | None] = mapped_column(String(16))
+    operation_id: Mapped[str | None] = mapped_column(String(36))
+    check_result: Mapped[dict[str, Any] | None] = mapped_column(_json)  # the wave's health check on this tenant
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -223,6 +265,13 @@ class MigrationRunItem(Base):
         self.error = error
         self.from_revision = from_revision or self.from_revision
         self.to_revision = reached_revision
+        self._end(RunItemStatus.FAILED)
+
+    def refuse(self, reason: str) -> None:
+        """Failed without being started: what it would do cannot be done (a rollback with no way back)."""
+        if self.status is not RunItemStatus.PENDING:
+            raise self._illegal("refuse")
+        self.error = reason
         self._end(RunItemStatus.FAILED)
 
     def skip(self, reason: str) -> None:

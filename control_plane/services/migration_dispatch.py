@@ -20,6 +20,8 @@ from control_plane.catalog.migration_run_models import MigrationRun, MigrationRu
 from control_plane.catalog.models import Tenant, TenantStatus, utcnow
 from control_plane.errors import DependencyUnavailableError, MigrationRunNotFoundError, TenantBusyError
 from control_plane.services import audit
+from control_plane.services import migration_rollback as rollback
+from control_plane.services import migration_waves as waves
 from control_plane.services.context import ServiceContext
 
 log = logging.getLogger(__name__)
@@ -44,70 +46,91 @@ def lock_item(session: Session, item_id: str) -> MigrationRunItem:
     return session.get(MigrationRunItem, item_id, with_for_update=True, populate_existing=True)
 
 
-def _tally(session: Session, run_id: str) -> tuple[dict[RunItemStatus, int], dict[RunItemStatus, int]]:
-    """Items per status, for the whole run and for its canary wave (one query)."""
+def _tally(session: Session, run_id: str) -> tuple[dict[RunItemStatus, int], dict[int, dict[RunItemStatus, int]]]:
+    """Items per status, for the whole run and per wave (one query)."""
     counts: dict[RunItemStatus, int] = {}
-    canaries: dict[RunItemStatus, int] = {}
-    for canary, status, count in session.execute(
-            select(MigrationRunItem.canary, MigrationRunItem.status, func.count())
-            .where(MigrationRunItem.run_id == run_id).group_by(MigrationRunItem.canary, MigrationRunItem.status)):
+    per_wave: dict[int, dict[RunItemStatus, int]] = {}
+    for wave, status, count in session.execute(
+            select(MigrationRunItem.wave, MigrationRunItem.status, func.count())
+            .where(MigrationRunItem.run_id == run_id).group_by(MigrationRunItem.wave, MigrationRunItem.status)):
         counts[status] = counts.get(status, 0) + count
-        if canary:
-            canaries[status] = count
-    return counts, canaries
+        per_wave.setdefault(wave, {})[status] = count
+    return counts, per_wave
 
 
-def _stop_reason(session: Session, run: MigrationRun, canaries: dict[RunItemStatus, int]) -> str | None:
-    if canaries.get(RunItemStatus.FAILED):
-        failed_canaries = session.scalars(
-            select(MigrationRunItem.tenant_id).where(MigrationRunItem.run_id == run.id, MigrationRunItem.canary,
-                                                     MigrationRunItem.status == RunItemStatus.FAILED)
-            .order_by(MigrationRunItem.position)).all()
-        return f"canary failed ({', '.join(failed_canaries)}): no other tenant was started"
-    if run.failed > run.max_failures:
-        return (f"failure budget exhausted: {run.failed} tenant(s) failed, max_failures is {run.max_failures}; "
-                "no other tenant was started")
-    return None
+def _failed_ids(session: Session, run: MigrationRun) -> list[str]:
+    return list(session.scalars(
+        select(MigrationRunItem.tenant_id).where(MigrationRunItem.run_id == run.id,
+                                                 MigrationRunItem.wave == run.current_wave,
+                                                 MigrationRunItem.status == RunItemStatus.FAILED)
+        .order_by(MigrationRunItem.position).limit(20)))
 
 
-def _claim(session: Session, run: MigrationRun, slots: int, canary_only: bool) -> Claims:
-    query = select(MigrationRunItem).where(MigrationRunItem.run_id == run.id,
-                                           MigrationRunItem.status == RunItemStatus.PENDING)
-    if canary_only:
-        query = query.where(MigrationRunItem.canary)
-    items = session.scalars(query.order_by(MigrationRunItem.position).limit(slots).with_for_update()).all()
+def _claim(session: Session, run: MigrationRun, slots: int) -> Claims:
+    # Earlier waves too: a resume puts their failed items back to pending.
+    items = session.scalars(select(MigrationRunItem).where(MigrationRunItem.run_id == run.id,
+                                                           MigrationRunItem.wave <= run.current_wave,
+                                                           MigrationRunItem.status == RunItemStatus.PENDING)
+                            .order_by(MigrationRunItem.position).limit(slots).with_for_update()).all()
     claims = [(item.id, item.claim()) for item in items]
     run.pending -= len(claims)
     run.queued += len(claims)
     return claims
 
 
+def _advance_waves(session: Session, run: MigrationRun, per_wave: dict[int, dict[RunItemStatus, int]]) -> Claims:
+    """Stop rules, claims for free slots of the current wave, and what happens when the wave is over."""
+    claims: Claims = []
+    if run.wave_status is None:
+        run.wave_status = waves.RUNNING
+    while not run.stopping and run.wave_status == waves.RUNNING:
+        counts = per_wave.setdefault(run.current_wave, {})
+        stop = waves.stop_reason(run, counts, lambda: _failed_ids(session, run))
+        if stop:
+            run.stop(*stop)
+            log.warning("migration run %s stops starting tenants: %s", run.id, stop[0])
+            break
+        upto = [per_wave.get(wave, {}) for wave in range(run.current_wave + 1)]
+        pending = sum(c.get(RunItemStatus.PENDING, 0) for c in upto)
+        slots = run.concurrency - run.queued - run.running
+        if pending and slots > 0:
+            claimed = _claim(session, run, slots)
+            pending -= len(claimed)
+            claims += claimed
+        if pending or run.queued + run.running:
+            break
+        # The wave is over: its gate. The error rate is decided here; a health check needs I/O (migration_gates).
+        reason = waves.error_rate_reason(run, counts)
+        if reason:
+            waves.record_gate(run, {"passed": False, "error": reason})
+            run.wave_status = waves.FAILED
+            run.stop(reason, "gate")
+            break
+        if run.health_check and counts.get(RunItemStatus.SUCCEEDED):
+            run.wave_status = waves.GATING
+            break
+        waves.record_gate(run, {"passed": True, "checked": 0})
+        waves.passed(run)
+    return claims
+
+
 def advance(session: Session, run: MigrationRun) -> Claims:
     """With the run row locked: refresh its counts, apply the stop rules, claim items for free slots, end it.
 
-    Returns the claimed items, to enqueue after the commit.
+    Returns the claimed items, to enqueue after the commit (a rollback the run asked for included).
     """
-    counts, canaries = _tally(session, run.id)
+    counts, per_wave = _tally(session, run.id)
     run.set_counts(counts)
     claims: Claims = []
     if run.status is MigrationRunStatus.RUNNING:
-        if not run.stopping:
-            reason = _stop_reason(session, run, canaries)
-            if reason:
-                run.stop(reason)
-                log.warning("migration run %s stops starting tenants: %s", run.id, reason)
-        if not run.stopping and run.pending:
-            slots = run.concurrency - run.queued - run.running
-            if slots > 0:
-                # The canary wave is open while any canary is unfinished: until then only canaries may start.
-                canary_open = any(canaries.get(status) for status in
-                                  (RunItemStatus.PENDING, RunItemStatus.QUEUED, RunItemStatus.RUNNING))
-                claims = _claim(session, run, slots, canary_open)
-        if run.queued + run.running == 0 and (run.pending == 0 or run.stopping):
+        claims = _advance_waves(session, run, per_wave)
+        if run.queued + run.running == 0 and (run.stopping or run.wave_status == waves.DONE):
             run.finish()
             audit.record(session, "system", "migration_run.finished", run_id=run.id, status=run.status.value,
                          error=run.error, **run.counts)
             log.info("migration run %s %s: %s", run.id, run.status.value, run.counts)
+            if rollback.wanted(run):
+                claims += advance(session, rollback.plan(session, run, "system"))
     elif run.status is MigrationRunStatus.CANCELLED and run.finished_at is None and run.queued + run.running == 0:
         run.finished_at = utcnow()  # the last item running at cancel time has finished
     return claims

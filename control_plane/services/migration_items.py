@@ -13,14 +13,17 @@ from sqlalchemy.orm import Session, joinedload, lazyload
 
 import tenant_migrations
 from control_plane.catalog.db import transaction
-from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem, MigrationRunStatus, RunItemStatus
+from control_plane.catalog.migration_run_models import (MigrationRun, MigrationRunItem, MigrationRunStatus,
+                                                        RollbackMethod, RunItemStatus)
 from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, TenantStatus, utcnow
 from control_plane.errors import TenantBusyError, TenantMigrationError
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, TenantDatabasePort
 from control_plane.services.migration_dispatch import (Claims, advance, enqueue, lock_item, lock_run,
                                                        recover_abandoned, requeue_lost)
+from control_plane.services.migration_gates import proceed
 from control_plane.services.migration_profile import Phases, add_to_profile
+from control_plane.services.rollback_restores import restore_item
 from control_plane.services.runner import describe
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class _Claimed:
     run_id: str
     tenant_id: str
     lock_timeout_ms: int
+    rollback_method: str | None = None
 
 
 @dataclass
@@ -81,6 +85,7 @@ def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: fl
         if run_id is None:
             return
         if ended:
+            enqueue(ctx, claims)  # a rollback the run's end started
             rebuild_templates(ctx, run_id)
             return
         if not claims:
@@ -88,6 +93,7 @@ def execute_item(ctx: ServiceContext, item_id: str, token: int, lane_seconds: fl
             # item, and no claimed item waits for a job that Redis lost. Cheap when all is well.
             recover_abandoned(ctx, run_id=run_id, reason="the worker running it is gone")
             requeue_lost(ctx, run_id)
+            proceed(ctx, run_id)  # the wave may be over: its health check, the next wave
             return
         if time.monotonic() >= deadline:
             enqueue(ctx, claims)
@@ -103,17 +109,17 @@ def _read_claim(ctx: ServiceContext, item_id: str, token: int, phases: Phases) -
     with phases.phase("catalog: read the claim"), ctx.sessions() as session:
         row = session.execute(
             select(MigrationRunItem.run_id, MigrationRunItem.tenant_id, MigrationRun.lock_timeout_ms,
-                   MigrationRunItem.queued_at)
+                   MigrationRunItem.queued_at, MigrationRunItem.rollback_method)
             .join(MigrationRun, MigrationRun.id == MigrationRunItem.run_id)
             .where(MigrationRunItem.id == item_id, MigrationRunItem.dispatch_token == token,
                    MigrationRunItem.status == RunItemStatus.QUEUED)).one_or_none()
     if row is None:
         return None
-    run_id, tenant_id, lock_timeout_ms, queued_at = row
+    run_id, tenant_id, lock_timeout_ms, queued_at, rollback_method = row
     if queued_at is not None:
         # From the claim to this job's start: Redis, the queue's wait for a free worker, RQ's fork.
         phases.add("queue: claim to job start", max(0.0, (utcnow() - queued_at).total_seconds()))
-    return _Claimed(item_id, run_id, tenant_id, lock_timeout_ms)
+    return _Claimed(item_id, run_id, tenant_id, lock_timeout_ms, rollback_method)
 
 
 def _run_claim(ctx: ServiceContext, item_id: str, token: int, phases: Phases,
@@ -127,6 +133,8 @@ def _run_claim(ctx: ServiceContext, item_id: str, token: int, phases: Phases,
                  item_id, token)
         return None, [], False, None
     run_id = claimed.run_id
+    if claimed.rollback_method == RollbackMethod.RESTORE:  # the RESTORE kind takes the tenant lock itself
+        return (run_id, *restore_item(ctx, run_id, item_id, token, worker_name()), None)
     following: _Claimed | None = None
     try:
         # Held from before the item is marked running until after it is marked finished: "running" thus
@@ -194,8 +202,9 @@ def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Start
             if tenant is not None and tenant.status is TenantStatus.ACTIVE:
                 tenant.begin_migration()
                 item.begin(worker_name())
-                return _Started(tenant=tenant, database=ctx.database_of(tenant), target=target,
-                                lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms,
+                # A rollback item has its own target: the revision its tenant started from.
+                return _Started(tenant=tenant, database=ctx.database_of(tenant),
+                                target=item.target_revision or target, lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms,
                                 backup_first=backup_first)
         session.rollback()
     return _start_locked(ctx, run_id, item_id, token)
@@ -223,7 +232,8 @@ def _start_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) ->
         item.begin(worker_name())
         run.queued -= 1  # a queued item becoming running frees no slot: nothing to decide, just count
         run.running += 1
-        return _Started(tenant=tenant, database=ctx.database_of(tenant), target=run.target_revision,
+        return _Started(tenant=tenant, database=ctx.database_of(tenant),
+                        target=item.target_revision or run.target_revision,
                         lock_timeout_ms=run.lock_timeout_ms, statement_timeout_ms=run.statement_timeout_ms,
                         backup_first=run.backup_first)
 
@@ -331,7 +341,7 @@ def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome:
         if claims:
             # The lane goes on with the first claim: what it needs of it is at hand (no query), saving a read.
             first = session.get(MigrationRunItem, claims[0][0])
-            following = _Claimed(first.id, run.id, first.tenant_id, run.lock_timeout_ms)
+            following = _Claimed(first.id, run.id, first.tenant_id, run.lock_timeout_ms, first.rollback_method)
         # This transaction's own time is counted with the next item's (it is not over yet).
         run.result = add_to_profile(run.result, phases.drain())
     phases.add("catalog: record outcome", time.perf_counter() - finish_started - run_lock_wait)

@@ -5,7 +5,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,19 +15,26 @@ from sqlalchemy.orm import Session
 
 import tenant_migrations
 from control_plane.catalog.db import get_or_raise, transaction
-from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunItem, MigrationRunStatus, RunItemStatus
+from control_plane.catalog.migration_run_models import (MigrationRun, MigrationRunItem, MigrationRunStatus,
+                                                        RunItemStatus, RunKind)
 from control_plane.catalog.models import Tenant, TenantStatus, utcnow
-from control_plane.errors import IdempotencyKeyReusedError, MigrationRunNotFoundError, ValidationError
+from control_plane.errors import (IdempotencyKeyReusedError, IllegalTransitionError, MigrationRunNotFoundError,
+                                  ValidationError)
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext
+from control_plane.services import migration_waves as waves
 from control_plane.services.migration_dispatch import (advance, enqueue, lock_run, recover_abandoned,
                                                        requeue_lost)
+from control_plane.services.migration_gates import proceed
+from control_plane.services.migration_rollback import plan as rollback_plan
+from control_plane.services.migration_waves import Wave
 from control_plane.services.operation_requests import is_replay
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 256
+MAX_CHECK_TIMEOUT_SECONDS = 300
 # A resume re-enqueues queued items whose RQ job is gone; younger claims are left to their own job.
 RESUME_LOST_AFTER = timedelta(seconds=5)
 
@@ -45,9 +52,14 @@ class RunRequest:
     dry_run: bool = False
     lock_timeout_seconds: float = 5.0
     statement_timeout_seconds: float = 600.0
+    waves: tuple[Wave, ...] | None = None
+    check: str | None = None  # the health check between waves: SQL that must return 0 on each migrated tenant
+    check_timeout_seconds: float = 5.0
+    rollback_on_failure: bool = False
 
     def fingerprint(self) -> str:
-        body = {**self.__dict__, "statuses": [s.value for s in self.statuses] if self.statuses else None}
+        body = {**self.__dict__, "statuses": [s.value for s in self.statuses] if self.statuses else None,
+                "waves": [w.as_dict() for w in self.waves] if self.waves is not None else None}
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -56,6 +68,7 @@ class RunDetail:
     run: MigrationRun
     items: list[MigrationRunItem]
     peak_concurrency: int
+    waves: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _validate(ctx: ServiceContext, request: RunRequest) -> str:
@@ -71,6 +84,9 @@ def _validate(ctx: ServiceContext, request: RunRequest) -> str:
         raise ValidationError("concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
     if request.canary < 0 or request.max_failures < 0:
         raise ValidationError("canary" if request.canary < 0 else "max_failures", "must not be negative")
+    if not 0.1 <= request.check_timeout_seconds <= MAX_CHECK_TIMEOUT_SECONDS:
+        raise ValidationError("check_timeout_seconds", f"must be between 0.1 and {MAX_CHECK_TIMEOUT_SECONDS}")
+    waves.validate(list(request.waves) if request.waves is not None else None, request.check, request.canary)
     return target_revision
 
 
@@ -170,6 +186,9 @@ def request_run(ctx: ServiceContext, principal: Principal, request: RunRequest,
                 backup_first=backup_first, dry_run=request.dry_run,
                 lock_timeout_ms=int(request.lock_timeout_seconds * 1000),
                 statement_timeout_ms=int(request.statement_timeout_seconds * 1000),
+                waves=_wave_entries(request), health_check=request.check,
+                check_timeout_ms=int(request.check_timeout_seconds * 1000), current_wave=0,
+                wave_status=waves.RUNNING, rollback_on_failure=request.rollback_on_failure,
                 status=MigrationRunStatus.QUEUED, requested_by=principal.token_id, actor=principal.actor,
                 idempotency_key=idempotency_key, request_fingerprint=fingerprint)
             session.add(run)
@@ -189,7 +208,8 @@ def request_run(ctx: ServiceContext, principal: Principal, request: RunRequest,
             audit.record(session, principal.actor, "migration_run.requested", run_id=run.id, target=run.target,
                          target_revision=target_revision, tenants=run.total, concurrency=run.concurrency,
                          canary=run.canary, max_failures=run.max_failures, dry_run=run.dry_run,
-                         backup_first=run.backup_first, destructive_revisions=destructive)
+                         backup_first=run.backup_first, destructive_revisions=destructive, waves=run.waves,
+                         check=run.health_check, rollback_on_failure=run.rollback_on_failure)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         with ctx.sessions() as session:
@@ -198,21 +218,34 @@ def request_run(ctx: ServiceContext, principal: Principal, request: RunRequest,
             raise
         return replay
     enqueue(ctx, claims)
-    log.info("migration run %s to %s: %d tenants, concurrency %d, canary %d, max_failures %d", run.id,
-             target_revision, run.total, run.concurrency, run.canary, run.max_failures)
+    proceed(ctx, run.id)  # a first wave with nothing to migrate may already be at its health check
+    log.info("migration run %s to %s: %d tenants, concurrency %d, canary %d, max_failures %d, %d wave(s)", run.id,
+             target_revision, run.total, run.concurrency, run.canary, run.max_failures, len(run.waves or [None]))
     return run
 
 
+def _wave_entries(request: RunRequest) -> list[dict[str, Any]] | None:
+    """The run's waves as stored: as requested, the canary's two, or None (one wave of every tenant)."""
+    if request.waves is not None:
+        return [wave.as_dict() for wave in request.waves]
+    if request.canary:
+        return [wave.as_dict() for wave in waves.canary_waves(request.canary, request.max_failures)]
+    return None
+
+
 def _add_items(session: Session, run: MigrationRun, tenants: list[Tenant]) -> None:
-    canaries = 0
-    for position, tenant in enumerate(tenants):
+    active = {t.id for t in tenants if t.status is TenantStatus.ACTIVE}
+    if run.canary:
+        # The first `canary` active tenants are the first wave (as before waves existed).
+        canaries = set([t.id for t in tenants if t.id in active][:run.canary])
+        numbers = [0 if t.id in canaries else 1 for t in tenants]
+    else:
+        numbers = waves.assign(waves.specs(run) if run.waves else None, [t.id for t in tenants], active)
+    for position, (tenant, wave) in enumerate(zip(tenants, numbers)):
         item = MigrationRunItem(run_id=run.id, tenant_id=tenant.id, position=position, status=RunItemStatus.PENDING,
-                                canary=False, attempts=0, dispatch_token=0)
+                                canary=bool(run.canary) and wave == 0, attempts=0, dispatch_token=0, wave=wave)
         if tenant.status is not TenantStatus.ACTIVE:
             item.skip(f"tenant is {tenant.status.value}")
-        elif canaries < run.canary:
-            item.canary = True
-            canaries += 1
         session.add(item)
 
 
@@ -243,7 +276,39 @@ def get_run(ctx: ServiceContext, principal: Principal, run_id: str,
         items = list(session.scalars(select(MigrationRunItem).where(MigrationRunItem.run_id == run_id)
                                      .order_by(MigrationRunItem.position)))
     shown = [item for item in items if item_status is None or item.status is item_status]
-    return RunDetail(run=run, items=shown, peak_concurrency=peak_concurrency(items))
+    return RunDetail(run=run, items=shown, peak_concurrency=peak_concurrency(items),
+                     waves=wave_progress(run, items))
+
+
+def _wave_status(run: MigrationRun, index: int, gate: dict[str, Any] | None) -> str:
+    if index == run.current_wave and run.status is MigrationRunStatus.RUNNING and not run.stopping \
+            and run.wave_status != waves.DONE:
+        return run.wave_status or waves.RUNNING
+    if gate:
+        return "passed" if gate.get("passed") else "failed"
+    if index < run.current_wave:
+        return "passed"
+    if index > run.current_wave:
+        return "not started"
+    if run.stopped_by:
+        return "failed"
+    return "cancelled" if run.status is MigrationRunStatus.CANCELLED else run.status.value
+
+
+def wave_progress(run: MigrationRun, items: list[MigrationRunItem]) -> list[dict[str, Any]]:
+    """Per wave: what it is (its spec), where it is (status), its items per status, its gate's outcome."""
+    entries = run.waves or [waves.Wave(percent=100).as_dict()]
+    progress = []
+    for index, entry in enumerate(entries):
+        counts = {status.value: 0 for status in RunItemStatus}
+        for item in items:
+            if item.wave == index:
+                counts[item.status.value] += 1
+        spec = {key: value for key, value in entry.items() if key != "gate"}
+        progress.append({"number": index + 1, "spec": spec, "status": _wave_status(run, index, entry.get("gate")),
+                         "total": sum(counts.values()), "counts": counts, "gate": entry.get("gate"),
+                         "ready_at": run.wave_ready_at if index == run.current_wave else None})
+    return progress
 
 
 def list_runs(ctx: ServiceContext, principal: Principal, *, status: MigrationRunStatus | None = None,
@@ -275,6 +340,8 @@ def resume_run(ctx: ServiceContext, principal: Principal, run_id: str,
     with transaction(ctx.sessions) as session:
         run = lock_run(session, run_id)
         run.resume()
+        if run.wave_status in (waves.FAILED, waves.DONE):
+            run.wave_status = waves.RUNNING  # its failed tenants go again, then the wave is gated again
         failed = session.scalars(select(MigrationRunItem).where(MigrationRunItem.run_id == run_id,
                                                                 MigrationRunItem.status == RunItemStatus.FAILED)
                                  .with_for_update()).all()
@@ -284,8 +351,56 @@ def resume_run(ctx: ServiceContext, principal: Principal, run_id: str,
         claims = advance(session, run)
     enqueue(ctx, claims)
     requeue_lost(ctx, run_id, older_than=RESUME_LOST_AFTER)
+    proceed(ctx, run_id)
     log.info("migration run %s resumed: %d failed items re-queued", run_id, len(failed))
     return run
+
+
+def continue_run(ctx: ServiceContext, principal: Principal, run_id: str,
+                 idempotency_key: str | None = None) -> MigrationRun:
+    """End the pause after the current wave now (a manual pause, or a timed one early): the next wave starts."""
+    principal.require_super_admin()
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, run_id)
+        if is_replay(session, principal, idempotency_key, "continue", run_id):
+            return run
+        if run.status is not MigrationRunStatus.RUNNING or run.wave_status != waves.WAITING:
+            state = run.status.value if run.status is not MigrationRunStatus.RUNNING else \
+                f"at wave {run.current_wave + 1} ({run.wave_status}), not paused"
+            raise IllegalTransitionError("migration run", run_id, state, "continue")
+        waves.open_next(run)
+        audit.record(session, principal.actor, "migration_run.continued", run_id=run_id, wave=run.current_wave + 1)
+        claims = advance(session, run)
+    enqueue(ctx, claims)
+    proceed(ctx, run_id)
+    log.info("migration run %s: wave %d started by %s", run_id, run.current_wave + 1, principal.actor)
+    return run
+
+
+def rollback_run(ctx: ServiceContext, principal: Principal, run_id: str,
+                 idempotency_key: str | None = None) -> MigrationRun:
+    """Start the rollback run of an ended, failed or cancelled run: every tenant it moved goes back (see
+    services.migration_rollback). Returns the rollback run; 409 once a rollback exists (resume that)."""
+    principal.require_super_admin()
+    with transaction(ctx.sessions) as session:
+        run = lock_run(session, run_id)
+        if is_replay(session, principal, idempotency_key, "rollback", run_id):
+            return _load(session, run.rolled_back_by) if run.rolled_back_by else run
+        if run.kind != RunKind.MIGRATE or run.dry_run:
+            raise IllegalTransitionError("migration run", run_id, "a rollback run" if run.kind != RunKind.MIGRATE
+                                         else "a dry run", "roll back")
+        if run.rolled_back_by:
+            raise IllegalTransitionError("migration run", run_id, f"rolled back by run {run.rolled_back_by}",
+                                         "roll back again (resume that run)")
+        ended = run.status is MigrationRunStatus.FAILED or (
+            run.status is MigrationRunStatus.CANCELLED and run.finished_at is not None)
+        if not ended:
+            raise IllegalTransitionError("migration run", run_id, run.status.value if run.status.finished
+                                         else f"{run.status.value} (cancel it and let it end first)", "roll back")
+        rollback = rollback_plan(session, run, principal.actor)
+        claims = advance(session, rollback)
+    enqueue(ctx, claims)
+    return rollback
 
 
 def cancel_run(ctx: ServiceContext, principal: Principal, run_id: str,

@@ -7,7 +7,8 @@ times at once:
 - a running operation whose worker or work horse is gone is failed, with the reason, through the one
   failure path (its partial work undone) and, for kinds that are safe to repeat, queued again
   automatically (at most AUTO_RETRY_DELAYS attempts, each after its delay);
-- migration-run items likewise (services.migration_dispatch.reconcile_runs).
+- migration-run items likewise (services.migration_dispatch.reconcile_runs), and the waves of runs go on:
+  a health check left undone, a timed pause that is over (services.migration_gates.tick).
 
 "Gone" is exact, not a guess from a heartbeat: a job holds its tenant's advisory lock from before it marks
 its operation running until after it records the end, on a catalog connection that dies with its process
@@ -28,6 +29,7 @@ from control_plane.catalog.models import Operation, OperationStatus, Tenant, utc
 from control_plane.errors import ControlPlaneError, DependencyUnavailableError
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext
+from control_plane.services import migration_gates
 from control_plane.services.migration_dispatch import reconcile_runs
 from control_plane.services.operation_requests import dispatch, lane_of
 from control_plane.services.operations import requeue
@@ -62,6 +64,8 @@ def sweep(ctx: ServiceContext, lost_after: timedelta = LOST_AFTER) -> SweepRepor
     report.dispatched = redispatch_lost(ctx, lost_after)
     if ctx.migration_jobs is not None:
         report.migration_runs = reconcile_runs(ctx)
+        # Health checks left undone and timed pauses between waves that are over.
+        report.migration_runs["waves"] = migration_gates.tick(ctx)
     if report.abandoned or report.retried or report.dispatched:
         log.warning("sweep: %s", report.as_dict())
     return report

@@ -49,12 +49,14 @@ RECOVER_STARTS_FROM = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, Te
 def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *, backup_id: str,
                     mode: str = IN_PLACE, new_tenant_id: str | None = None, new_tenant_name: str | None = None,
                     safety_backup: bool = True, idempotency_key: str | None = None,
-                    enqueue: bool = True) -> Operation:
+                    enqueue: bool = True, schema_target: str | None = None) -> Operation:
     """Record a RESTORE operation and enqueue it (unless the caller runs it itself: `enqueue=False`).
 
     In place: the tenant's admins or a super admin; the tenant stays usable until the swap.
     New tenant: super admins only; the new tenant is recorded now (provisioning) with its own role.
     Recover: super admins only; the tenant's database is missing from its server (after a disaster).
+    `schema_target`: the schema revision the restored database is brought to (default head); the
+    rollback of a migration run restores at the revision the tenant started from.
     """
     principal.require_tenant(tenant_id)
     if mode not in (IN_PLACE, NEW_TENANT, RECOVER):
@@ -69,6 +71,8 @@ def request_restore(ctx: ServiceContext, principal: Principal, tenant_id: str, *
         if problem:
             raise ValidationError("new_tenant_id", problem)
     params: dict[str, Any] = {"backup_id": backup_id, "mode": mode, "source_tenant_id": tenant_id}
+    if schema_target is not None:
+        params["schema_target"] = schema_target
     if mode == IN_PLACE:
         params["safety_backup"] = safety_backup
     elif mode == NEW_TENANT:
@@ -234,9 +238,10 @@ def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, r
         raise BackupIntegrityError(f"the restored database is at schema revision {revision!r}, which this "
                                    "release does not know")
     from_revision = revision
-    if revision != tenant_migrations.head_revision():
+    target = params.get("schema_target", tenant_migrations.HEAD)
+    if revision != tenant_migrations.resolve_target(target):
         report("migrate_schema", 75)
-        revision = restored.migrate("head")
+        revision = restored.migrate(target)
 
     result: dict[str, Any] = {"backup_id": backup.id, "mode": params["mode"], "tenant_id": tenant.id,
                               "database": tenant.database_name, "backup_schema_revision": from_revision,
