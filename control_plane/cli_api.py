@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from typing import Any
 
 import click
 import requests
-from control_plane.cli_output import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_USAGE, OPERATION_COLUMNS, CommandError,
-                                     follow_all, follow_bar, print_data)
-
+from control_plane.cli_output import (EXIT_BY_STATUS, EXIT_FAILED, EXIT_USAGE, OPERATION_COLUMNS, POLL_SECONDS,
+                                     CommandError, follow_all, follow_bar, print_data)
+from control_plane.cli_waves import WaveAnnouncer, ended, run_line, waves_body
 TIMEOUT_SECONDS = 30
 
 
@@ -85,6 +86,8 @@ class Endpoint:
     derived: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # (parameter, path): this path instead when that parameter is given (a list narrowed to one tenant).
     narrowed: tuple[str, str] | None = None
+    # The answer is a migration run: --follow shows its progress and each wave's until it ends.
+    follows_run: bool = False
 
 
 def _arg(name: str) -> click.Argument:
@@ -195,17 +198,36 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
     )),
     "migrations": ("Bulk schema migration runs.", (
         Endpoint("run", "POST", "/v1/migration-runs", "Start a bulk migration run.",
-                 ("tenantctl migrations run --target head --concurrency 8",),
+                 ("tenantctl migrations run --target head --concurrency 8",
+                  "tenantctl migrations run --waves 1,10,100 --pause 60 --check 'select count(*) from leads "
+                  "where score is null' --follow"),
                  (_opt("--target", default="head", show_default=True),
                   _opt("--tenant", "tenants", multiple=True, default=None, help="Only these (repeat)."),
                   _opt("--concurrency", type=int), _opt("--canary", type=int), _opt("--max-failures", type=int),
-                  _opt("--backup-first/--no-backup-first", "backup_first", default=None), _opt("--dry-run", is_flag=True, default=None)),
-                 body=("target", "tenants", "concurrency", "canary", "max_failures", "backup_first", "dry_run")),
+                  _opt("--backup-first/--no-backup-first", "backup_first", default=None), _opt("--dry-run", is_flag=True, default=None),
+                  _opt("--waves", help="Staged waves as cumulative percents, e.g. 1,10,100."),
+                  _opt("--pause", type=click.IntRange(0), help="Seconds to wait after each wave but the last."),
+                  _opt("--manual-pause", is_flag=True, help="Wait after each wave until `migrations continue`."),
+                  _opt("--check", help="SQL that must return 0 on every tenant a wave migrated."),
+                  _opt("--check-timeout", "check_timeout_seconds", type=float),
+                  _opt("--rollback-on-failure", is_flag=True, default=None,
+                       help="Roll back every tenant moved when a wave fails its budget or gate.")),
+                 body=("target", "tenants", "concurrency", "canary", "max_failures", "backup_first", "dry_run",
+                       "check", "check_timeout_seconds", "rollback_on_failure"),
+                 derived=lambda o: {"waves": waves_body(o["waves"], o["pause"], o["manual_pause"], o["max_failures"])},
+                 follows_run=True),
+        Endpoint("continue", "POST", "/v1/migration-runs/{run_id}/continue",
+                 "End the pause after the current wave: the next wave starts.",
+                 ("tenantctl migrations continue 3c2d... --follow",), (_arg("run_id"),), follows_run=True),
+        Endpoint("rollback", "POST", "/v1/migration-runs/{run_id}/rollback",
+                 "Bring every tenant a failed or cancelled run moved back to its starting revision.",
+                 ("tenantctl migrations rollback 3c2d... --follow",), (_arg("run_id"),), follows_run=True),
         Endpoint("list", "GET", "/v1/migration-runs", "Migration runs, newest first.",
                  ("tenantctl migrations list",), (STATUS, LIMIT), query=("status", "page_size"),
                  columns=("id", "status", "target_revision", "counts", "created_at", "error")),
         Endpoint("status", "GET", "/v1/migration-runs/{run_id}", "One run with its per-tenant items.",
-                 ("tenantctl migrations status 3c2d... --json",), (_arg("run_id"),)),
+                 ("tenantctl migrations status 3c2d... --json", "tenantctl migrations status 3c2d... --follow"),
+                 (_arg("run_id"),), follows_run=True),
         Endpoint("resume", "POST", "/v1/migration-runs/{run_id}/resume", "Resume a stopped run.",
                  ("tenantctl migrations resume 3c2d...",), (_arg("run_id"),)),
         Endpoint("cancel", "POST", "/v1/migration-runs/{run_id}/cancel", "Cancel a run.",
@@ -307,6 +329,31 @@ def follow_operation(client: ApiClient, operation: dict[str, Any], as_json: bool
         raise ApiCommandError(operation.get("error") or f"operation {operation['status']}")
 
 
+def follow_migration_run(client: ApiClient, run: dict[str, Any], as_json: bool) -> None:
+    """The run's progress line, and a line each time one of its waves changes, until it ends; then its
+    counts (or JSON). Exit 1 unless it succeeded."""
+    announcer = WaveAnnouncer()
+    last = ""
+    while True:
+        run, _ = client.call("GET", f"/v1/migration-runs/{run['id']}")
+        for line in announcer.lines(run):
+            click.echo(line, err=True)
+        line = run_line(run)
+        if line != last:
+            click.echo(line, err=True)
+            last = line
+        if ended(run):
+            break
+        time.sleep(POLL_SECONDS)
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+    else:
+        print_data({key: run.get(key) for key in ("id", "kind", "status", "target_revision", "counts", "error",
+                                                  "rollback_run_id")}, (), False)
+    if run["status"] != "succeeded":
+        raise ApiCommandError(run.get("error") or f"migration run {run['status']}")
+
+
 def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
     as_json, wait = options.pop("as_json"), options.pop("wait", False)
     follow = options.pop("follow", False)
@@ -322,7 +369,9 @@ def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
     body = {k: v for k, v in body.items() if v is not None}
     data, _ = client.call(endpoint.method, path, params=query or None,
                           body=body if endpoint.method in ("POST", "PATCH", "PUT") else None)
-    if (endpoint.starts_work and wait) or follow:
+    if endpoint.follows_run and follow:
+        follow_migration_run(client, data, as_json)
+    elif (endpoint.starts_work and wait) or follow:
         click.echo(f"operation {data['id']} ({data['kind']}) {data['status']}", err=True)
         follow_operation(client, data, as_json)
     else:
@@ -334,7 +383,7 @@ def endpoint_command(endpoint: Endpoint) -> click.Command:
     if endpoint.starts_work:
         params.append(click.Option(["--wait/--no-wait", "--follow/--no-follow", "wait"], default=True,
                                    show_default=True, help="Follow the operation with a progress bar until it ends."))
-    if endpoint.path == "/v1/operations/{operation_id}":
+    if endpoint.path == "/v1/operations/{operation_id}" or endpoint.follows_run:
         params.append(click.Option(["--follow"], is_flag=True, help="Show progress until it ends."))
     if endpoint.confirm:
         params.append(click.Option(["--yes"], is_flag=True, expose_value=False, is_eager=False,

@@ -90,3 +90,16 @@ class WaveAnnouncer:
             shown.append(f"rollback run {run['rollback_run_id']} started: "
                          f"tenantctl migrations status {run['rollback_run_id']} --follow")
         return shown
+
+
+def run_line(run: dict[str, Any]) -> str:
+    """`12/30 done  ok 10  failed 1  skipped 1  running 4  wave 2/3 running` for one run."""
+    counts = run["counts"]
+    done = counts["succeeded"] + counts["failed"] + counts["skipped"]
+    line = (f"{run.get('kind', 'migrate')} run {run['status']}: {done}/{counts['total']} done  ok {counts['succeeded']}  "
+            f"failed {counts['failed']}  skipped {counts['skipped']}  running {counts['running'] + counts['queued']}")
+    if run.get("waves"):
+        line += f"  wave {run['current_wave']}/{len(run['waves'])} {run.get('wave_status') or ''}".rstrip()
+    if run.get("error"):
+        line += f"  ({run['error']})"
+    return line

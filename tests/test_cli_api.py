@@ -8,10 +8,12 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+import tenant_migrations
 from control_plane.catalog.models import TokenRole
 from control_plane.cli import cli
 from control_plane.cli_api import build_api_cli
 from control_plane.services.auth import create_token
+from helpers import wait_until
 
 API_CLI = build_api_cli(cli)
 
@@ -180,3 +182,27 @@ def test_local_mode_json_and_exit_codes(settings) -> None:
                             "--no-wait", "--json"))
     assert started["kind"] == "provision" and started["status"] == "queued"
     assert as_json(local("operations", "show", started["id"], "--json"))["id"] == started["id"]
+
+
+def test_migration_runs_in_waves_through_the_api(tenantctl, ctx) -> None:
+    first = tenant_migrations.known_revisions()[0]
+    for tenant_id in ("wave-one", "wave-two"):
+        tenantctl("tenants", "create", tenant_id, "--name", tenant_id, "--admin-email", f"a@{tenant_id}.example")
+        tenantctl("tenants", "migrate", tenant_id, "--target", first)
+    run = as_json(tenantctl("migrations", "run", "--waves", "50,100", "--manual-pause", "--concurrency", "1",
+                            "--check", "select count(*) from leads where score < 0", "--json"))
+    assert [w["percent"] for w in run["waves"]] == [50, 100] and run["waves"][0]["manual"] is True
+    assert run["check"].startswith("select count(*)")
+
+    def paused() -> bool:
+        return as_json(tenantctl("migrations", "status", run["id"], "--json"))["wave_status"] == "waiting"
+
+    wait_until(paused, "the first wave to pass its gate")
+    followed = tenantctl("migrations", "continue", run["id"], "--follow", "--json")
+    assert as_json(followed)["status"] == "succeeded"
+    assert "wave 2/2 (100%) passed: 1/1 done, ok 1" in followed.stderr and "gate passed on 1 tenant(s)" in followed.stderr
+    tenantctl("migrations", "continue", run["id"], code=4)  # no longer paused: 409
+    refused = tenantctl("migrations", "rollback", run["id"], code=4)
+    assert "succeeded" in refused.stderr
+    tenantctl("migrations", "run", "--waves", "50,10", code=2)
+    tenantctl("migrations", "run", "--waves", "a,b", code=2)

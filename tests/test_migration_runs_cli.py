@@ -80,3 +80,28 @@ def test_drift_check_exits_1_when_tenants_drifted(ctx, fleet):
     put_at_revision(ctx, fleet, HEAD)
     clean = tenantctl("drift", "--check")
     assert clean.exit_code == 0 and "4 of 4 tenants in sync" in clean.stdout
+
+
+def test_waves_with_a_gate_then_a_pause_cancel_and_rollback(admin_url, ctx, run_jobs, fleet):
+    tenants = [arg for t in fleet for arg in ("--tenant", t)]
+    with running_workers(2):
+        result = tenantctl("run", "--waves", "50,100", "--concurrency", "2", "--follow", "--check",
+                           "select count(*) from leads where full_name like 'broken%'", *tenants)
+    assert result.exit_code == 0, result.output
+    assert "wave 1/2 (50%) passed: 2/2 done, ok 2" in result.stderr and "gate passed on 2 tenant(s)" in result.stderr
+    assert "wave 2/2 (100%) passed: 2/2 done, ok 2" in result.stderr and "succeeded in" in result.stdout
+
+    put_at_revision(ctx, fleet, FIRST)
+    started = tenantctl("run", "--waves", "50,100", "--manual-pause", *tenants)
+    run_id = started.stdout.strip().splitlines()[-1]
+    run_jobs()
+    status = tenantctl("status", run_id)
+    assert f"paused for you: tenantctl migrations continue {run_id}" in status.stdout
+    assert "wave 2/2 (100%) not started: 2 tenant(s)" in status.stdout
+    assert tenantctl("cancel", run_id).exit_code == 0
+    rolled = tenantctl("rollback", run_id)
+    rollback_id = rolled.stdout.strip().splitlines()[-1]
+    assert "2 tenant(s) to bring back" in rolled.stderr
+    run_jobs()
+    assert f"migration run {rollback_id}: succeeded in" in tenantctl("status", rollback_id).stdout
+    assert [database_revision(admin_url, t) for t in fleet] == [FIRST] * 4
