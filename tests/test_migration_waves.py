@@ -11,8 +11,8 @@ from sqlalchemy import update
 
 import tenant_migrations
 from control_plane.catalog.migration_run_models import MigrationRun
-from control_plane.catalog.models import utcnow
-from control_plane.naming import database_name
+from control_plane.catalog.models import Tenant, utcnow
+from control_plane.naming import database_name, role_name
 from control_plane.services import migration_gates
 from helpers import one, tenant
 from migration_fleet import (FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, set_read_only,
@@ -232,3 +232,20 @@ def test_a_revision_that_cannot_downgrade_is_rolled_back_by_restoring_the_pre_mi
     assert one(admin_url, "SELECT count(*) FROM leads WHERE full_name = 'after'", dbname=database_name(ids[1])) == 1
     assert (tenant(client, auth, ids[1])["status"], tenant(client, auth, ids[1])["schema_revision"]) == ("active",
                                                                                                           HEAD)
+
+
+def test_the_check_runs_read_only_as_the_tenant_one_statement_bounded_in_time(fleet, ctx, admin_url):
+    with ctx.sessions() as session:
+        database = ctx.database_of(session.get(Tenant, fleet[0]))
+    _break(admin_url, fleet[0])
+    assert migration_gates.check_tenant(database, BROKEN_CHECK, 5000) == {"ok": False, "value": 1}
+    assert migration_gates.check_tenant(database, "select current_user", 5000) == {"ok": False,
+                                                                                  "value": role_name(fleet[0])}
+    for query, error in (("delete from leads", "read-only transaction"),
+                         ("select 0; delete from leads", "multiple commands"),
+                         ("commit; set default_transaction_read_only = off; delete from leads", "multiple commands"),
+                         ("select pg_sleep(5)", "statement timeout"),
+                         ("select count(*) from nowhere", "does not exist")):
+        verdict = migration_gates.check_tenant(database, query, 200)
+        assert verdict["ok"] is False and error in verdict["error"], (query, verdict)
+    assert one(admin_url, "SELECT count(*) FROM leads", dbname=database_name(fleet[0])) >= 1  # nothing deleted

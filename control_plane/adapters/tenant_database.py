@@ -201,9 +201,10 @@ class TenantDatabase:
             try:
                 with raw.cursor() as cursor:
                     cursor.execute("SET TRANSACTION READ ONLY")
-                    # No parameters: psycopg sends the text as is (a '%' in it is not a placeholder), and as
-                    # one statement of the extended protocol, so "select 1; drop ..." is refused outright.
-                    cursor.execute(query)
+                    # No parameters: psycopg sends the text as is (a '%' in it is not a placeholder). Prepared:
+                    # the extended protocol takes one statement, so "select 0; commit; ..." is refused outright
+                    # (the simple protocol would run them all, and a COMMIT would end the read-only transaction).
+                    cursor.execute(query, prepare=True)
                     row = cursor.fetchone() if cursor.description else None
             except Exception as exc:
                 raise DatabaseServerError(f"tenant database {self.database}: {_message_of_driver(exc)}") from exc
