@@ -55,7 +55,7 @@ class ApiClient:
         if response.status_code >= 400:
             problem = data if isinstance(data, dict) else {}
             detail = problem.get("detail") or problem.get("title") or response.reason
-            if problem.get("errors"):
+            if problem.get("errors") and not problem.get("detail"):  # the API's detail already names the fields
                 detail = f"{detail}: {json.dumps(problem['errors'])}"
             raise ApiCommandError(f"{response.status_code} {detail}",
                                   EXIT_BY_STATUS.get(response.status_code, EXIT_FAILED))
@@ -297,8 +297,11 @@ ENDPOINTS: dict[str, tuple[str, tuple[Endpoint, ...]]] = {
         Endpoint("workers", "GET", "/v1/workers", "Workers and schedulers alive.", ("tenantctl queues workers",)),
     )),
     "fleet": ("The fleet as a whole.", (
-        Endpoint("reconcile", "GET", "/v1/fleet/reconcile", "Report orphans, missing databases and drift.",
-                 ("tenantctl fleet reconcile --json",)),
+        Endpoint("reconcile", "POST", "/v1/fleet/reconcile",
+                 "Report orphans, missing databases, leftovers and drift; --apply repairs what is safe.",
+                 ("tenantctl fleet reconcile --json", "tenantctl fleet reconcile --apply"),
+                 (_opt("--apply", "apply_repairs", is_flag=True, help="Repair what is safe (default: report only)."),),
+                 derived=lambda o: {"dry_run": not o["apply_repairs"]}),
     )),
 }
 
@@ -376,6 +379,9 @@ def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
         follow_operation(client, data, as_json)
     else:
         print_data(data, endpoint.columns, as_json)
+        if endpoint.method != "GET" and isinstance(data, dict) and data.get("status") == "failed":
+            # Work that ended at once (a drain with nowhere to move to): exit 1, like a failed operation.
+            raise ApiCommandError(data.get("error") or f"{endpoint.name} failed")
 
 
 def endpoint_command(endpoint: Endpoint) -> click.Command:

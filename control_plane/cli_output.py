@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich import filesize
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -43,16 +44,22 @@ def wait_option(help: str = "Follow the operation with a progress bar until it e
     return click.option("--wait/--no-wait", "--follow/--no-follow", "wait", default=True, show_default=True, help=help)
 
 
-def _render(value: Any) -> str:
+def _render(value: Any, one_per_line: bool = False) -> str:
+    """A cell's text; with `one_per_line` (a record's value), a dict as one `key: value` line per key."""
     if value is None:
         return "-"
+    if isinstance(value, dict) and one_per_line and value:
+        return "\n".join(f"{key}: {_render(item)}" for key, item in value.items())
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
 
 
 def print_data(data: Any, columns: tuple[str, ...], as_json: bool) -> None:
-    """JSON (--json), else a table: one row per item of a list, a FIELD/VALUE table for one record."""
+    """JSON (--json), else a table: one row per item of a list, a FIELD/VALUE table for one record.
+
+    No value is ever cut short (an id to copy, a one-time admin password): a list is as wide as its widest
+    row needs (the terminal wraps long lines, as `kubectl get` does), a record's values wrap in their column."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
@@ -61,11 +68,13 @@ def print_data(data: Any, columns: tuple[str, ...], as_json: bool) -> None:
         table = Table(*(column.upper() for column in columns or (sorted(data[0]) if data else ())))
         for row in data:
             table.add_row(*(_render(row.get(column)) for column in columns or sorted(row)))
-        console.print(table)
+        natural = Measurement.get(console, console.options.update_width(10**6), table).maximum
+        Console(width=max(console.width, natural)).print(table)
     elif isinstance(data, dict):
         table = Table("FIELD", "VALUE", show_header=False)
+        table.columns[1].overflow = "fold"
         for key, value in data.items():
-            table.add_row(key, _render(value))
+            table.add_row(key, _render(value, one_per_line=True))
         console.print(table)
     elif data is not None:
         click.echo(_render(data))

@@ -3,6 +3,7 @@ command group, --json parsed, exit codes (0 ok, 1 failed, 2 invalid, 3 not found
 from __future__ import annotations
 
 import json
+import uuid
 
 import click
 import pytest
@@ -12,8 +13,9 @@ import tenant_migrations
 from control_plane.catalog.models import TokenRole
 from control_plane.cli import cli
 from control_plane.cli_api import build_api_cli
+from control_plane.cli_output import OPERATION_COLUMNS, print_data
 from control_plane.services.auth import create_token
-from helpers import wait_until
+from helpers import catalog_tenant, wait_until
 
 API_CLI = build_api_cli(cli)
 
@@ -52,7 +54,7 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     tenantctl("tenants", "show", "nobody-here", code=3)
     tenantctl("tenants", "create", "api-clinic", "--name", "x", "--admin-email", "a@b.example", code=4)
     invalid = tenantctl("tenants", "create", "Bad--Id", "--name", "x", "--admin-email", "a@b.example", code=2)
-    assert "id" in invalid.stderr
+    assert "json.id: must be" in invalid.stderr and '{"json"' not in invalid.stderr  # the detail, said once
 
     backup_op = as_json(tenantctl("backups", "create", "api-clinic", "--json"))
     assert backup_op["kind"] == "backup" and backup_op["status"] == "succeeded"
@@ -104,14 +106,19 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     tenantctl("tenants", "undelete", "nobody-here", code=3)
 
 
-def test_servers_migrations_and_fleet_through_the_api(tenantctl) -> None:
+def test_servers_migrations_and_fleet_through_the_api(tenantctl, ctx) -> None:
     servers = as_json(tenantctl("servers", "list", "--json"))
     assert [s["name"] for s in servers] == ["default"] and "admin_url" not in servers[0]
     assert as_json(tenantctl("servers", "show", "default", "--json"))["name"] == "default"
     tenantctl("servers", "show", "nowhere", code=3)
     assert as_json(tenantctl("migrations", "list", "--json")) == []
     assert isinstance(as_json(tenantctl("migrations", "drift", "--json")), dict | list)
-    assert isinstance(as_json(tenantctl("fleet", "reconcile", "--json")), dict)
+    assert as_json(tenantctl("fleet", "reconcile", "--json"))["dry_run"] is True
+    assert as_json(tenantctl("fleet", "reconcile", "--apply", "--json"))["dry_run"] is False
+    catalog_tenant(ctx, "api-stuck")  # on the only server: a drain has nowhere to move it and fails at once
+    stuck = tenantctl("servers", "drain", "default", "--json", code=1)
+    assert as_json(stuck)["status"] == "failed" and "could not be moved" in stuck.stderr
+    assert as_json(tenantctl("servers", "drain", "default", "--undo", "--json"))["status"] == "active"
     assert isinstance(as_json(tenantctl("queues", "list", "--json")), dict | list)
 
 
@@ -148,6 +155,22 @@ def walk(group: click.Group, path: str = ""):
             yield from walk(command, f"{path} {name}")
         else:
             yield f"{path} {name}".strip(), command
+
+
+def test_tables_never_cut_a_value(capsys, monkeypatch) -> None:
+    """An id to copy, a one-time admin password: whole in a list and in a record, on an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    print_data([{"id": op_id, "kind": "provision", "tenant_id": "a-rather-long-clinic-name", "status": "succeeded",
+                 "progress": 100, "step": "activate", "error": None} for op_id in ids], OPERATION_COLUMNS, False)
+    listed = capsys.readouterr().out
+    assert all(op_id in listed for op_id in ids) and "a-rather-long-clinic-name" in listed
+    password = "pw-" + uuid.uuid4().hex
+    print_data({"id": ids[0], "result": {"database": "tenant_a_rather_long_clinic_name_db",
+                                         "schema_revision": "0002_appointments_lead_score",
+                                         "admin_password": password}}, (), False)
+    shown = capsys.readouterr().out
+    assert f"admin_password: {password}" in shown and "0002_appointments_lead_score" in shown
 
 
 def test_every_command_has_help_examples_and_json_in_both_modes() -> None:
