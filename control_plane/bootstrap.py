@@ -5,6 +5,7 @@ import logging
 from functools import partial
 
 import redis
+from sqlalchemy import Engine
 
 from control_plane.adapters.backup_store import open_backup_store
 from control_plane.adapters.crypto import ControlPlaneKeyring
@@ -34,8 +35,9 @@ def redis_client(settings: Settings) -> redis.Redis:
                                 health_check_interval=30)
 
 
-def build_context(settings: Settings, *, pool_size: int = 5) -> ServiceContext:
-    engine = create_catalog_engine(settings.catalog_database_url, pool_size=pool_size, max_overflow=pool_size)
+def build_context(settings: Settings, *, pool_size: int = 5, engine: Engine | None = None) -> ServiceContext:
+    engine = engine or create_catalog_engine(settings.catalog_database_url, pool_size=pool_size,
+                                             max_overflow=pool_size)
     client = redis_client(settings)
     ctx = ServiceContext(
         settings=settings,

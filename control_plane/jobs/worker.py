@@ -14,6 +14,7 @@ import tenant_migrations
 from control_plane.bootstrap import build_context, dispose, redis_client
 from control_plane.adapters.job_queue import OPERATION_JOB
 from control_plane.adapters.migration_job_queue import ITEM_JOB as MIGRATION_ITEM_JOB
+from control_plane.jobs import prepare_catalog_engine
 from control_plane.jobs.migration_runs import migration_item_horse_killed
 from control_plane.services.runner import fail_abandoned
 from control_plane.services.sweeper import sweep
@@ -148,12 +149,14 @@ class ProjectWorker(Worker):
 def build_worker(settings: Settings) -> ProjectWorker:
     """RQ's default forking `Worker` (ProjectWorker adds only the sweep after a Redis outage), chosen deliberately.
 
-    Each job runs in a fresh work horse process that builds its own engine and connections after the
-    fork, so none crosses it; a job that leaks memory or crashes in libpq takes only its horse down;
+    Each job runs in a fresh work horse process that opens its own connections after the fork (its
+    catalog engine is the parent's, connectionless, given a new pool: `prepare_catalog_engine`), so none
+    crosses it; a job that leaks memory or crashes in libpq takes only its horse down;
     RQ can kill a horse that overruns its timeout. The parent holds no database connection while it
     works (start-up, the sweep after an outage and `_mark_horse_killed` build and dispose their own).
     """
     _preload()
+    prepare_catalog_engine(settings)
     # Every lane, in priority order: RQ takes the next job from the first queue that has one.
     worker = ProjectWorker(queue_names(settings.queue_name), connection=redis_client(settings), settings=settings,
                            work_horse_killed_handler=_mark_horse_killed(settings))
