@@ -105,8 +105,8 @@ DRILL_COLUMNS = ("id", "tenant_id", "result", "finished_at", "rpo_seconds", "rto
 BACKUP_COLUMNS = ("id", "status", "trigger", "completed_at", "stored_bytes", "schema_revision")
 STATUS = _opt("--status", help="Only in this status.")
 MAX_PAGE_SIZE = 100  # the API's largest page
-LIMIT = _opt("--limit", "page_size", type=click.IntRange(1, MAX_PAGE_SIZE), default=100, show_default=True,
-             help="At most this many rows.")
+LIMIT = _opt("--limit", "page_size", type=click.IntRange(1), default=100, show_default=True,
+             help="At most this many rows (fetched page by page; stderr says when there are more).")
 
 PLAN_FIELDS = ("description", "connection_limit", "statement_timeout_ms", "idle_in_transaction_timeout_ms",
                "storage_quota_bytes", "backup_rpo_hours")
@@ -357,6 +357,24 @@ def follow_migration_run(client: ApiClient, run: dict[str, Any], as_json: bool) 
         raise ApiCommandError(run.get("error") or f"migration run {run['status']}")
 
 
+def _rows(client: ApiClient, path: str, query: dict[str, Any]) -> list[dict[str, Any]]:
+    """Up to `query["page_size"]` rows of a list, page after page (the API's pages hold at most 100); when the
+    list holds more, stderr says how many and how to see them."""
+    limit = query.pop("page_size")
+    size = min(limit, MAX_PAGE_SIZE)
+    rows: list[dict[str, Any]] = []
+    total = 0
+    for page in range(1, limit // size + 2):
+        data, response = client.call("GET", path, params={**query, "page": page, "page_size": size})
+        rows.extend(data)
+        total = json.loads(response.headers.get("X-Pagination") or "{}").get("total", len(rows))
+        if len(data) < size or len(rows) >= limit:
+            break
+    if total > limit:
+        click.echo(f"{limit} of {total} shown (--limit {total} shows every one)", err=True)
+    return rows[:limit]
+
+
 def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
     as_json, wait = options.pop("as_json"), options.pop("wait", False)
     follow = options.pop("follow", False)
@@ -370,8 +388,11 @@ def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
     body.update(endpoint.derived(options) if endpoint.derived else {})
     query = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in query.items() if v is not None}
     body = {k: v for k, v in body.items() if v is not None}
-    data, _ = client.call(endpoint.method, path, params=query or None,
-                          body=body if endpoint.method in ("POST", "PATCH", "PUT") else None)
+    if endpoint.method == "GET" and "page_size" in query:
+        data = _rows(client, path, query)
+    else:
+        data, _ = client.call(endpoint.method, path, params=query or None,
+                              body=body if endpoint.method in ("POST", "PATCH", "PUT") else None)
     if endpoint.follows_run and follow:
         follow_migration_run(client, data, as_json)
     elif (endpoint.starts_work and wait) or follow:

@@ -157,6 +157,17 @@ def walk(group: click.Group, path: str = ""):
             yield f"{path} {name}".strip(), command
 
 
+def test_lists_go_past_the_apis_largest_page_and_say_when_rows_are_left(tenantctl, ctx) -> None:
+    for n in range(101):  # catalog rows only: one more than a page of the API holds
+        catalog_tenant(ctx, f"paged-{n:03}")
+    every = tenantctl("tenants", "list", "--limit", "500", "--json")
+    assert len(as_json(every)) == 101 and "shown" not in every.stderr
+    first = tenantctl("tenants", "list", "--json")
+    assert len(as_json(first)) == 100 and "100 of 101 shown" in first.stderr
+    assert [t["id"] for t in as_json(tenantctl("tenants", "list", "--limit", "2", "--json"))] == ["paged-000",
+                                                                                                 "paged-001"]
+
+
 def test_tables_never_cut_a_value(capsys, monkeypatch) -> None:
     """An id to copy, a one-time admin password: whole in a list and in a record, on an 80-column terminal."""
     monkeypatch.setenv("COLUMNS", "80")
