@@ -104,6 +104,9 @@ def serve(host: str, port: int, workers: int) -> None:
             self.cfg.set("accesslog", "-")
             self.cfg.set("access_log_format", ACCESS_LOG_FORMAT)
             self.cfg.set("logger_class", "control_plane.logs.GunicornLogger")
+            # gunicorn's control socket is one path per OS user ($HOME/.gunicorn/gunicorn.ctl): a second
+            # `serve` on the host (a dev stack beside a test run) would take it over and remove it on exit.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             from control_plane.app import create_app

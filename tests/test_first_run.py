@@ -83,6 +83,7 @@ def test_run_from_a_private_folder_and_the_walkthrough(checkout: Path) -> None:
             assert data_dir.is_relative_to(devstack.environment.FALLBACK_PARENT)
             assert f"private servers' data: {data_dir}" in output
         assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        assert "Control socket" not in output  # gunicorn's per-user socket: another `serve` on the host owns it
 
         script = "set -euo pipefail\n" + "\n".join(walkthrough_blocks((checkout / "README.md").read_text()))
         walked = subprocess.run(["bash", "-c", script], cwd=checkout, env=_env(checkout), capture_output=True,
