@@ -9,7 +9,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 from rq import Queue
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.bootstrap import build_context, dispose
@@ -365,4 +365,26 @@ def test_a_tenant_busy_for_a_while_is_migrated_after_lock_timeout_retries(fleet,
     assert (item["status"], item["from_revision"], item["to_revision"], item["attempts"]) == (
         "succeeded", FIRST, HEAD, 1)
     assert _lock_retries(ctx, busy) > retries_before
+    assert database_revision(admin_url, busy) == HEAD
+
+
+def test_a_tenant_locked_by_other_work_fails_to_start_and_the_lane_goes_on(fleet, client, auth, ctx, run_jobs,
+                                                                           settings, admin_url):
+    ids = fleet.ids[:3]
+    busy = ids[1]
+    run = start_run(client, auth, tenants=ids, concurrency=1, max_failures=1, lock_timeout_seconds=0.2)
+    with ctx.locks.hold(busy):  # another job works on this tenant for the whole run
+        run_jobs()  # one lane: the first tenant, then the busy one (waits, gives up), then the third
+    done = get_run(client, auth, run["id"])
+    items = items_by_tenant(done)
+    assert items[busy]["status"] == "failed" and items[busy]["error"].startswith("could not start")
+    assert [items[t]["status"] for t in (ids[0], ids[2])] == ["succeeded", "succeeded"]
+    assert [database_revision(admin_url, t) for t in ids] == [HEAD, FIRST, HEAD]
+    with ctx.sessions() as session:  # the lane let go of every tenant lock it took
+        assert session.scalar(select(func.count()).select_from(text("pg_locks"))
+                              .where(text("locktype = 'advisory'"))) == 0
+
+    client.post(f"/v1/migration-runs/{run['id']}/resume", headers=auth)
+    run_jobs()
+    assert get_run(client, auth, run["id"])["status"] == "succeeded"
     assert database_revision(admin_url, busy) == HEAD
