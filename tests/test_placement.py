@@ -6,6 +6,7 @@ from psycopg import sql
 
 from control_plane.catalog.models import DatabaseServer
 from control_plane.services import servers
+from control_plane.services.context import server_secret_context
 from fleet_support import fleet, logical_servers  # noqa: F401 (fixtures)
 from helpers import create_tenant, tenant
 
@@ -48,8 +49,12 @@ def test_servers_report_health_capacity_and_load(fleet, ctx):
         conn.execute(sql.SQL("CREATE ROLE flaky_admin LOGIN SUPERUSER PASSWORD {}").format(sql.Literal("flaky-pw-1")))
     try:
         flaky_url = fleet.url("pg3").replace(f"cp_admin:{fleet.servers['pg3'].password}", "flaky_admin:flaky-pw-1")
-        assert fleet.client.post("/v1/servers", headers=fleet.auth,
-                                 json={"name": "flaky", "admin_url": flaky_url}).status_code == 201
+        # Recorded directly: registering it is refused, pg3's cluster being registered already (as pg3).
+        with ctx.sessions() as session:
+            session.add(DatabaseServer(name="flaky", host="127.0.0.1", port=fleet.servers["pg3"].port,
+                                       admin_url_encrypted=ctx.keyring.encrypt(flaky_url,
+                                                                               server_secret_context("flaky"))))
+            session.commit()
         with psycopg.connect(fleet.url("pg3"), autocommit=True) as conn:
             conn.execute("ALTER ROLE flaky_admin NOLOGIN")
         assert servers.check_servers(ctx) == {"default": True, "pg2": True, "pg3": True, "flaky": False}

@@ -79,3 +79,14 @@ def test_unreachable_server_is_refused(client, auth):
                            json={"name": "ghost", "admin_url": f"postgresql://nobody:pw@127.0.0.1:{port}/postgres"})
     assert response.status_code == 422 and "pw@" not in response.get_data(as_text=True)
     assert "admin_url" in response.get_json()["errors"]["json"]
+
+
+def test_a_second_name_for_a_registered_cluster_is_refused(client, auth, admin_url):
+    """The default server's cluster under another host name: refused before anything is recorded (a move
+    between the two names would drop the tenant's own database as the target's leftover)."""
+    alias = admin_url.replace("127.0.0.1", "localhost")
+    assert alias != admin_url
+    response = client.post("/v1/servers", headers=auth, json={"name": "alias", "admin_url": alias})
+    assert response.status_code == 422, response.get_json()
+    assert "same PostgreSQL cluster as server 'default'" in response.get_json()["errors"]["json"]["admin_url"][0]
+    assert [s["name"] for s in client.get("/v1/servers", headers=auth).get_json()] == ["default"]

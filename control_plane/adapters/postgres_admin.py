@@ -117,6 +117,11 @@ class PostgresAdmin:
     def ping(self) -> None:
         self.fetch_one("SELECT 1")
 
+    def cluster_identity(self) -> str:
+        """What tells one running PostgreSQL cluster from another, whatever host name reaches it: its
+        postmaster's start time (microseconds) and port; readable without superuser, unlike system_identifier."""
+        return str(self.fetch_one("SELECT pg_postmaster_start_time()::text || ' port ' || current_setting('port')"))
+
     def database_exists(self, database: str) -> bool:
         return bool(self.fetch_one("SELECT 1 FROM pg_database WHERE datname = %s", (database,)))
 

@@ -122,6 +122,7 @@ def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, 
         ctx.server_admin(admin_url).ping()
     except DatabaseServerError as exc:
         raise ValidationError("admin_url", f"cannot administer that server: {exc.detail}") from exc
+    _refuse_a_registered_cluster(ctx, name, admin_url)
     with transaction(ctx.sessions) as session:
         if session.get(DatabaseServer, name) is not None:
             raise ConflictError(f"database server {name!r} already exists")
@@ -133,11 +134,30 @@ def register_server(ctx: ServiceContext, actor: str, name: str, admin_url: str, 
     return server
 
 
+def _refuse_a_registered_cluster(ctx: ServiceContext, name: str, admin_url: str) -> None:
+    """422 when `admin_url` reaches a cluster another server already names (another host name or address for
+    it): two names for one cluster share database and role names, so a move between them drops the tenant's
+    own database as the target's leftover, and reconcile takes one's tenants for the other's orphans."""
+    identity = ctx.server_admin(admin_url).cluster_identity()
+    with ctx.sessions() as session:
+        others = list(session.scalars(select(DatabaseServer).where(DatabaseServer.name != name)))
+    for other in others:  # I/O outside any catalog transaction
+        try:
+            same = ctx.admin_for(other).cluster_identity() == identity
+        except ControlPlaneError as exc:  # unreachable now: it cannot be told apart, and must not block this
+            log.warning("database server %s not compared with %s: %s", other.name, name, exc.detail)
+            continue
+        if same:
+            raise ValidationError("admin_url", f"reaches the same PostgreSQL cluster as server {other.name!r} "
+                                               "(one cluster is one server)")
+
+
 def replace_server(ctx: ServiceContext, actor: str, name: str, admin_url: str) -> DatabaseServer:
     """Point a registered server at a new admin URL (new credentials, a replacement after a disaster), checked
     first: its tenants stay placed on it by name."""
     host, port, tls = _endpoint(ctx, admin_url)
     ctx.server_admin(admin_url).ping()
+    _refuse_a_registered_cluster(ctx, name, admin_url)
     with transaction(ctx.sessions) as session:
         server = get_or_raise(session, DatabaseServer, name, ServerNotFoundError, for_update=True)
         server.host, server.port, server.tls = host, port, tls
