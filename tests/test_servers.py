@@ -6,7 +6,9 @@ import shutil
 import pytest
 
 import devstack
-from helpers import create_tenant, databases, tenant, tenant_login
+from control_plane.catalog.models import DatabaseServer
+from control_plane.services.context import server_secret_context
+from helpers import catalog_tenant, create_tenant, databases, tenant, tenant_login
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +92,18 @@ def test_a_second_name_for_a_registered_cluster_is_refused(client, auth, admin_u
     assert response.status_code == 422, response.get_json()
     assert "same PostgreSQL cluster as server 'default'" in response.get_json()["errors"]["json"]["admin_url"][0]
     assert [s["name"] for s in client.get("/v1/servers", headers=auth).get_json()] == ["default"]
+
+
+def test_a_move_between_two_names_of_one_cluster_is_refused(client, auth, ctx, admin_url):
+    """Such a pair registered before registration refused it: the move is refused before anything is recorded
+    (its target database would be the tenant's own)."""
+    alias = admin_url.replace("127.0.0.1", "localhost")
+    with ctx.sessions() as session:
+        session.add(DatabaseServer(name="alias", host="localhost", port=5432,
+                                   admin_url_encrypted=ctx.keyring.encrypt(alias, server_secret_context("alias"))))
+        session.commit()
+    catalog_tenant(ctx, "aliased")
+    response = client.post("/v1/tenants/aliased/move", headers=auth, json={"server": "alias", "mode": "offline"})
+    assert response.status_code == 422, response.get_json()
+    assert "same PostgreSQL cluster" in response.get_json()["errors"]["json"]["server"][0]
+    assert client.get("/v1/operations?tenant_id=aliased", headers=auth).get_json() == []

@@ -24,7 +24,7 @@ from control_plane.adapters.crypto import random_password
 from control_plane.catalog.backup_models import RetiredDatabase
 from control_plane.catalog.models import (DatabaseServer, Operation, OperationKind, OperationStatus, ServerStatus, Tenant,
                                           TenantStatus, utcnow)
-from control_plane.errors import ConflictError, IllegalTransitionError, ServerNotFoundError, TenantNotFoundError, ValidationError
+from control_plane.errors import ConflictError, ControlPlaneError, IllegalTransitionError, ServerNotFoundError, TenantNotFoundError, ValidationError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.byte_progress import ByteProgress
@@ -98,6 +98,18 @@ def _check_target(session: Session, tenant: Tenant, server: str) -> DatabaseServ
     return target
 
 
+def _refuse_the_same_cluster(ctx: ServiceContext, tenant: Tenant, target: DatabaseServer) -> None:
+    """A server registered twice under two names (before registration refused it): the move's target
+    database would be the tenant's own, dropped as a leftover. Unreachable servers are the job's to report."""
+    try:
+        same = ctx.admin_for(tenant.server).cluster_identity() == ctx.admin_for(target).cluster_identity()
+    except ControlPlaneError:
+        return
+    if same:
+        raise ValidationError("server", f"server {target.name!r} is the same PostgreSQL cluster as "
+                                        f"{tenant.server_name!r}: a move between them would destroy the database")
+
+
 def request_move(ctx: ServiceContext, principal: Principal, tenant_id: str, *, server: str,
                  mode: str | None = None, idempotency_key: str | None = None) -> Operation:
     """Check the move can happen, choose its mode when none is given, record it and enqueue it."""
@@ -117,6 +129,7 @@ def request_move(ctx: ServiceContext, principal: Principal, tenant_id: str, *, s
         if tenant.status not in MOVE.starts_from:
             raise IllegalTransitionError("tenant", tenant_id, tenant.status.value, "move")
         target = _check_target(session, tenant, server)
+        _refuse_the_same_cluster(ctx, tenant, target)
         obstacle = None
         if mode != OFFLINE:
             obstacle = _replication(ctx, tenant.server, target).obstacle(tenant.database_name)
