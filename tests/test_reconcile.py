@@ -86,3 +86,21 @@ def test_the_daily_report_is_exported_as_metrics(fleet, ctx, client, auth):
     assert found["orphan_roles"] == 1 and found["missing"] == 0
     metrics = client.get("/metrics", headers=auth).get_data(as_text=True)
     assert 'control_plane_reconcile_findings{kind="orphan_roles"} 1.0' in metrics
+
+
+def test_the_remedy_named_for_a_missing_database_brings_the_tenant_back(fleet, ctx):
+    """Reconcile marks the tenant failed and names what to run; running it recovers the tenant (the in-place
+    restore it used to name refuses a failed tenant)."""
+    client, auth = fleet.client, fleet.auth
+    fleet.place("lost", "pg2")
+    backup = client.post("/v1/tenants/lost/backups", headers=auth, json={})
+    assert backup.status_code == 202, backup.get_json()
+    fleet.run_jobs()
+    _by_hand(fleet.url("pg2"), "DROP DATABASE tenant_lost_db WITH (FORCE)")
+    repaired = client.post("/v1/fleet/reconcile", headers=auth, json={"dry_run": False}).get_json()
+    [note] = [line for line in repaired["servers"]["pg2"]["repaired"] if "lost" in line]
+    command = note.split("`")[1]
+    assert command == "tenantctl fleet recover --server pg2" and tenant(client, auth, "lost")["status"] == "failed"
+    recovered = CliRunner().invoke(cli, command.split()[1:])
+    assert recovered.exit_code == 0, recovered.output
+    assert tenant(client, auth, "lost")["status"] == "active" and "tenant_lost_db" in databases(fleet.url("pg2"))

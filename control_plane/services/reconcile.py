@@ -218,8 +218,10 @@ def _fail_missing(ctx: ServiceContext, principal: Principal, tenant_id: str) -> 
         newest = session.scalars(select(Backup).where(Backup.tenant_id == tenant_id,
                                                       Backup.status == BackupStatus.COMPLETED)
                                  .order_by(Backup.completed_at.desc())).first()
-        remedy = (f"restore backup {newest.id} (POST /v1/tenants/{tenant_id}/restore "
-                  f'{{"backup_id": "{newest.id}"}})' if newest else "no completed backup exists")
+        # The remedy that works on a `failed` tenant: an in-place restore refuses it (409), `fleet recover`
+        # restores each missing tenant's newest backup on its server and makes it active again.
+        remedy = (f"its newest backup is {newest.id}: `tenantctl fleet recover --server {tenant.server_name}` "
+                  "restores it" if newest else "no completed backup exists")
         reason = f"database {tenant.database_name} is missing on server {tenant.server_name}; {remedy}"
         tenant.lose_database()
         audit.record(session, principal.actor, "tenant.database_missing", tenant_id, reason=reason,
