@@ -4,6 +4,7 @@ only its own tenant. Screenshots go to .devstack/screenshots/ (git-ignored: a te
 repository; copy them to docs/screenshots/ to refresh the README's)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import psycopg
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from control_plane.catalog.models import TokenRole
+from control_plane.catalog.models import OperationKind, TokenRole
 from control_plane.services.auth import create_token
 from helpers import create_tenant, wait_until
 
@@ -148,3 +149,10 @@ def test_tenant_admin_sees_only_its_tenant(page: Page, live_api: str, ctx, clien
     expect(page.locator("#tenant-list tbody tr")).to_have_count(1)
     expect(page.locator("#tenant-list")).to_contain_text("mine-clinic")
     expect(page.locator("#tenant-list")).not_to_contain_text("other-clinic")
+
+
+def test_the_operations_kind_filter_offers_every_kind() -> None:
+    """A kind the filter lacks cannot be listed on its own (undelete was missing)."""
+    script = (Path(__file__).resolve().parents[1] / "control_plane/console/static/console.js").read_text()
+    offered = set(re.findall(r'"(\w+)"', re.search(r'choice\("op-kind", \[(.*?)\]', script).group(1)))
+    assert {kind.value for kind in OperationKind} <= offered

@@ -362,7 +362,7 @@ async function operationsPage(params, view) {
   const choice = (id, values, current) => h("select", { id, onchange: go },
     values.map(v => h("option", { value: v, selected: v === (current || ""), text: v || "any" })));
   const status = choice("op-status", ["", "queued", "running", "succeeded", "failed", "cancelled"], params.status);
-  const kind = choice("op-kind", ["", "provision", "migrate", "backup", "restore", "move", "drill", "delete"], params.kind);
+  const kind = choice("op-kind", ["", "provision", "migrate", "backup", "restore", "move", "drill", "delete", "undelete"], params.kind);
   view.replaceChildren(h("h2", { text: "Operations" }),
     h("div", { class: "toolbar" }, h("label", { for: "op-status" }, "Status", status), h("label", { for: "op-kind" }, "Kind", kind)), region);
   live(region, async () => operationsTable((await api("GET", `/v1/operations${query({ status: params.status, kind: params.kind, page_size: 50 })}`)).data));
