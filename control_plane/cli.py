@@ -57,9 +57,9 @@ class TenantctlGroup(click.Group):
 def cli(verbose: bool) -> None:
     """Operate the database-per-tenant control plane.
 
-    With TENANTCTL_API_URL and TENANTCTL_TOKEN set, every tenant, operation, backup, migration and server
-    command goes through the HTTP API (no catalog access or KEYRING needed); serve, worker, scheduler,
-    catalog and tokens create always run locally.
+    With TENANTCTL_API_URL and TENANTCTL_TOKEN set, every tenant, operation, backup, drill, migration,
+    server, fleet, queue, token (list, revoke), plan and audit command goes through the HTTP API (no catalog
+    access or KEYRING needed); serve, worker, scheduler, catalog and tokens create always run locally.
     """
     # The long-running processes (serve, worker, scheduler) log at INFO; other commands only warn.
     process = click.get_current_context().invoked_subcommand in PROCESSES

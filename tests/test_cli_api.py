@@ -193,7 +193,9 @@ def test_every_command_has_help_examples_and_json_in_both_modes() -> None:
                 assert any(p.name == "as_json" for p in command.params), f"tenantctl {name} has no --json"
     version = CliRunner().invoke(cli, ["--version"])
     assert version.exit_code == 0 and "tenantctl, version" in version.output
-    assert "Exit codes: 0 ok, 1 the operation failed, 2 usage" in CliRunner().invoke(cli, ["--help"]).output
+    root_help = CliRunner().invoke(cli, ["--help"]).output
+    assert "Exit codes: 0 ok, 1 the operation failed, 2 usage" in root_help
+    assert "drill, migration, server, fleet, queue, token (list, revoke), plan and audit" in " ".join(root_help.split())
 
 
 def test_local_mode_json_and_exit_codes(settings) -> None:
