@@ -10,23 +10,29 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
 from rq import Queue
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 
 import psycopg
 from psycopg import sql
 
 import tenant_migrations
 from control_plane.catalog.migration_run_models import MigrationRun
-from control_plane.catalog.models import Tenant, TenantStatus, TokenRole
+from control_plane.adapters.crypto import random_password
+from control_plane.catalog.models import DatabaseServer, Tenant, TenantStatus, TokenRole
+from control_plane.naming import database_name, role_name
+from control_plane.services.context import role_secret_context
+from control_plane.services.servers import DEFAULT_SERVER
 from control_plane.services.auth import create_token
 from helpers import create_tenant, one, operation, tenant
 
 HEAD = tenant_migrations.head_revision()
+CLONE_THREADS = 4
 FIRST = tenant_migrations.known_revisions()[0]
 
 
@@ -182,3 +188,31 @@ class Fleet:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
         Queue(self.settings.queue_name, connection=self.redis_conn).empty()
+
+
+def clone_fleet(ctx, ids: list[str], revision: str = FIRST, server_name: str = DEFAULT_SERVER) -> None:
+    """Many active tenants cheaply: a template database at `revision` cloned per tenant (CREATE DATABASE ...
+    TEMPLATE), handed to the tenant's own role as provisioning does, and the catalog rows in one insert.
+    Meant for a throwaway server (see test_migration_waves.own_server): dropping is left to its removal."""
+    with ctx.sessions() as session:
+        server = session.get(DatabaseServer, server_name)
+    passwords = {tenant_id: random_password() for tenant_id in ids}
+    with ctx.sessions() as session, session.begin():
+        session.execute(insert(Tenant), [
+            {"id": t, "name": t, "status": TenantStatus.ACTIVE, "server_name": server.name,
+             "database_name": database_name(t), "role_name": role_name(t), "schema_revision": revision,
+             "role_password_encrypted": ctx.keyring.encrypt(passwords[t], role_secret_context(t))} for t in ids])
+    template = ctx.template_for(server)
+    source = template.ensure(revision)
+
+    def make(chunk: list[str]) -> None:
+        with ctx.admin_for(server) as admin:
+            for tenant_id in chunk:
+                admin.ensure_role(role_name(tenant_id), passwords[tenant_id])
+                admin.ensure_database(database_name(tenant_id), role_name(tenant_id), source)
+                admin.restrict_connect(database_name(tenant_id), role_name(tenant_id))
+                template.hand_over(database_name(tenant_id), role_name(tenant_id))
+
+    with ThreadPoolExecutor(CLONE_THREADS) as pool:  # the server does the work, several at once
+        list(pool.map(make, [ids[n::CLONE_THREADS] for n in range(CLONE_THREADS)]))
+

@@ -2,6 +2,7 @@
 PostgreSQL, RQ and the real backup and restore paths."""
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 
 import psycopg
@@ -9,14 +10,15 @@ import psycopg.sql
 import pytest
 from sqlalchemy import update
 
+import devstack
 import tenant_migrations
 from control_plane.catalog.migration_run_models import MigrationRun
 from control_plane.catalog.models import Tenant, utcnow
 from control_plane.naming import database_name, role_name
 from control_plane.services import migration_gates
-from helpers import one, tenant
-from migration_fleet import (FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, set_read_only,
-                             start_run)
+from helpers import one, tenant, wait_until
+from migration_fleet import (FIRST, HEAD, Fleet, clone_fleet, database_revision, get_run, items_by_tenant,
+                             running_workers, set_read_only, start_run)
 
 BROKEN_CHECK = "select count(*) from leads where full_name like 'broken%'"
 
@@ -249,3 +251,67 @@ def test_the_check_runs_read_only_as_the_tenant_one_statement_bounded_in_time(fl
         verdict = migration_gates.check_tenant(database, query, 200)
         assert verdict["ok"] is False and error in verdict["error"], (query, verdict)
     assert one(admin_url, "SELECT count(*) FROM leads", dbname=database_name(fleet[0])) >= 1  # nothing deleted
+
+
+
+@pytest.fixture
+def own_server(client, auth, settings):
+    """A throwaway PostgreSQL server registered for one test: stopped and removed afterwards, which is far
+    cheaper than hundreds of DROP DATABASE (each one forces a checkpoint)."""
+    root = devstack.scratch_dir("waves")
+    server = devstack.PostgresServer(root / "pg", fast=True)
+    server.start()
+    try:
+        response = client.post("/v1/servers", headers=auth, json={"name": "waves", "admin_url": server.url})
+        assert response.status_code == 201, response.get_json()
+        yield "waves"
+    finally:
+        with psycopg.connect(settings.catalog_database_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM migration_runs")
+            conn.execute("DELETE FROM tenants WHERE server_name = 'waves'")
+            conn.execute("DELETE FROM database_servers WHERE name = 'waves'")
+        server.stop(immediate=True)  # its data goes next: no shutdown checkpoint
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_hundred_tenants_through_three_waves_at_concurrency_four(ctx, client, auth, own_server, admin_url):
+    ids = [f"mw-many-{n:03d}" for n in range(200)]
+    clone_fleet(ctx, ids, FIRST, own_server)
+    run = start_run(client, auth, tenants=ids, concurrency=4, check="select count(*) from leads where score < 0",
+                    waves=[{"percent": 1}, {"percent": 10}, {"percent": 100}])
+    with running_workers(4):
+        wait_until(lambda: get_run(client, auth, run["id"])["status"] != "running", "the run to end", timeout=300)
+
+    done = get_run(client, auth, run["id"])
+    assert done["status"] == "succeeded", done["error"]
+    assert done["counts"]["succeeded"] == 200 and 1 <= done["peak_concurrency"] <= 4
+    waves = done["wave_progress"]
+    assert [(w["total"], w["counts"]["succeeded"], w["status"]) for w in waves] == [
+        (2, 2, "passed"), (18, 18, "passed"), (180, 180, "passed")]
+    assert [w["gate"]["checked"] for w in waves] == [2, 18, 180]
+    # A wave starts only once the one before it has ended.
+    items = done["items"]
+    for wave in (1, 2):
+        ended = max(i["finished_at"] for i in items if i["wave"] == wave)
+        assert ended < min(i["started_at"] for i in items if i["wave"] == wave + 1)
+    with ctx.sessions() as session:
+        databases = [ctx.database_of(session.get(Tenant, t)) for t in ids]
+    assert {database.current_revision() for database in databases} == {HEAD}
+
+
+def test_the_check_runs_read_only_as_the_tenant_one_statement_bounded_in_time(fleet, ctx, admin_url):
+    with ctx.sessions() as session:
+        database = ctx.database_of(session.get(Tenant, fleet[0]))
+    _break(admin_url, fleet[0])
+    assert migration_gates.check_tenant(database, BROKEN_CHECK, 5000) == {"ok": False, "value": 1}
+    assert migration_gates.check_tenant(database, "select current_user", 5000) == {"ok": False,
+                                                                                  "value": role_name(fleet[0])}
+    for query, error in (("delete from leads", "read-only transaction"),
+                         ("select 0; delete from leads", "multiple commands"),
+                         ("commit; set default_transaction_read_only = off; delete from leads", "multiple commands"),
+                         ("select pg_sleep(5)", "statement timeout"),
+                         ("select count(*) from nowhere", "does not exist")):
+        verdict = migration_gates.check_tenant(database, query, 200)
+        assert verdict["ok"] is False and error in verdict["error"], (query, verdict)
+    assert one(admin_url, "SELECT count(*) FROM leads", dbname=database_name(fleet[0])) >= 1  # nothing deleted
+

@@ -202,12 +202,14 @@ class PostgresServer(PrivateServer):
             )
         raise AssertionError("unreachable")
 
-    def stop(self) -> None:
-        """Fast shutdown (disconnects sessions, rolls back open transactions); no-op when not running."""
+    def stop(self, immediate: bool = False) -> None:
+        """Fast shutdown (disconnects sessions, rolls back open transactions); no-op when not running.
+        `immediate`: no shutdown checkpoint, for a server whose data is thrown away right after."""
         if not self.is_running():
             return  # nothing, or a stale postmaster.pid whose pid may now be someone else's: never signal it
         pg_ctl = self.bindir / "pg_ctl"
-        result = self._pg([pg_ctl, "stop", "-D", self.data_dir, "-m", "fast", "-w", "-t", "60"], check=False)
+        mode = "immediate" if immediate else "fast"
+        result = self._pg([pg_ctl, "stop", "-D", self.data_dir, "-m", mode, "-w", "-t", "60"], check=False)
         if result.returncode != 0 and self.is_running():
             logger.warning("PostgreSQL under %s ignored a fast shutdown; stopping it immediately", self.root)
             self._pg([pg_ctl, "stop", "-D", self.data_dir, "-m", "immediate", "-w", "-t", "30"], check=False)
