@@ -152,7 +152,9 @@ def _execute_locked(ctx: ServiceContext, operation_id: str, lease) -> None:
         try:
             result: dict[str, Any] | None = kind.run(ctx, session, op, tenant, report)
         except Exception as exc:  # the job boundary: record every failure on the operation, once
+            step = op.step  # where it stopped: the rollback would forget a step reported without a commit
             session.rollback()
+            op.step = step
             if isinstance(exc, OperationCancelledError) or op.cancel_requested_at is not None:
                 # Stopped at a safe point (a stream may wrap our exception in its own): a cancel, not a failure.
                 log.info("tenant %s operation %s cancelled at %s", op.tenant_id, op.id, op.step)
