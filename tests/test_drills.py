@@ -3,6 +3,7 @@ object, a wrong row count and a missing object (and pass from the copy when ther
 metrics; the CLI."""
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from control_plane.catalog.backup_models import Backup
 from control_plane.catalog.models import utcnow
 from control_plane.cli import cli
 from control_plane.services.drill_schedule import schedule_due_drills
+from control_plane.services.runner import execute_operation
 from helpers import operation
 
 DRILLED = tid("drilled")
@@ -29,13 +31,18 @@ def drill(client, auth, run_jobs, tenant_id: str) -> dict:
     response = client.post(f"/v1/tenants/{tenant_id}/drills", headers=auth)
     assert response.status_code == 202, response.get_json()
     run_jobs()
-    done = operation(client, auth, response.get_json()["id"])
-    [latest] = [d for d in client.get(f"/v1/tenants/{tenant_id}/drills", headers=auth).get_json()
+    return drill_record(client, auth, response.get_json()["id"])
+
+
+def drill_record(client, auth, operation_id: str) -> dict:
+    done = operation(client, auth, operation_id)
+    [latest] = [d for d in client.get(f"/v1/tenants/{done['tenant_id']}/drills", headers=auth).get_json()
                 if d["operation_id"] == done["id"]]
     return {"operation": done, **latest}
 
 
-def test_drills_pass_on_a_good_backup_and_fail_with_the_reason(client, auth, run_jobs, ctx, settings, admin_url):
+def test_drills_pass_on_a_good_backup_and_fail_with_the_reason(client, auth, run_jobs, ctx, settings, admin_url,
+                                                               caplog):
     active_tenant(client, auth, run_jobs, DRILLED)
     write_rows(ctx, DRILLED, "known", leads=5)
     backup = back_up(client, auth, run_jobs, DRILLED)
@@ -56,7 +63,15 @@ def test_drills_pass_on_a_good_backup_and_fail_with_the_reason(client, auth, run
         record.manifest["tables"]["public.leads"] += 1
         flag_modified(record, "manifest")
         session.commit()
-    failed = drill(client, auth, run_jobs, DRILLED)
+    # Run in this process (the worker forks), to see how the expected failure is logged: a warning
+    # one-liner with its reason, not an error with a traceback.
+    caplog.set_level(logging.INFO, logger="control_plane.services.runner")
+    started = client.post(f"/v1/tenants/{DRILLED}/drills", headers=auth).get_json()
+    execute_operation(ctx, started["id"])
+    [logged] = [r for r in caplog.records if r.name == "control_plane.services.runner" and "failed at" in r.getMessage()]
+    assert logged.levelno == logging.WARNING and logged.exc_info is None
+    assert "the manifest says 6" in logged.getMessage()
+    failed = drill_record(client, auth, started["id"])
     assert failed["result"] == "failed" and failed["operation"]["status"] == "failed"
     assert "public.leads has 5 rows, the manifest says 6" in failed["reason"]
     assert databases_like(admin_url, f"{role(DRILLED)}\\_dr\\_%") == set()

@@ -162,7 +162,10 @@ def _execute_locked(ctx: ServiceContext, operation_id: str, lease) -> None:
                 session.commit()
                 announce(ctx, tenant, op)
                 return
-            log.exception("tenant %s operation %s failed at %s", op.tenant_id, op.id, op.step)
+            if isinstance(exc, ControlPlaneError):  # an expected, classified failure: its reason says it all
+                log.warning("tenant %s operation %s failed at %s: %s", op.tenant_id, op.id, op.step, describe(exc))
+            else:  # a bug or an unforeseen failure: the traceback is what finds it
+                log.exception("tenant %s operation %s failed at %s", op.tenant_id, op.id, op.step)
             fail_operation(ctx, session, op, tenant, f"{op.step or op.kind.value}: {describe(exc)}")
             session.commit()
             announce(ctx, tenant, op)
