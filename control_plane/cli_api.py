@@ -410,8 +410,12 @@ def endpoint_command(endpoint: Endpoint) -> click.Command:
     if endpoint.starts_work:
         params.append(click.Option(["--wait/--no-wait", "--follow/--no-follow", "wait"], default=True,
                                    show_default=True, help="Follow the operation with a progress bar until it ends."))
-    if endpoint.path == "/v1/operations/{operation_id}" or endpoint.follows_run:
+    if endpoint.path == "/v1/operations/{operation_id}":
         params.append(click.Option(["--follow"], is_flag=True, help="Show progress until it ends."))
+    elif endpoint.follows_run:  # as in local mode: both spellings where it starts work, not following by default
+        spellings = ["--follow/--no-follow"] + (["--wait/--no-wait"] if endpoint.method == "POST" else [])
+        params.append(click.Option([*spellings, "follow"], default=False, show_default=True,
+                                   help="Show progress until it ends."))
     if endpoint.confirm:
         params.append(click.Option(["--yes"], is_flag=True, expose_value=False, is_eager=False,
                                    callback=_confirm(endpoint.confirm), help="Confirm without prompting."))

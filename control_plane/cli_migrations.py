@@ -189,6 +189,9 @@ _CHECK_TIMEOUT = click.option("--check-timeout", default=5.0, show_default=True,
                               help="Seconds the check may run on one tenant.")
 _ROLLBACK_ON_FAILURE = click.option("--rollback-on-failure", is_flag=True,
                                     help="When a wave fails its budget or gate, roll back every tenant moved.")
+# Like every command that starts work: --follow/--no-follow, or --wait/--no-wait (here not following is the default).
+_FOLLOW = click.option("--follow/--no-follow", "--wait/--no-wait", "follow", default=False, show_default=True,
+                       help="Show live progress, then a summary table; exit 1 unless it succeeded.")
 _ITEMS = click.option("--items", type=click.Choice(["problems", "all", "none"]), default="problems", show_default=True,
                       help="Which tenants to list in the summary (problems: all but the succeeded).")
 
@@ -221,7 +224,7 @@ def migrations() -> None:
 @_CHECK
 @_CHECK_TIMEOUT
 @_ROLLBACK_ON_FAILURE
-@click.option("--follow", is_flag=True, help="Show live progress, then a summary table; exit 1 unless it succeeded.")
+@_FOLLOW
 @_ITEMS
 @json_option
 def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...], concurrency: int, canary: int,
@@ -306,7 +309,7 @@ def list_command(status: str | None, limit: int, as_json: bool) -> None:
 
 @migrations.command("resume")
 @click.argument("run_id")
-@click.option("--follow", is_flag=True, help="Watch it until it ends.")
+@_FOLLOW
 @_ITEMS
 @json_option
 def resume_command(run_id: str, follow: bool, items: str, as_json: bool) -> None:
@@ -322,7 +325,7 @@ def resume_command(run_id: str, follow: bool, items: str, as_json: bool) -> None
 
 @migrations.command("continue")
 @click.argument("run_id")
-@click.option("--follow", is_flag=True, help="Watch it until it ends.")
+@_FOLLOW
 @_ITEMS
 @json_option
 def continue_command(run_id: str, follow: bool, items: str, as_json: bool) -> None:
@@ -338,7 +341,7 @@ def continue_command(run_id: str, follow: bool, items: str, as_json: bool) -> No
 
 @migrations.command("rollback")
 @click.argument("run_id")
-@click.option("--follow", is_flag=True, help="Watch it until it ends.")
+@_FOLLOW
 @_ITEMS
 @json_option
 def rollback_command(run_id: str, follow: bool, items: str, as_json: bool) -> None:

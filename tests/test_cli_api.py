@@ -226,7 +226,7 @@ def test_migration_runs_in_waves_through_the_api(tenantctl, ctx) -> None:
         tenantctl("tenants", "create", tenant_id, "--name", tenant_id, "--admin-email", f"a@{tenant_id}.example")
         tenantctl("tenants", "migrate", tenant_id, "--target", first)
     run = as_json(tenantctl("migrations", "run", "--waves", "50,100", "--manual-pause", "--concurrency", "1",
-                            "--check", "select count(*) from leads where score < 0", "--json"))
+                            "--check", "select count(*) from leads where score < 0", "--no-follow", "--json"))
     assert [w["percent"] for w in run["waves"]] == [50, 100] and run["waves"][0]["manual"] is True
     assert run["check"].startswith("select count(*)")
 
@@ -234,7 +234,7 @@ def test_migration_runs_in_waves_through_the_api(tenantctl, ctx) -> None:
         return as_json(tenantctl("migrations", "status", run["id"], "--json"))["wave_status"] == "waiting"
 
     wait_until(paused, "the first wave to pass its gate")
-    followed = tenantctl("migrations", "continue", run["id"], "--follow", "--json")
+    followed = tenantctl("migrations", "continue", run["id"], "--wait", "--json")  # --wait/--follow alike
     assert as_json(followed)["status"] == "succeeded"
     assert "wave 2/2 (100%) passed: 1/1 done, ok 1" in followed.stderr and "gate passed on 1 tenant(s)" in followed.stderr
     tenantctl("migrations", "continue", run["id"], code=4)  # no longer paused: 409

@@ -47,7 +47,7 @@ def test_run_follow_shows_progress_then_a_summary(admin_url, fleet):
 
 
 def test_run_status_cancel_resume_and_list(client, auth, admin_url, run_jobs, fleet):
-    started = tenantctl("run", "--concurrency", "1", *[arg for t in fleet for arg in ("--tenant", t)])
+    started = tenantctl("run", "--no-follow", "--concurrency", "1", *[arg for t in fleet for arg in ("--tenant", t)])
     assert started.exit_code == 0
     run_id = started.stdout.strip().splitlines()[-1]
     cancelled = tenantctl("cancel", run_id)
@@ -58,7 +58,7 @@ def test_run_status_cancel_resume_and_list(client, auth, admin_url, run_jobs, fl
     listed = tenantctl("list")
     assert run_id in listed.stdout and "cancelled" in listed.stdout
 
-    assert tenantctl("resume", run_id).exit_code == 0
+    assert tenantctl("resume", run_id, "--no-wait").exit_code == 0  # both spellings, as everywhere
     run_jobs()
     final = tenantctl("status", run_id, "--items", "all")
     assert "succeeded in" in final.stdout and all(t in final.stdout for t in fleet)
