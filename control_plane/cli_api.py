@@ -13,6 +13,7 @@ import os
 import re
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +46,24 @@ class ApiClient:
         return cls(url, token)
 
     def call(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-             body: dict[str, Any] | None = None) -> tuple[Any, requests.Response]:
-        try:
-            response = self.session.request(method, self.url + path, params=params, json=body,
-                                            timeout=TIMEOUT_SECONDS)
-        except requests.RequestException as exc:
-            raise ApiCommandError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+             body: dict[str, Any] | None = None, idempotency_key: str | None = None) -> tuple[Any, requests.Response]:
+        """One request. With an `idempotency_key` (work-starting POSTs), a connection error or a timeout is
+        retried once with the same key: if the first request did reach the API, the retry answers the work
+        it started instead of starting it twice."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        for attempt in range(2 if idempotency_key else 1):
+            try:
+                response = self.session.request(method, self.url + path, params=params, json=body,
+                                                headers=headers, timeout=TIMEOUT_SECONDS)
+                break
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt == 0 and idempotency_key:
+                    click.echo(f"no answer from {self.url} ({type(exc).__name__}); trying again with the same "
+                               f"Idempotency-Key {idempotency_key}", err=True)
+                    continue
+                raise ApiCommandError(f"cannot reach {self.url}: {type(exc).__name__}") from None
+            except requests.RequestException as exc:
+                raise ApiCommandError(f"cannot reach {self.url}: {type(exc).__name__}") from None
         data = response.json() if response.content and "json" in response.headers.get("Content-Type", "") else None
         if response.status_code >= 400:
             problem = data if isinstance(data, dict) else {}
@@ -88,6 +101,11 @@ class Endpoint:
     narrowed: tuple[str, str] | None = None
     # The answer is a migration run: --follow shows its progress and each wave's until it ends.
     follows_run: bool = False
+
+    @property
+    def idempotent(self) -> bool:
+        """It starts or restarts work: sent with an Idempotency-Key (the API honours it on those)."""
+        return self.method != "GET" and (self.starts_work or self.follows_run)
 
 
 def _arg(name: str) -> click.Argument:
@@ -375,8 +393,17 @@ def _rows(client: ApiClient, path: str, query: dict[str, Any]) -> list[dict[str,
     return rows[:limit]
 
 
+IDEMPOTENCY_KEY = _opt("--idempotency-key", help="Send this Idempotency-Key (default: a new one per invocation); "
+                                                  "re-running with the same key never starts the work twice.")
+
+
+def new_idempotency_key() -> str:
+    return f"tenantctl-{uuid.uuid4()}"
+
+
 def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
     as_json, wait = options.pop("as_json"), options.pop("wait", False)
+    key = (options.pop("idempotency_key", None) or new_idempotency_key()) if endpoint.idempotent else None
     follow = options.pop("follow", False)
     client = ApiClient.from_env()
     path = endpoint.path
@@ -392,7 +419,8 @@ def _invoke(endpoint: Endpoint, options: dict[str, Any]) -> None:
         data = _rows(client, path, query)
     else:
         data, _ = client.call(endpoint.method, path, params=query or None,
-                              body=body if endpoint.method in ("POST", "PATCH", "PUT") else None)
+                              body=body if endpoint.method in ("POST", "PATCH", "PUT") else None,
+                              idempotency_key=key)
     if endpoint.follows_run and follow:
         follow_migration_run(client, data, as_json)
     elif (endpoint.starts_work and wait) or follow:
@@ -416,6 +444,8 @@ def endpoint_command(endpoint: Endpoint) -> click.Command:
         spellings = ["--follow/--no-follow"] + (["--wait/--no-wait"] if endpoint.method == "POST" else [])
         params.append(click.Option([*spellings, "follow"], default=False, show_default=True,
                                    help="Show progress until it ends."))
+    if endpoint.idempotent:
+        params.append(IDEMPOTENCY_KEY)
     if endpoint.confirm:
         params.append(click.Option(["--yes"], is_flag=True, expose_value=False, is_eager=False,
                                    callback=_confirm(endpoint.confirm), help="Confirm without prompting."))
@@ -456,7 +486,10 @@ DRILLS_RUN_EXAMPLES = ("tenantctl drills run acme-clinic", "tenantctl drills run
 @click.option("--follow/--no-follow", default=True, show_default=True,
               help="Watch each drill to its end (they run side by side), then a table of how each ended.")
 @click.option("--json", "as_json", is_flag=True, help="Print the operations as JSON.")
-def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow: bool, as_json: bool) -> None:
+@click.option("--idempotency-key", help="Keys sent are KEY:TENANT (default: a new KEY per invocation); re-running "
+                                       "with the same key never starts a tenant's drill twice.")
+def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow: bool, as_json: bool,
+               idempotency_key: str | None) -> None:
     """Drill TENANT_IDS' (or --all active tenants') newest backups: each restored into a scratch database and
     checked. Exits 1 if a followed drill did not pass.
 
@@ -468,8 +501,10 @@ def drills_run(tenant_ids: tuple[str, ...], all_tenants: bool, follow: bool, as_
     if all_tenants:
         tenant_ids = tuple(t["id"] for t in all_pages(client, "/v1/tenants", {"status": "active"}))
     started = []
+    key = idempotency_key or new_idempotency_key()
     for tenant_id in tenant_ids:
-        op, _ = client.call("POST", f"/v1/tenants/{urllib.parse.quote(tenant_id, safe='')}/drills", body={})
+        op, _ = client.call("POST", f"/v1/tenants/{urllib.parse.quote(tenant_id, safe='')}/drills", body={},
+                            idempotency_key=f"{key}:{tenant_id}")
         click.echo(f"tenant {tenant_id}: drill operation {op['id']}", err=True)
         started.append(op)
     follow_all(started, lambda op_id: client.call("GET", f"/v1/operations/{op_id}")[0], follow, as_json)

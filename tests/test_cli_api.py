@@ -7,12 +7,14 @@ import uuid
 
 import click
 import pytest
+import requests
 from click.testing import CliRunner, Result
+from requests.adapters import HTTPAdapter
 
 import tenant_migrations
 from control_plane.catalog.models import TokenRole
 from control_plane.cli import cli
-from control_plane.cli_api import build_api_cli
+from control_plane.cli_api import ApiClient, build_api_cli, new_idempotency_key
 from control_plane.cli_output import OPERATION_COLUMNS, print_data
 from control_plane.services.auth import create_token
 from helpers import catalog_tenant, wait_until
@@ -37,7 +39,20 @@ def as_json(result: Result):
     return json.loads(result.stdout)
 
 
-def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
+class LosesTheFirstAnswer(HTTPAdapter):
+    """The request reaches the API, its answer is lost on the way back (a timeout): once."""
+
+    lost = False
+
+    def send(self, request, **kwargs):
+        response = super().send(request, **kwargs)
+        if not self.lost:
+            self.lost = True
+            raise requests.ReadTimeout("the answer was lost")
+        return response
+
+
+def test_tenants_operations_and_backups_through_the_api(tenantctl, live_api, ctx) -> None:
     created = tenantctl("tenants", "create", "api-clinic", "--name", "API Clinic", "--admin-email", "a@api.example",
                         "--domain", "api.example.com", "--json")
     assert as_json(created)["status"] == "succeeded" and "provision" in created.stderr
@@ -50,6 +65,20 @@ def test_tenants_operations_and_backups_through_the_api(tenantctl) -> None:
     assert as_json(tenantctl("tenants", "resume", "api-clinic", "--json"))["status"] == "active"
     migrated = as_json(tenantctl("tenants", "migrate", "api-clinic", "--target", "head", "--json"))
     assert migrated["kind"] == "migrate" and migrated["status"] == "succeeded"
+    # The same Idempotency-Key twice (a script re-run): the same operation, the work started once.
+    again = [as_json(tenantctl("tenants", "migrate", "api-clinic", "--idempotency-key", "rerun-1", "--json"))["id"]
+             for _ in range(2)]
+    assert again[0] == again[1] != migrated["id"]
+    # A lost answer: the client retries once with the same key, and the API answers the work it started.
+    client = ApiClient(live_api, create_token(ctx, TokenRole.SUPER_ADMIN, "flaky")[1])
+    client.session.mount(live_api, adapter := LosesTheFirstAnswer())
+    retried, _ = client.call("POST", "/v1/tenants/api-clinic/migrate", body={"target": "head"},
+                             idempotency_key=new_idempotency_key())
+    assert adapter.lost
+    migrations = client.call("GET", "/v1/operations", params={"tenant_id": "api-clinic", "kind": "migrate"})[0]
+    assert sorted(op["id"] for op in migrations) == sorted({migrated["id"], again[0], retried["id"]})
+    wait_until(lambda: client.call("GET", f"/v1/operations/{retried['id']}")[0]["status"] == "succeeded",
+               "the retried migrate to end")
 
     tenantctl("tenants", "show", "nobody-here", code=3)
     tenantctl("tenants", "create", "api-clinic", "--name", "x", "--admin-email", "a@b.example", code=4)
