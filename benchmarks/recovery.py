@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,17 +48,9 @@ class Supervisor:
 
     def stop(self, *processes: subprocess.Popen) -> None:
         """A warm shutdown (RQ lets its horse finish), then kill -9 of the whole tree after 30 s."""
-        from devstack.processes import kill_tree
+        from devstack.processes import stop_warmly
 
-        for process in processes or self.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes or self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                kill_tree(process.pid)
-                process.wait()
+        stop_warmly(processes or self.processes)
 
 
 def _wait(condition, seconds: float = 300.0, poll: float = 0.01):

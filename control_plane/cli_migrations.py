@@ -138,6 +138,16 @@ def _print_run(ctx: ServiceContext, run_id: str) -> None:
     click.echo(json.dumps(_as_json(migration_runs.get_run(ctx, SYSTEM, run_id)), indent=2))
 
 
+def _show_started(ctx: ServiceContext, run_id: str, follow: bool, items: str, as_json: bool) -> None:
+    """After a command that starts or restarts a run: follow it, or print it (--json), or its id alone."""
+    if follow:
+        _follow(ctx, run_id, items, as_json)
+    elif as_json:
+        _print_run(ctx, run_id)
+    else:
+        click.echo(run_id)
+
+
 def _follow(ctx: ServiceContext, run_id: str, items: str, as_json: bool = False) -> None:
     """Show the live progress line and each wave's changes until the run ends, then the summary; exit 1
     unless it succeeded."""
@@ -255,12 +265,7 @@ def run_command(target: str, tenants: tuple[str, ...], statuses: tuple[str, ...]
     click.echo(f"migration run {run.id}: {run.total} tenants to {run.target_revision} "
                f"(concurrency {run.concurrency}, canary {run.canary}, max failures {run.max_failures}"
                + (f", {len(run.waves)} waves" if run.waves else "") + ")", err=True)
-    if follow:
-        _follow(ctx, run.id, items, as_json)
-    elif as_json:
-        _print_run(ctx, run.id)
-    else:
-        click.echo(run.id)
+    _show_started(ctx, run.id, follow, items, as_json)
 
 
 @migrations.command("status")
@@ -317,10 +322,7 @@ def resume_command(run_id: str, follow: bool, items: str, as_json: bool) -> None
     ctx = _context()
     run = migration_runs.resume_run(ctx, SYSTEM, run_id)
     click.echo(f"migration run {run.id} resumed: {run.pending + run.queued} tenants to go", err=True)
-    if follow:
-        _follow(ctx, run.id, items, as_json)
-    elif as_json:
-        _print_run(ctx, run.id)
+    _show_started(ctx, run.id, follow, items, as_json)
 
 
 @migrations.command("continue")
@@ -333,10 +335,7 @@ def continue_command(run_id: str, follow: bool, items: str, as_json: bool) -> No
     ctx = _context()
     run = migration_runs.continue_run(ctx, SYSTEM, run_id)
     click.echo(f"migration run {run.id}: wave {run.current_wave + 1} of {len(run.waves or [None])} started", err=True)
-    if follow:
-        _follow(ctx, run.id, items, as_json)
-    elif as_json:
-        _print_run(ctx, run.id)
+    _show_started(ctx, run.id, follow, items, as_json)
 
 
 @migrations.command("rollback")
@@ -349,12 +348,7 @@ def rollback_command(run_id: str, follow: bool, items: str, as_json: bool) -> No
     ctx = _context()
     rollback = migration_runs.rollback_run(ctx, SYSTEM, run_id)
     click.echo(f"rollback run {rollback.id} of {run_id}: {rollback.total} tenant(s) to bring back", err=True)
-    if follow:
-        _follow(ctx, rollback.id, items, as_json)
-    elif as_json:
-        _print_run(ctx, rollback.id)
-    else:
-        click.echo(rollback.id)
+    _show_started(ctx, rollback.id, follow, items, as_json)
 
 
 @migrations.command("cancel")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.catalog.models import Operation
-from devstack.processes import kill_tree
+from devstack.processes import kill_tree, stop_warmly
 from helpers import wait_until
 
 # Reproducible kill points: CRASH_SEED=<n> replays a run (failures name the seed).
@@ -77,14 +76,7 @@ class Processes:
         processes before the Redis they use: without it they only retry."""
         if not processes:
             self._standby.clear()
-        for process in processes or self.started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes or self.started:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                kill_9(process)
+        stop_warmly(processes or self.started)
 
 
 @pytest.fixture

@@ -36,6 +36,14 @@ CLONE_THREADS = 4
 FIRST = tenant_migrations.known_revisions()[0]
 
 
+@pytest.fixture(autouse=True)
+def clean_world(monkeypatch):
+    """Replaces conftest's per-test teardown in the fleet modules that import it: each module's fleet is
+    reset after each test instead."""
+    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
+    yield
+
+
 def worker_processes(count: int, burst: bool = True) -> list[subprocess.Popen]:
     """`tenantctl worker` processes with this test session's environment (catalog, queue, keyring)."""
     # What `tenantctl worker [--burst]` runs, without loading the whole CLI.

@@ -22,13 +22,7 @@ from control_plane.settings import Settings
 from helpers import one, tenant
 from migration_fleet import (FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, put_at_revision,
                              run_parallel_workers, set_read_only, start_run)
-
-
-@pytest.fixture(autouse=True)
-def clean_world(monkeypatch):
-    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
-    yield
+from migration_fleet import clean_world  # noqa: F401 (fixture: replaces conftest's teardown here)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from control_plane.naming import database_name, template_database_name
 from control_plane.services.auth import create_token
 from helpers import tenant
 from migration_fleet import FIRST, HEAD, Fleet, database_revision, get_run, items_by_tenant, put_at_revision, start_run
-
-
-@pytest.fixture(autouse=True)
-def clean_world(monkeypatch):
-    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
-    yield
+from migration_fleet import clean_world  # noqa: F401 (fixture: replaces conftest's teardown here)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,7 @@ from click.testing import CliRunner
 
 from control_plane.cli import cli
 from migration_fleet import FIRST, HEAD, Fleet, database_revision, get_run, put_at_revision, running_workers, set_read_only
-
-
-@pytest.fixture(autouse=True)
-def clean_world(monkeypatch):
-    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
-    yield
+from migration_fleet import clean_world  # noqa: F401 (fixture: replaces conftest's teardown here)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,9 @@ from control_plane.services import migration_gates
 from helpers import one, tenant, wait_until
 from migration_fleet import (FIRST, HEAD, Fleet, clone_fleet, database_revision, get_run, items_by_tenant,
                              running_workers, set_read_only, start_run)
+from migration_fleet import clean_world  # noqa: F401 (fixture: replaces conftest's teardown here)
 
 BROKEN_CHECK = "select count(*) from leads where full_name like 'broken%'"
-
-
-@pytest.fixture(autouse=True)
-def clean_world(monkeypatch):
-    """Replaces conftest's per-test teardown: the module's fleet is reset after each test instead."""
-    monkeypatch.setenv("PROVISION_FROM_TEMPLATE", "false")  # see Fleet.provision
-    yield
 
 
 @pytest.fixture(scope="module")

@@ -235,3 +235,17 @@ def kill_tree(pid: int) -> list[int]:
     _signal_all(tree, signal.SIGSTOP)
     _signal_all(tree, signal.SIGKILL)
     return tree
+
+
+def stop_warmly(processes: Sequence[subprocess.Popen], grace: float = 30.0) -> None:
+    """SIGTERM to each process's group (an RQ worker lets its horse finish its job), then kill -9 of the
+    whole tree of any still running after `grace` seconds."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)
+            process.wait()
