@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.catalog.models import Operation
-from devstack.processes import kill_tree, stop_warmly
+from devstack.processes import freeze_tree, kill_tree, stop_warmly, thaw_tree
 from helpers import wait_until
 
 # Reproducible kill points: CRASH_SEED=<n> replays a run (failures name the seed).
@@ -121,8 +121,14 @@ def crash_at_random_point(ctx, processes: Processes, worker: subprocess.Popen | 
     worker = worker or processes.worker(env=env)
 
     def due() -> tuple[str, int, str | None] | None:
+        # Looked at with the worker's tree stopped, and left stopped when due: a short last step (a seed of a
+        # few ms) could otherwise commit the operation's end between the look and the kill.
+        frozen = freeze_tree(worker.pid)
         status, progress, _ = state = _state(ctx, operation_id)
-        return state if status == "running" and progress >= point or status not in ("queued", "running") else None
+        if status == "running" and progress >= point or status not in ("queued", "running"):
+            return state
+        thaw_tree(frozen)
+        return None
 
     status, _, step = wait_until(due, f"operation {operation_id} at {point}% (seed {SEED})", 90, poll=0.005)
     killed = kill_9(worker)

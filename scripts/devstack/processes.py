@@ -225,14 +225,25 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def kill_tree(pid: int) -> list[int]:
-    """SIGKILL `pid` and all its descendants at once, as when their machine is lost: nothing gets to clean
-    up, and no parent sees a child die first. All are stopped (SIGSTOP) before any is killed, so nothing
-    forks or reacts in between. Returns the pids killed; the caller reaps its own child."""
+def freeze_tree(pid: int) -> list[int]:
+    """SIGSTOP `pid` and all its descendants, so none acts (or forks) until `thaw_tree` or a kill; returns
+    the pids stopped."""
     tree = process_tree(pid)
     _signal_all(tree, signal.SIGSTOP)
     tree = process_tree(pid)  # a child forked before the stop took effect
     _signal_all(tree, signal.SIGSTOP)
+    return tree
+
+
+def thaw_tree(pids: list[int]) -> None:
+    _signal_all(pids, signal.SIGCONT)
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and all its descendants at once, as when their machine is lost: nothing gets to clean
+    up, and no parent sees a child die first. All are stopped (SIGSTOP) before any is killed, so nothing
+    forks or reacts in between. Returns the pids killed; the caller reaps its own child."""
+    tree = freeze_tree(pid)
     _signal_all(tree, signal.SIGKILL)
     return tree
 
