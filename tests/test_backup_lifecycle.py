@@ -183,9 +183,12 @@ def test_retired_databases_are_dropped_after_their_grace_period(client, auth, ru
 def test_restores_keep_at_most_the_allowed_retired_copies_per_tenant(client, auth, run_jobs, ctx, settings,
                                                                     admin_url, monkeypatch):
     from backup_support import databases_like
+    from control_plane.services.kinds import restore as restore_kind
 
     active_tenant(client, auth, run_jobs, PILE)
     backup = back_up(client, auth, run_jobs, PILE)
+    now = utcnow()
+    monkeypatch.setattr(restore_kind, "utcnow", lambda: now)  # all three restores in one second: still three names
     tenant_admin = {"Authorization": f"Bearer {create_token(ctx, TokenRole.TENANT_ADMIN, 'pile', PILE)[1]}"}
     retired = []
     for _ in range(3):  # a tenant admin restoring again and again, without the pre-restore backup

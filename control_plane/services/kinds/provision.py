@@ -107,6 +107,8 @@ class Provision(Kind):
             report("migrate_schema", 55)  # a no-op after a clone of the template at head, unless head moved since
             tenant.schema_revision = database.migrate("head")
             session.commit()
+        if not warm:
+            # Whatever the revision says: an attempt that died during the seed had already committed head.
             report("seed", 80)
             database.seed(**admin_user)
 

@@ -278,7 +278,9 @@ def _run(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant, r
 
     report("swap", 90, cancellable=False)
     retired_at = utcnow()
-    retired = naming.retired_database_name(tenant.id, retired_at)
+    # Dated to the second: a second restore within the same second would take the first one's name.
+    while tools.database_exists(retired := naming.retired_database_name(tenant.id, retired_at)):
+        retired_at += timedelta(seconds=1)
     # Recorded before the rename that creates it: a crash right after the swap leaves nothing unknown
     # behind, and the retry sees the swap was done (see _finish_swap).
     record = RetiredDatabase(tenant_id=tenant.id, server_name=tenant.server_name, database_name=retired,
