@@ -136,6 +136,28 @@ def advance(session: Session, run: MigrationRun) -> Claims:
     return claims
 
 
+def advance_noting_end(session: Session, run: MigrationRun) -> tuple[Claims, bool]:
+    """`advance`, and whether it ended the run."""
+    was_open = not run.status.finished
+    claims = advance(session, run)
+    return claims, was_open and run.status.finished
+
+
+def open_claim(session: Session, run_id: str, item_id: str, token: int
+               ) -> tuple[MigrationRun, MigrationRunItem, tuple[Claims, bool] | None]:
+    """The run and the claimed item, locked, as a job starts the item; the third value, when not None, is
+    what the job returns at once: a stale claim (another dispatch took the item) is left alone, and an item
+    of a run cancelled or stopped while it was queued is released (it never starts)."""
+    run = lock_run(session, run_id)
+    item = lock_item(session, item_id)
+    if item.status is not RunItemStatus.QUEUED or item.dispatch_token != token:
+        return run, item, ([], False)
+    if run.status is not MigrationRunStatus.RUNNING or run.stopping:
+        item.release()
+        return run, item, advance_noting_end(session, run)
+    return run, item, None
+
+
 def enqueue(ctx: ServiceContext, claims: Claims) -> None:
     """Hand claimed items to RQ; if Redis is down they stay queued in the catalog and `requeue_lost` retries."""
     if not claims:

@@ -19,8 +19,8 @@ from control_plane.catalog.models import DatabaseServer, ServerStatus, Tenant, T
 from control_plane.errors import TenantBusyError, TenantMigrationError
 from control_plane.services import audit
 from control_plane.services.context import ServiceContext, TenantDatabasePort
-from control_plane.services.migration_dispatch import (Claims, advance, enqueue, lock_item, lock_run,
-                                                       recover_abandoned, requeue_lost)
+from control_plane.services.migration_dispatch import (Claims, advance_noting_end, enqueue, lock_item,
+                                                       lock_run, open_claim, recover_abandoned, requeue_lost)
 from control_plane.services.migration_gates import proceed
 from control_plane.services.migration_profile import Phases, add_to_profile
 from control_plane.services.rollback_restores import restore_item
@@ -169,12 +169,6 @@ def _lock_tenant(session: Session, tenant_id: str) -> Tenant | None:
                        options=[lazyload(Tenant.domain_rows), joinedload(Tenant.server)])
 
 
-def _advance_noting_end(session: Session, run: MigrationRun) -> tuple[Claims, bool]:
-    was_open = not run.status.finished
-    claims = advance(session, run)
-    return claims, was_open and run.status.finished
-
-
 def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Started | tuple[Claims, bool]:
     """Mark the item running and the tenant migrating, or skip or release the item.
 
@@ -213,13 +207,9 @@ def _start(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Start
 def _start_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) -> _Started | tuple[Claims, bool]:
     """Under the run lock: mark the item running and the tenant migrating, or skip or release the item."""
     with transaction(ctx.sessions) as session:
-        run = lock_run(session, run_id)
-        item = lock_item(session, item_id)
-        if item.status is not RunItemStatus.QUEUED or item.dispatch_token != token:
-            return [], False
-        if run.status is not MigrationRunStatus.RUNNING or run.stopping:
-            item.release()  # cancelled or stopped while queued: it never starts
-            return _advance_noting_end(session, run)
+        run, item, settled = open_claim(session, run_id, item_id, token)
+        if settled is not None:
+            return settled
         tenant = _lock_tenant(session, item.tenant_id)
         if tenant is None or tenant.status is not TenantStatus.ACTIVE:
             # Never migrate a tenant behind the operator's back: suspended, failed, busy... are left alone.
@@ -227,7 +217,7 @@ def _start_locked(ctx: ServiceContext, run_id: str, item_id: str, token: int) ->
             item.skip(reason)
             audit.record(session, "system", "migration_run.item_skipped", item.tenant_id, None, run_id=run.id,
                          reason=reason)
-            return _advance_noting_end(session, run)
+            return advance_noting_end(session, run)
         tenant.begin_migration()
         item.begin(worker_name())
         run.queued -= 1  # a queued item becoming running frees no slot: nothing to decide, just count
@@ -336,7 +326,7 @@ def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, outcome:
         locking = time.perf_counter()
         run = lock_run(session, run_id)
         run_lock_wait = time.perf_counter() - locking
-        claims, ended = _advance_noting_end(session, run)
+        claims, ended = advance_noting_end(session, run)
         following = None
         if claims:
             # The lane goes on with the first claim: what it needs of it is at hand (no query), saving a read.
@@ -364,7 +354,7 @@ def _not_started(ctx: ServiceContext, run_id: str, item_id: str, token: int, err
             item.release()
         else:
             item.fail(f"could not start: {error}")
-        return _advance_noting_end(session, run)
+        return advance_noting_end(session, run)
 
 
 def rebuild_templates(ctx: ServiceContext, run_id: str) -> None:

@@ -11,37 +11,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from control_plane.catalog.db import transaction
-from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunStatus, RunItemStatus
+from control_plane.catalog.migration_run_models import RunItemStatus
 from control_plane.catalog.models import Operation, OperationStatus, Tenant
 from control_plane.services import audit
 from control_plane.services.auth import SYSTEM
 from control_plane.services.context import ServiceContext
 from control_plane.services.kinds.restore import IN_PLACE, request_restore
-from control_plane.services.migration_dispatch import Claims, advance, lock_item, lock_run
+from control_plane.services.migration_dispatch import Claims, advance_noting_end, lock_item, lock_run, open_claim
 from control_plane.services.runner import describe, execute_operation
 
 log = logging.getLogger(__name__)
 
 
-def _advance_noting_end(session: Session, run: MigrationRun) -> tuple[Claims, bool]:
-    was_open = not run.status.finished
-    claims = advance(session, run)
-    return claims, was_open and run.status.finished
-
-
 def restore_item(ctx: ServiceContext, run_id: str, item_id: str, token: int, worker: str) -> tuple[Claims, bool]:
     """Run a claimed restore item; (the items its end claimed, whether it ended the run)."""
     with transaction(ctx.sessions) as session:
-        run = lock_run(session, run_id)
-        item = lock_item(session, item_id)
-        if item.status is not RunItemStatus.QUEUED or item.dispatch_token != token:
-            return [], False
-        if run.status is not MigrationRunStatus.RUNNING or run.stopping:
-            item.release()
-            return _advance_noting_end(session, run)
+        run, item, settled = open_claim(session, run_id, item_id, token)
+        if settled is not None:
+            return settled
         item.begin(worker)
         run.queued -= 1
         run.running += 1
@@ -97,4 +85,4 @@ def _finish(ctx: ServiceContext, run_id: str, item_id: str, token: int, before: 
                          method="restore", backup_id=result.get("backup_id"), to_revision=item.to_revision)
         log.info("tenant %s: rollback run %s item %s %s by restore", item.tenant_id, run_id, item_id,
                  item.status.value)
-        return _advance_noting_end(session, run)
+        return advance_noting_end(session, run)
