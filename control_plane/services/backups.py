@@ -289,6 +289,11 @@ def final_backup(ctx: ServiceContext, tenant: Tenant, op: Operation) -> None:
     if not tools_for(ctx, tenant.server).database_exists(tenant.database_name):
         log.info("tenant %s operation %s: no database, no final backup", tenant.id, op.id)
         return
+    if session.scalar(select(Backup.id).where(Backup.operation_id == op.id, Backup.status == BackupStatus.COMPLETED,
+                                              Backup.trigger == BackupTrigger.PRE_DELETE)):
+        # A retry after an attempt that died later: its final backup is taken, and the retirement it had
+        # begun may already bar the role from logging in.
+        return
     try:
         perform_backup(ctx, session, tenant, BackupTrigger.PRE_DELETE, op.id)
     except Exception:
