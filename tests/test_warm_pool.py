@@ -5,12 +5,19 @@ import dataclasses
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 from psycopg import sql
+from rq.job import Job
 
 import tenant_migrations
+from control_plane.adapters.passwords import verify_password
+from control_plane.adapters.tenant_database import TenantDatabase
+from control_plane.app import create_app
+from control_plane.errors import DatabaseServerError
+from control_plane.naming import job_id
 from control_plane.services import warm_pools
 from helpers import create_tenant, databases, one, operation, tenant, tenant_login
 from test_plans import role_limits
@@ -31,20 +38,54 @@ def warm(ctx, settings, admin_url, monkeypatch):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
-def test_ten_concurrent_creates_race_for_the_warm_pool(client, auth, warm, admin_url):
+@pytest.fixture
+def warm_app(warm):
+    """An API whose requests claim spares themselves (the suite's `app` runs with WARM_POOL_SIZE=0)."""
+    return create_app(ctx=warm)
+
+
+def test_a_create_that_finds_a_spare_is_active_when_answered(warm_app, auth, warm, admin_url, redis_conn):
+    assert warm_pools.refill_all(warm) == {"default": 2}
+    client = warm_app.test_client()
+
+    answer = create_tenant(client, auth, "warm-now")
+    # Finished within the request: no job, no worker; the answer is the operation's first read.
+    assert answer["status"] == "succeeded" and answer["result"]["warm"] is True, answer
+    assert not Job.exists(job_id(answer["id"]), connection=redis_conn)
+    generated_password = answer["result"]["admin_password"]
+    assert "admin_password" not in operation(client, auth, answer["id"])["result"]
+    assert tenant(client, auth, "warm-now")["status"] == "active"
+    with tenant_login(warm, "warm-now") as conn:
+        (password_hash,) = conn.execute("SELECT password_hash FROM users WHERE email = 'owner@warm-now.example'"
+                                        ).fetchone()
+        assert verify_password(password_hash, generated_password)
+    assert len(databases(admin_url, "cp\\_warm\\_%")) == 1
+    assert Job.exists("warm-pool-refill", connection=redis_conn)  # the spare taken is made again in the background
+
+
+def test_ten_concurrent_creates_race_for_the_warm_pool(warm_app, auth, warm, admin_url):
+    """Two spares, ten creates at once: two finish within their requests, each on its own spare; the eight
+    others are queued, and workers provision them (from the spares refilled meanwhile, or cold)."""
     assert warm_pools.refill_all(warm) == {"default": 2}
     assert len(databases(admin_url, "cp\\_warm\\_%")) == 2
     assert warm_pools.refill_all(warm) == {"default": 0}  # full: nothing to do
 
-    assert client.post("/v1/plans", headers=auth, json={"name": "warm-plan", "connection_limit": 4,
-                                                         "statement_timeout_ms": 6000}).status_code == 201
-    operations = [create_tenant(client, auth, tenant_id, plan="warm-plan")["id"] for tenant_id in TENANTS]
+    assert warm_app.test_client().post("/v1/plans", headers=auth, json={
+        "name": "warm-plan", "connection_limit": 4, "statement_timeout_ms": 6000}).status_code == 201
+    with ThreadPoolExecutor(len(TENANTS)) as requests:
+        answers = list(requests.map(lambda tenant_id: create_tenant(warm_app.test_client(), auth, tenant_id,
+                                                                    plan="warm-plan"), TENANTS))
+    in_request = [answer for answer in answers if answer["status"] == "succeeded"]
+    assert len(in_request) == 2 and all(answer["result"]["warm"] for answer in in_request), answers
+    assert sum(answer["status"] == "queued" for answer in answers) == 8, answers
+
     workers = [subprocess.Popen([sys.executable, "-m", "control_plane.cli", "worker", "--burst"], env=os.environ,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(3)]
     for worker in workers:
         assert worker.wait(timeout=300) == 0
 
-    results = [operation(client, auth, op_id) for op_id in operations]
+    client = warm_app.test_client()
+    results = [operation(client, auth, answer["id"]) for answer in answers]
     assert all(result["status"] == "succeeded" for result in results), results
     claimed = sum(result["result"]["warm"] for result in results)
     assert 2 <= claimed <= 10
@@ -62,6 +103,33 @@ def test_ten_concurrent_creates_race_for_the_warm_pool(client, auth, warm, admin
     # Every spare claimed went to exactly one tenant; the refills left the pool full again.
     assert len(databases(admin_url, "cp\\_warm\\_%")) == 2
     assert not databases(admin_url, "cp\\_warming\\_%")
+
+
+def test_a_step_failing_after_the_claim_in_the_request_leaves_it_to_a_worker(warm_app, auth, warm, admin_url,
+                                                                             run_jobs, monkeypatch):
+    """The spare is claimed in the request, then the admin user cannot be written: the answer is a queued
+    operation, and the worker adopts the claimed database instead of taking another spare."""
+    assert warm_pools.refill_all(warm) == {"default": 2}
+    client = warm_app.test_client()
+
+    def server_gone(*args, **kwargs):
+        raise DatabaseServerError("tenant database tenant_warm_late_db: the server closed the connection")
+
+    with monkeypatch.context() as patched:  # in this process only: the worker's horse must not inherit it
+        patched.setattr(TenantDatabase, "seed_admin", server_gone)
+        answer = create_tenant(client, auth, "warm-late")
+    assert answer["status"] == "queued", answer
+    assert one(admin_url, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+               "tenant_warm_late_db") == "tenant_warm_late"  # claimed, with its role
+    assert len(databases(admin_url, "cp\\_warm\\_%")) == 1
+
+    run_jobs()
+    result = operation(client, auth, answer["id"])
+    assert result["status"] == "succeeded" and result["attempts"] == 1, result
+    assert tenant(client, auth, "warm-late")["status"] == "active"
+    with tenant_login(warm, "warm-late") as conn:
+        assert conn.execute("SELECT email FROM users").fetchall() == [("owner@warm-late.example",)]
+        assert conn.execute("SELECT count(*) FROM pipeline_stages").fetchone()[0] == 5
 
 
 def test_the_pool_is_rebuilt_when_head_moves(client, warm, admin_url, monkeypatch):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -53,6 +55,49 @@ def _server_error(exc: psycopg.Error) -> DatabaseServerError:
     return DatabaseServerError(f"database server refused: {exc.diag.message_primary or exc}")
 
 
+class _IdleConnections:
+    """Admin connections kept open between `with admin:` blocks, per process and admin URL (opt-in: the
+    API's in-request provisioning, where a new authenticated session would cost a fifth of the request).
+
+    At most two per URL, none older than MAX_IDLE_SECONDS. A forked child never uses, nor closes, its
+    parent's connections (closing one would end the parent's session on the shared socket).
+    """
+
+    MAX_IDLE_SECONDS = 30.0
+    PER_URL = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._by_url: dict[str, list[tuple[psycopg.Connection, float]]] = {}
+        self._parents: list[object] = []  # a forked child keeps these referenced, never closed
+
+    def take(self, url: str) -> psycopg.Connection | None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._parents.append(self._by_url)
+                self._pid, self._by_url = os.getpid(), {}
+            stack = self._by_url.get(url, [])
+            while stack:
+                conn, since = stack.pop()
+                if not conn.closed and time.monotonic() - since < self.MAX_IDLE_SECONDS:
+                    return conn
+                conn.close()
+        return None
+
+    def give(self, url: str, conn: psycopg.Connection) -> None:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            with self._lock:
+                stack = self._by_url.setdefault(url, [])
+                if self._pid == os.getpid() and len(stack) < self.PER_URL:
+                    stack.append((conn, time.monotonic()))
+                    return
+        conn.close()
+
+
+_IDLE = _IdleConnections()
+
+
 class PostgresAdmin:
     """Every identifier goes through `sql.Identifier`; every value through a bound parameter.
 
@@ -63,10 +108,12 @@ class PostgresAdmin:
     """
 
     def __init__(self, admin_url: str, connect_timeout: int = 10,
-                 shared_databases: tuple[str, ...] = DEFAULT_SHARED_DATABASES) -> None:
+                 shared_databases: tuple[str, ...] = DEFAULT_SHARED_DATABASES, *,
+                 reuse_connection: bool = False) -> None:
         self._url = admin_url
         self._shared_databases = shared_databases
         self._connect_timeout = connect_timeout
+        self._reuse = reuse_connection  # the block's connection comes from, and goes back to, _IDLE
         self._held: psycopg.Connection | None = None
 
     @property
@@ -75,12 +122,16 @@ class PostgresAdmin:
         return self._url
 
     def __enter__(self) -> "PostgresAdmin":
-        self._held = self._open(None)
+        self._held = (_IDLE.take(self._url) if self._reuse else None) or self._open(None)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         held, self._held = self._held, None
-        if held is not None:
+        if held is None:
+            return
+        if self._reuse and exc_type is None:
+            _IDLE.give(self._url, held)
+        else:
             held.close()
 
     def _open(self, dbname: str | None) -> psycopg.Connection:

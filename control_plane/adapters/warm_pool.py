@@ -108,7 +108,7 @@ class WarmPool:
 
     def claim(self, revision: str, database: str, role: str, password: str, limits: RoleLimits) -> bool:
         """Turn a spare into `database` owned by login role `role`, with its password and its plan's limits;
-        False when the pool is empty or a role of that name already exists on this server.
+        False when the pool is empty, or a database or role of that name already exists on this server.
 
         All in one transaction, sent as one pipeline: a claim is complete or not made at all.
         """
@@ -116,6 +116,10 @@ class WarmPool:
             verifier = scram_verifier(conn, role, password)
             for spare, spare_role in self._spares(revision, conn):
                 statements = [
+                    # No wait for this commit's WAL flush: the admin user's commit in the claimed database
+                    # comes next and flushes the WAL up to itself, this claim included, before the tenant is
+                    # active; a claim lost in a crash before then is made again by the provisioning's retry.
+                    sql.SQL("SET LOCAL synchronous_commit = off"),
                     sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(spare), sql.Identifier(database)),
                     sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(spare_role), sql.Identifier(role)),
                     sql.SQL("ALTER ROLE {} ").format(sql.Identifier(role)) + login_options(verifier),
@@ -127,6 +131,8 @@ class WarmPool:
                             conn.execute(statement)
                 except (psycopg.errors.InvalidCatalogName, psycopg.errors.ObjectInUse):
                     continue  # claimed by someone else a moment ago
+                except psycopg.errors.DuplicateDatabase:
+                    return False  # an earlier attempt's database: the caller adopts it
                 except psycopg.errors.DuplicateObject:
                     log.warning("warm pool: role %s already exists on the server; %s is provisioned cold", role, database)
                     return False

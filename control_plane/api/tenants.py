@@ -32,7 +32,11 @@ class Tenants(MethodView):
     @blp.alt_response(409, description="The id or a domain is taken")
     @blp.alt_response(422, description="Invalid input; `errors` names the fields")
     def post(self, body):
-        """Create a tenant: records it and starts its provisioning."""
+        """Create a tenant: records it and starts its provisioning.
+
+        When its server has a warm spare the provisioning is finished within the request: the operation in
+        the answer is already `succeeded` (with the generated admin password, shown this once). Otherwise
+        it is `queued` for a worker; follow it at `Location`."""
         op = provision.request_tenant(services(), principal(), tenant_id=body.pop("id"),
                                     idempotency_key=idempotency_key(), **body)
         return accepted(op)

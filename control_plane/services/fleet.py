@@ -9,7 +9,6 @@ from sqlalchemy import func, select, text
 from control_plane.catalog.backup_models import Backup, BackupStatus
 from control_plane.catalog.migration_run_models import MigrationRun, MigrationRunStatus
 from control_plane.catalog.models import DatabaseServer, Operation, OperationStatus, Tenant, TenantStatus, utcnow
-from control_plane.services import rpo
 from control_plane.services.context import ServiceContext
 from control_plane.services.rpo import BACKED_UP_STATUSES, rpo_hours_of_tenant
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -100,12 +100,15 @@ def check_free(session: Session, tenant: Tenant) -> None:
 def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_id: str, params: dict[str, Any],
                  idempotency_key: str | None = None, *, request: dict[str, Any] | None = None,
                  one_time_secret: dict[str, Any] | None = None, audit_action: str | None = None,
-                 enqueue: bool = True) -> Operation:
+                 enqueue: bool = True,
+                 finish_now: Callable[[ServiceContext, Operation], Operation | None] | None = None) -> Operation:
     """Record an operation of `kind` on the tenant (queued) and enqueue it; the one path every kind takes.
 
     `params` are stored on the operation; `request` (default: `params`) is what the Idempotency-Key
     fingerprint covers, when what is stored differs from what was asked (a password's hash). With
-    `enqueue=False` the caller runs the operation itself.
+    `enqueue=False` the caller runs the operation itself. `finish_now`, when given, may finish a new
+    operation within the request (a provisioning that finds a warm spare) and return it ended; when it
+    returns None the operation is enqueued as usual.
     """
     request_fingerprint = fingerprint(kind.kind.value, tenant_id, request if request is not None else params)
     try:
@@ -140,9 +143,26 @@ def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_i
         raise kind.conflict(exc, tenant_id, params) from exc
     if tenant.status is not previous:
         ctx.events.publish(tenant.id, "status", status=tenant.status.value)
+    if finish_now is not None and (finished := finish_now(ctx, op)) is not None:
+        return finished
     if enqueue:
         dispatch(ctx, op.id, lane_of_principal(principal))
     return op
+
+
+def take_one_time_secret(ctx: ServiceContext, op: Operation) -> dict[str, Any]:
+    """The succeeded operation's one-time secret, cleared from the row (the caller commits): shown once."""
+    if op.status is not OperationStatus.SUCCEEDED or not op.one_time_secret_encrypted:
+        return {}
+    revealed = json.loads(ctx.keyring.decrypt(op.one_time_secret_encrypted, operation_secret_context(op.id)))
+    op.one_time_secret_encrypted = None
+    return revealed
+
+
+def reveal(op: Operation, revealed: dict[str, Any]) -> None:
+    """Merged after the commit, into the detached object only: the secret is never written back."""
+    if revealed:
+        op.result = {**(op.result or {}), **revealed}
 
 
 def lane_of_principal(principal: Principal) -> Lane:

@@ -1,9 +1,7 @@
 """Operations: reading them, retrying what failed, cancelling (the sweeper is services.sweeper)."""
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 from sqlalchemy import select
 
@@ -12,8 +10,9 @@ from control_plane.catalog.models import Operation, OperationKind, OperationStat
 from control_plane.errors import OperationNotFoundError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
-from control_plane.services.context import ServiceContext, operation_secret_context
+from control_plane.services.context import ServiceContext
 from control_plane.services.kinds.registry import kind_of
+from control_plane.services.operation_requests import reveal, take_one_time_secret
 from control_plane.services.operation_requests import dispatch, is_replay, lane_of, take_slot
 from control_plane.services.runner import announce, cancel_operation as cancel
 
@@ -32,13 +31,8 @@ def get_operation(ctx: ServiceContext, principal: Principal, operation_id: str) 
     """The operation; on the first read after it succeeded, its one-time secret is merged into `result`."""
     with transaction(ctx.sessions) as session:
         op = _load(session, principal, operation_id, lock=True)
-        revealed: dict[str, Any] = {}
-        if op.status is OperationStatus.SUCCEEDED and op.one_time_secret_encrypted:
-            revealed = json.loads(ctx.keyring.decrypt(op.one_time_secret_encrypted, operation_secret_context(op.id)))
-            op.one_time_secret_encrypted = None
-    # Merged after the commit, into the detached object only: the secret is never written back.
-    if revealed:
-        op.result = {**(op.result or {}), **revealed}
+        revealed = take_one_time_secret(ctx, op)
+    reveal(op, revealed)
     return op
 
 

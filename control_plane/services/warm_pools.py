@@ -24,10 +24,11 @@ def claim_spare(ctx: ServiceContext, admin: ServerAdmin, tenant: Tenant, passwor
     if ctx.warm_pool is None or ctx.settings.warm_pool_size <= 0:
         return False
     pool = ctx.warm_pool(admin)
+    if pool.claim(tenant_migrations.head_revision(), tenant.database_name, tenant.role_name, password, limits):
+        return True
     if admin.database_exists(tenant.database_name):
         pool.adopt(tenant.database_name, tenant.role_name, password)
-        return False
-    return pool.claim(tenant_migrations.head_revision(), tenant.database_name, tenant.role_name, password, limits)
+    return False
 
 
 def request_refill(ctx: ServiceContext) -> None:
