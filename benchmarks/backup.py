@@ -497,6 +497,11 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a is not None and b else "n/a"
 
 
+def _bound(raw_s: float, cpu_s: float, cores: int) -> str:
+    """The best throughput ratio vs raw that `cpu_s` of work allows on `cores` cores."""
+    return _ratio(raw_s, max(raw_s, cpu_s / cores))
+
+
 def print_summary(rows: list[dict], client_version: str, level: int, threads: int,
                   store_grew: dict[tuple[str, int], float]) -> None:
     cores = os.cpu_count() or 1
@@ -528,7 +533,7 @@ def print_summary(rows: list[dict], client_version: str, level: int, threads: in
     print(f"{'database':>9} | {'raw':>6} {'ours':>6} {'vs raw':>6} {'zstd ' + str(ALT_LEVEL):>7} {'vs raw':>6} | "
           f"{'raw CPU':>7} {'ours CPU':>8} {'ratio':>5} {'zstd ' + str(ALT_LEVEL) + ' CPU':>10} {'ratio':>5} | "
           f"{'zstd ' + str(level):>7} {'zstd ' + str(ALT_LEVEL):>7} {'aes+sha':>7} {'readback':>8} | "
-          f"{'cores at raw speed':>18}")
+          f"{'cores at raw speed':>18} | {f'best on {cores} cores':>16}")
     for r in rows:
         raw_cpu = r["raw_dump_cpu_s"] + (r["raw_backend_cpu_s"] or 0)
         print(f"{r['db_mb']:7.0f}MB | {r['raw_dump_s']:5.2f}s {r['backup_s']:5.2f}s "
@@ -536,12 +541,16 @@ def print_summary(rows: list[dict], client_version: str, level: int, threads: in
               f"{raw_cpu:6.2f}s {r['backup_cpu_s']:7.2f}s {_ratio(raw_cpu, r['backup_cpu_s']):>5} "
               f"{r['fast_cpu_s']:9.2f}s {_ratio(raw_cpu, r['fast_cpu_s']):>5} | "
               f"{r['cost_zstd']:6.2f}s {r['cost_zstd_alt']:6.2f}s {r['cost_aes_sha']:6.2f}s {r['cost_readback_sha']:7.2f}s | "
-              f"{r['backup_cpu_s'] / r['raw_dump_s']:5.2f} (zstd {ALT_LEVEL}: {r['fast_cpu_s'] / r['raw_dump_s']:4.2f})")
+              f"{r['backup_cpu_s'] / r['raw_dump_s']:5.2f} (zstd {ALT_LEVEL}: {r['fast_cpu_s'] / r['raw_dump_s']:4.2f}) | "
+              f"{_bound(r['raw_dump_s'], r['backup_cpu_s'], cores):>5} (zstd {ALT_LEVEL}: "
+              f"{_bound(r['raw_dump_s'], r['fast_cpu_s'], cores)})")
     print("  vs raw = raw time / our time (target >= 0.9x). raw CPU = pg_dump's and its server backend's; ours CPU = "
           "the job process's, pg_dump's and every\n  server backend it used; ratio = raw CPU / ours CPU: what the "
           "throughput ratio tends to when the cores are saturated (by others too).\n  zstd/aes+sha/readback = our "
           "added stages alone on the same archive, one core each. cores at raw speed = ours CPU / raw time: on an "
-          "idle\n  machine with at least that many cores the pipeline can keep pace with raw pg_dump")
+          "idle\n  machine with at least that many cores the pipeline can keep pace with raw pg_dump; best on N cores = "
+          "raw time / max(raw time, ours CPU / N): the\n  highest vs-raw ratio this much work allows on this machine's "
+          "cores, however well it is spread over them (the limit the target meets here)")
     print()
     print("3. restore drill RTO vs raw `pg_restore` of the decrypted archive from a local file (into a fresh "
           "database, no --jobs)")

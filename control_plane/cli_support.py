@@ -21,7 +21,7 @@ def context() -> ServiceContext:
 
 
 def follow(ctx: ServiceContext, operation_id: str, expect: OperationStatus = OperationStatus.SUCCEEDED,
-           as_json: bool = False) -> None:
+           as_json: bool = False, first: dict | None = None) -> None:
     """A progress bar (percent, bytes, step, ETA) on stderr until the operation finishes; then its result (or,
     with `as_json`, the whole operation) on stdout; exit 1 if it did not end as `expect`ed."""
     from control_plane.api.schemas import OperationSchema
@@ -29,7 +29,7 @@ def follow(ctx: ServiceContext, operation_id: str, expect: OperationStatus = Ope
     def fetch(op_id: str) -> dict:
         return OperationSchema().dump(operations.get_operation(ctx, SYSTEM, op_id))
 
-    op = follow_bar(fetch(operation_id), fetch)
+    op = follow_bar(first or fetch(operation_id), fetch)
     if as_json:
         click.echo(json.dumps(op, indent=2))
     elif op["result"]:
@@ -43,7 +43,9 @@ def started(ctx: ServiceContext, op, wait: bool, as_json: bool = False) -> None:
     from control_plane.api.schemas import OperationSchema
 
     click.echo(f"operation {op.id} ({op.kind.value}) {op.status.value}", err=True)
-    if wait:
+    if op.status.finished:  # finished within the request (a warm provisioning): its result, shown only once, now
+        follow(ctx, op.id, as_json=as_json, first=OperationSchema().dump(op))
+    elif wait:
         follow(ctx, op.id, as_json=as_json)
     elif as_json:
         click.echo(json.dumps(OperationSchema().dump(op), indent=2))

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg import sql
 from rq.job import Job
 
@@ -16,6 +17,7 @@ import tenant_migrations
 from control_plane.adapters.passwords import verify_password
 from control_plane.adapters.tenant_database import TenantDatabase
 from control_plane.app import create_app
+from control_plane.cli import cli
 from control_plane.errors import DatabaseServerError
 from control_plane.naming import job_id
 from control_plane.services import warm_pools
@@ -151,3 +153,14 @@ def test_the_pool_is_rebuilt_when_head_moves(client, warm, admin_url, monkeypatc
     assert new_spare != old_spare
     assert one(admin_url, "SELECT version_num FROM alembic_version", dbname=new_spare) == head
     assert one(admin_url, "SELECT count(*) FROM pg_roles WHERE rolname = %s", old_role) == 0
+
+
+def test_the_cli_shows_the_password_of_a_tenant_provisioned_within_its_call(warm, auth, warm_app):
+    """`tenantctl tenants create --no-wait` (direct mode, WARM_POOL_SIZE=2 in its environment) finishes on a
+    spare: the generated admin password, shown only once, is printed then."""
+    assert warm_pools.refill_all(warm) == {"default": 2}
+    created = CliRunner().invoke(cli, ["tenants", "create", "warm-cli", "--name", "Warm CLI", "--admin-email",
+                                       "a@warm-cli.example", "--no-wait"], catch_exceptions=False)
+    assert created.exit_code == 0, created.output
+    assert "succeeded" in created.stderr and '"admin_password"' in created.stdout
+    assert tenant(warm_app.test_client(), auth, "warm-cli")["status"] == "active"
