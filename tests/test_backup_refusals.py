@@ -132,7 +132,7 @@ CASES = {
 @pytest.mark.parametrize("tamper", list(CASES), ids=[f.__name__ for f in CASES])
 def test_refused_restore_leaves_the_live_database_untouched(client, auth, run_jobs, ctx, settings, admin_url,
                                                             monkeypatch, tamper):
-    monkeypatch.setattr(backup_service, "CHUNK_SIZE", 2048)  # several chunks from a small database
+    monkeypatch.setattr(backup_service, "CHUNK_SIZE", 1024)  # several chunks (six or so) from a small database
     active_tenant(client, auth, run_jobs, TENANT)
     write_rows(ctx, TENANT, "known")
     backup = back_up(client, auth, run_jobs, TENANT)

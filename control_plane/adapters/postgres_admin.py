@@ -59,12 +59,13 @@ class _IdleConnections:
     """Admin connections kept open between `with admin:` blocks, per process and admin URL (opt-in: the
     API's in-request provisioning, where a new authenticated session would cost a fifth of the request).
 
-    At most two per URL, none older than MAX_IDLE_SECONDS. A forked child never uses, nor closes, its
-    parent's connections (closing one would end the parent's session on the shared socket).
+    At most one per URL (a second block at the same time opens and closes its own), none reused after
+    MAX_IDLE_SECONDS (the server or a firewall may have dropped it meanwhile). A forked child never uses,
+    nor closes, its parent's connections (closing one would end the parent's session on the shared socket).
     """
 
     MAX_IDLE_SECONDS = 30.0
-    PER_URL = 2
+    PER_URL = 1
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -63,7 +63,9 @@ async function act(button, label, call) {
   button.disabled = true;
   try {
     const { data } = await call();
-    flash(data && data.kind ? `${label}: operation ${data.id} ${data.status}` : `${label}: done`);
+    // A provisioning finished within the request answers with the generated admin password: its only showing.
+    const secret = data && data.result && data.result.admin_password ? `; admin password (shown once): ${data.result.admin_password}` : "";
+    flash(data && data.kind ? `${label}: operation ${data.id} ${data.status}${secret}` : `${label}: done`);
     route();
   } catch (error) {
     flash(`${label} failed: ${error.message}`, true);
