@@ -126,11 +126,11 @@ def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_i
                            request_fingerprint=request_fingerprint, requested_by=principal.token_id, progress=0,
                            attempts=0, return_status=previous)
             op.result = kind.shown_result(params)
-            session.add(op)
-            session.flush()
-            if one_time_secret:
+            if one_time_secret:  # set before the INSERT: no UPDATE of its own
                 op.one_time_secret_encrypted = ctx.keyring.encrypt(json.dumps(one_time_secret),
                                                                    operation_secret_context(op.id))
+            session.add(op)
+            session.flush()
             audit.record(session, principal.actor, audit_action or f"tenant.{kind.kind.value}_requested", tenant.id,
                          op.id, **{k: v for k, v in (request if request is not None else params).items()})
     except IntegrityError as exc:
