@@ -121,6 +121,8 @@ def _move(client, headers, writer: Writer, tenant_id: str, server: str, mode: st
 
 
 def main(argv: list[str]) -> None:
+    if not all(arg.isdigit() for arg in argv):
+        raise SystemExit("usage: scripts/bench move [SIZE_MB ...]   (default 10 300)")
     sizes = [int(arg) for arg in argv] or [10, 300]
     root = devstack.scratch_dir("bench-move")
     servers = {name: devstack.PostgresServer(root / name, logical=True) for name in ("src", "dst")}

@@ -151,6 +151,9 @@ def phases(ctx, samples: list[Sample], log_path: str) -> dict[str, list[float]]:
 
 
 def main(argv: list[str]) -> None:
+    if any(arg.startswith("-") for arg in argv) or (argv and not argv[0].isdigit()):
+        raise SystemExit("usage: scripts/bench provision [N [STRATEGY]]   (default 20, every strategy; STRATEGY: a "
+                         "word of its name, e.g. warm)")
     count = int(argv[0]) if argv else 20
     only = argv[1] if len(argv) > 1 else ""  # e.g. "warm": only the strategies whose name contains it
     with throwaway_catalog("provision") as ctx:

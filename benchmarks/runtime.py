@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import tenant_migrations
-from benchmarks.sessions import SessionSampler
+from benchmarks._sessions import SessionSampler
 from control_plane import naming
 from control_plane.adapters.crypto import Keyring
 from control_plane.catalog.db import create_catalog_engine, sqlalchemy_url, transaction, session_factory, upgrade_catalog

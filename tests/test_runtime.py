@@ -20,7 +20,7 @@ from tenant_runtime import (
     TenantNotFoundError,
     TenantSuspendedError,
 )
-from benchmarks.sessions import SessionSampler
+from benchmarks._sessions import SessionSampler
 from test_runtime_support import (  # noqa: F401 (fixtures)
     background_drops,
     bulk_tenants,

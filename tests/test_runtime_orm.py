@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from tenant_migrations.models import Lead, Message, Pipeline, TenantBase, User
 from tenant_runtime.flask import db_session, get_connection
 from tenant_runtime.example_app import create_app
-from benchmarks.sessions import SessionSampler
+from benchmarks._sessions import SessionSampler
 from test_runtime_support import (background_drops, bulk_tenants, provision,  # noqa: F401
                                   router_factory, server_connections)
 
