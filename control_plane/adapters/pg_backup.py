@@ -237,6 +237,7 @@ class PostgresBackupTools:
         self._admin_url = admin_url
         self._admin = PostgresAdmin(admin_url)
         self._bin_dir = bin_dir
+        self._version: tuple[int, str] | None = None
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -267,11 +268,13 @@ class PostgresBackupTools:
     # -- server ------------------------------------------------------------------------------------
 
     def server_version(self) -> tuple[int, str]:
-        """(major, "15.20") of the server."""
-        with self._connect() as conn:
-            number = int(conn.execute("SHOW server_version_num").fetchone()[0])
-            text = conn.execute("SHOW server_version").fetchone()[0].split()[0]
-        return number // 10000, text
+        """(major, "15.20") of the server (asked once per instance: an instance serves one job)."""
+        if self._version is None:
+            with self._connect() as conn:
+                number = int(conn.execute("SHOW server_version_num").fetchone()[0])
+                text = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+            self._version = (number // 10000, text)
+        return self._version
 
     def database_exists(self, database: str) -> bool:
         return self._admin.database_exists(database)
@@ -282,10 +285,12 @@ class PostgresBackupTools:
             return int(conn.execute("SELECT pg_database_size(%s)", (database,)).fetchone()[0])
 
     def create_database(self, database: str, owner: str) -> None:
-        """A fresh, empty database only `owner` may connect to (dropped first if a failed attempt left it)."""
-        self._admin.drop_database(database)
-        self._admin.ensure_database(database, owner=owner)
-        self._admin.restrict_connect(database, owner)
+        """A fresh, empty database only `owner` may connect to (dropped first if a failed attempt left it).
+        On one admin session of its own (so that another thread may use this instance meanwhile)."""
+        with PostgresAdmin(self._admin_url) as admin:
+            admin.drop_database(database)
+            admin.ensure_database(database, owner=owner)
+            admin.restrict_connect(database, owner)
 
     def drop_database(self, database: str) -> None:
         self._admin.drop_database(database)

@@ -64,7 +64,8 @@ async function act(button, label, call) {
   try {
     const { data } = await call();
     // A provisioning finished within the request answers with the generated admin password: its only showing.
-    const secret = data && data.result && data.result.admin_password ? `; admin password (shown once): ${data.result.admin_password}` : "";
+    const password = data && data.result && data.result.admin_password;
+    const secret = password ? `; admin password (shown once): ${password}` : "";
     flash(data && data.kind ? `${label}: operation ${data.id} ${data.status}${secret}` : `${label}: done`);
     route();
   } catch (error) {

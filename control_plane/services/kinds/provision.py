@@ -203,7 +203,8 @@ def provision_from_spare_now(ctx: ServiceContext, queued: Operation) -> Operatio
             # One round trip: the operation (locked against a racing cancel), its tenant, server and plan.
             op, tenant, _ = session.execute(
                 select(Operation, Tenant, Plan).join(Tenant, Tenant.id == Operation.tenant_id)
-                .outerjoin(Plan, Plan.name == Tenant.plan).options(joinedload(Tenant.server), lazyload(Tenant.domain_rows))
+                .outerjoin(Plan, Plan.name == Tenant.plan)
+                .options(joinedload(Tenant.server), lazyload(Tenant.domain_rows))
                 .where(Operation.id == queued.id).with_for_update(of=Operation)
                 .execution_options(populate_existing=True)).one()
             if op.status is not OperationStatus.QUEUED or tenant.server is None:
