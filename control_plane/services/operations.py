@@ -12,8 +12,8 @@ from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext
 from control_plane.services.kinds.registry import kind_of
-from control_plane.services.operation_requests import reveal, take_one_time_secret
-from control_plane.services.operation_requests import dispatch, is_replay, lane_of, take_slot
+from control_plane.services.operation_requests import (dispatch, is_replay, lane_of, reveal, take_one_time_secret,
+                                                      take_slot)
 from control_plane.services.runner import announce, cancel_operation as cancel
 
 log = logging.getLogger(__name__)
