@@ -43,7 +43,11 @@ def test_an_operation_requested_while_redis_is_down_runs_when_it_is_back(setting
         workers = [processes("worker", env=env) for _ in range(2)]
         processes("scheduler", env=env)
         connection = redis_client(own)
-        wait_until(lambda: len(Worker.all(connection=connection)) == 2, "both workers up", 60)
+        try:
+            wait_until(lambda: len(Worker.all(connection=connection)) == 2, "both workers up", 60)
+        except AssertionError as exc:  # rare under load: say what the workers were doing
+            raise AssertionError(f"{exc}; exit codes {[worker.poll() for worker in workers]}; logs: "
+                                 + " || ".join(processes.log(worker)[-2000:] for worker in workers)) from None
         client = create_app(ctx=ctx).test_client()
         auth = {"Authorization": f"Bearer {create_token(ctx, TokenRole.SUPER_ADMIN, 'tests')[1]}"}
         queue = Queue(settings.queue_name, connection=connection)
