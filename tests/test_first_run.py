@@ -90,6 +90,9 @@ def test_run_from_a_private_folder_and_the_walkthrough(checkout: Path) -> None:
                                 text=True, timeout=600)
         assert walked.returncode == 0, walked.stdout + walked.stderr
         assert "owner@acme.example" in walked.stdout and "admin" in walked.stdout  # the psql line's answer
+        # The two tenants' generated admin passwords, each shown once: acme-clinic's by the create's answer (a
+        # warm spare was free) or by the follow (a worker provisioned it), beta-clinic's by tenantctl.
+        assert walked.stdout.count("admin_password") == 2, walked.stdout
         password = re.search(r"^TENANT_DB_ADMIN_URL=\S*:([^@:/]+)@", env_file.read_text(), re.M).group(1)
         assert password not in walked.stdout + walked.stderr
     finally:
