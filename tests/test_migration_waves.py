@@ -230,24 +230,6 @@ def test_a_revision_that_cannot_downgrade_is_rolled_back_by_restoring_the_pre_mi
                                                                                                           HEAD)
 
 
-def test_the_check_runs_read_only_as_the_tenant_one_statement_bounded_in_time(fleet, ctx, admin_url):
-    with ctx.sessions() as session:
-        database = ctx.database_of(session.get(Tenant, fleet[0]))
-    _break(admin_url, fleet[0])
-    assert migration_gates.check_tenant(database, BROKEN_CHECK, 5000) == {"ok": False, "value": 1}
-    assert migration_gates.check_tenant(database, "select current_user", 5000) == {"ok": False,
-                                                                                  "value": role_name(fleet[0])}
-    for query, error in (("delete from leads", "read-only transaction"),
-                         ("select 0; delete from leads", "multiple commands"),
-                         ("commit; set default_transaction_read_only = off; delete from leads", "multiple commands"),
-                         ("select pg_sleep(5)", "statement timeout"),
-                         ("select count(*) from nowhere", "does not exist")):
-        verdict = migration_gates.check_tenant(database, query, 200)
-        assert verdict["ok"] is False and error in verdict["error"], (query, verdict)
-    assert one(admin_url, "SELECT count(*) FROM leads", dbname=database_name(fleet[0])) >= 1  # nothing deleted
-
-
-
 @pytest.fixture
 def own_server(client, auth, settings):
     """A throwaway PostgreSQL server registered for one test: stopped and removed afterwards, which is far

@@ -71,16 +71,6 @@ class RunItemQuerySchema(InputSchema):
     status = fields.Enum(RunItemStatus, by_value=True, metadata={"description": "Show only items in this status"})
 
 
-class CountsSchema(Schema):
-    total = fields.Integer()
-    pending = fields.Integer()
-    queued = fields.Integer()
-    running = fields.Integer()
-    succeeded = fields.Integer()
-    failed = fields.Integer()
-    skipped = fields.Integer()
-
-
 class RunSchema(Schema):
     id = fields.String()
     status = fields.Enum(MigrationRunStatus, by_value=True)
