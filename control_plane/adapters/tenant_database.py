@@ -38,11 +38,11 @@ def _lock_timed_out(exc: BaseException) -> bool:
 
 
 def _message(exc: BaseException) -> str:
-    """PostgreSQL's own message (never the DSN) for driver errors, the exception's text otherwise."""
-    if isinstance(exc, DBAPIError):
-        diag = getattr(exc.orig, "diag", None)
-        return getattr(diag, "message_primary", None) or str(exc.orig)
-    return str(exc) or type(exc).__name__
+    """PostgreSQL's own message (never the DSN) for driver errors, raw or wrapped by SQLAlchemy; the
+    exception's text otherwise."""
+    driver = exc.orig if isinstance(exc, DBAPIError) else exc
+    diag = getattr(driver, "diag", None)
+    return getattr(diag, "message_primary", None) or str(driver) or type(exc).__name__
 
 
 # The tenant a connection being opened in this thread logs in to (see _engine_for).
@@ -77,12 +77,6 @@ def _engine_for(host: str, port: int, tls: Mapping[str, str], options: str | Non
 
 def _log_in_as_tenant(dialect: object, record: object, cargs: list, cparams: dict) -> None:
     cparams.update(_LOGIN.get())
-
-
-def _message_of_driver(exc: BaseException) -> str:
-    """PostgreSQL's own message of a psycopg error (never the DSN)."""
-    diag = getattr(exc, "diag", None)
-    return getattr(diag, "message_primary", None) or str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -187,8 +181,7 @@ class TenantDatabase:
                     conn.commit()
                 row = revision.fetchone()
         except psycopg.Error as exc:
-            raise DatabaseServerError(f"tenant database {self.database}: "
-                                      f"{getattr(exc.diag, 'message_primary', None) or exc}") from exc
+            raise DatabaseServerError(f"tenant database {self.database}: {_message(exc)}") from exc
         return row[0] if row else None
 
     def run_check(self, query: str, timeout_ms: int) -> Any:
@@ -207,7 +200,7 @@ class TenantDatabase:
                     cursor.execute(query, prepare=True)
                     row = cursor.fetchone() if cursor.description else None
             except Exception as exc:
-                raise DatabaseServerError(f"tenant database {self.database}: {_message_of_driver(exc)}") from exc
+                raise DatabaseServerError(f"tenant database {self.database}: {_message(exc)}") from exc
             finally:
                 raw.rollback()
         return row[0] if row else None
