@@ -15,12 +15,14 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, lazyload
 
 from control_plane.catalog.db import transaction
 from control_plane.catalog.models import (ApiToken, Operation, OperationStatus, RequestKey, Tenant, TokenRole, new_id,
                                           utcnow)
-from control_plane.errors import DependencyUnavailableError, IdempotencyKeyReusedError
+from control_plane.catalog.plan_models import Plan
+from control_plane.errors import (ControlPlaneError, DependencyUnavailableError, IdempotencyKeyReusedError,
+                                  TenantBusyError)
 from control_plane.naming import Lane
 from control_plane.services import audit
 from control_plane.services.auth import SCHEDULER, Principal
@@ -100,15 +102,14 @@ def check_free(session: Session, tenant: Tenant) -> None:
 def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_id: str, params: dict[str, Any],
                  idempotency_key: str | None = None, *, request: dict[str, Any] | None = None,
                  one_time_secret: dict[str, Any] | None = None, audit_action: str | None = None,
-                 enqueue: bool = True,
-                 finish_now: Callable[[ServiceContext, Operation], Operation | None] | None = None) -> Operation:
+                 enqueue: bool = True, attempt_now: Attempt | None = None) -> Operation:
     """Record an operation of `kind` on the tenant (queued) and enqueue it; the one path every kind takes.
 
     `params` are stored on the operation; `request` (default: `params`) is what the Idempotency-Key
     fingerprint covers, when what is stored differs from what was asked (a password's hash). With
-    `enqueue=False` the caller runs the operation itself. `finish_now`, when given, may finish a new
-    operation within the request (a provisioning that finds a warm spare) and return it ended; when it
-    returns None the operation is enqueued as usual.
+    `enqueue=False` the caller runs the operation itself. `attempt_now`, when given, may finish a new
+    operation within the request (see `finish_within_request`); when it does not, the operation is
+    enqueued as usual.
     """
     request_fingerprint = fingerprint(kind.kind.value, tenant_id, request if request is not None else params)
     try:
@@ -143,10 +144,57 @@ def request_work(ctx: ServiceContext, principal: Principal, kind: Kind, tenant_i
         raise kind.conflict(exc, tenant_id, params) from exc
     if tenant.status is not previous:
         ctx.events.publish(tenant.id, "status", status=tenant.status.value)
-    if finish_now is not None and (finished := finish_now(ctx, op)) is not None:
+    if attempt_now is not None and (finished := finish_within_request(ctx, kind, op, attempt_now)) is not None:
         return finished
     if enqueue:
         dispatch(ctx, op.id, lane_of_principal(principal))
+    return op
+
+
+# The work of a queued operation done within its request (under its tenant's lock, the operation started in
+# the session): the operation's result, or None to leave it queued, having committed nothing of its own.
+Attempt = Callable[[ServiceContext, Session, Operation, Tenant], dict[str, Any] | None]
+
+
+def finish_within_request(ctx: ServiceContext, kind: Kind, queued: Operation, attempt: Attempt) -> Operation | None:
+    """The new operation run to its end by `attempt` in the request itself, when it can be done at once (a
+    provisioning that finds a warm spare): no queue hand-off, no work horse. Its success, with what the
+    attempt changed in the catalog, is one commit; the answer is its first read (its one-time secret shown).
+
+    None, and the operation stays queued for a worker, when the tenant's lock is taken, the attempt
+    declines, or a step fails: nothing is committed then, and what the attempt did on a server must be
+    what the worker's run adopts (as after a crash of this process, whose queued operation the sweeper
+    dispatches).
+    """
+    try:
+        with ctx.locks.hold(queued.tenant_id, wait_seconds=0) as lease, \
+                ctx.sessions(bind=lease.share(), join_transaction_mode="control_fully") as session:
+            # One round trip: the operation (locked against a racing cancel), its tenant, server and plan.
+            op, tenant, _ = session.execute(
+                select(Operation, Tenant, Plan).join(Tenant, Tenant.id == Operation.tenant_id)
+                .outerjoin(Plan, Plan.name == Tenant.plan)
+                .options(joinedload(Tenant.server), lazyload(Tenant.domain_rows))
+                .where(Operation.id == queued.id).with_for_update(of=Operation)
+                .execution_options(populate_existing=True)).one()
+            if op.status is not OperationStatus.QUEUED:
+                return None
+            op.start()
+            result = attempt(ctx, session, op, tenant)
+            if result is None:
+                return None  # the session ends rolled back: the operation is still queued
+            op.succeed(result)
+            tenant.release_slot(op.id)
+            revealed = take_one_time_secret(ctx, op)
+            session.commit()
+    except TenantBusyError:
+        return None
+    except ControlPlaneError as exc:
+        log.warning("tenant %s operation %s: not finished within the request (%s); a worker takes over",
+                    queued.tenant_id, queued.id, exc.detail)
+        return None
+    reveal(op, revealed)
+    kind.after(ctx, op)
+    log.info("tenant %s operation %s succeeded within the request", op.tenant_id, op.id)
     return op
 
 

@@ -6,20 +6,19 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload, lazyload
+from sqlalchemy.orm import Session
 
 import tenant_migrations
 from control_plane import naming
 from control_plane.adapters.crypto import random_password
 from control_plane.adapters.passwords import generated_password, hash_password
 from control_plane.catalog.models import Operation, OperationKind, OperationStatus, Tenant, TenantDomain, TenantStatus
-from control_plane.catalog.plan_models import Plan
-from control_plane.errors import ControlPlaneError, DomainTakenError, TenantBusyError, TenantExistsError
+from control_plane.errors import DomainTakenError, TenantExistsError
 from control_plane.services import audit
 from control_plane.services.auth import Principal
 from control_plane.services.context import ServiceContext, role_secret_context
 from control_plane.services.kinds.base import Kind, Report
-from control_plane.services.operation_requests import request_work, reveal, take_one_time_secret
+from control_plane.services.operation_requests import request_work
 from control_plane.services.plans import limits_of, require_plan
 from control_plane.services.servers import choose_server
 from control_plane.services.warm_pools import claim_spare, request_refill
@@ -183,53 +182,19 @@ def request_tenant(ctx: ServiceContext, principal: Principal, *, tenant_id: str,
               "admin_name": admin_name or admin_email.split("@")[0], "admin_password_hash": password_hash}
     return request_work(ctx, principal, PROVISION, tenant_id, params, idempotency_key, request=request,
                         one_time_secret={"admin_password": password} if generated else None,
-                        audit_action="tenant.create_requested", finish_now=provision_from_spare_now)
+                        audit_action="tenant.create_requested", attempt_now=provision_from_spare
+                        if ctx.warm_pool is not None and ctx.settings.warm_pool_size > 0 else None)
 
 
-def provision_from_spare_now(ctx: ServiceContext, queued: Operation) -> Operation | None:
-    """The provisioning finished within the request when its server has a warm spare: the claim (one
-    transaction on the server), the admin user, and the activation committed with the operation's success.
-    No queue hand-off, no work horse: the tenant is active when the answer leaves.
-
-    None, and the operation stays queued for a worker, when the pool is off or empty, the tenant's lock is
-    taken, or a step fails. Nothing is half-done then: the catalog still says queued, and a spare already
-    claimed is adopted by the worker's run, like a retry after a crash here.
-    """
-    if ctx.warm_pool is None or ctx.settings.warm_pool_size <= 0:
-        return None
-    try:
-        with ctx.locks.hold(queued.tenant_id, wait_seconds=0) as lease, \
-                ctx.sessions(bind=lease.share(), join_transaction_mode="control_fully") as session:
-            # One round trip: the operation (locked against a racing cancel), its tenant, server and plan.
-            op, tenant, _ = session.execute(
-                select(Operation, Tenant, Plan).join(Tenant, Tenant.id == Operation.tenant_id)
-                .outerjoin(Plan, Plan.name == Tenant.plan)
-                .options(joinedload(Tenant.server), lazyload(Tenant.domain_rows))
-                .where(Operation.id == queued.id).with_for_update(of=Operation)
-                .execution_options(populate_existing=True)).one()
-            if op.status is not OperationStatus.QUEUED or tenant.server is None:
-                return None
-            password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
-            op.start()
-            op.report("claim_spare", 10)
-            with ctx.admin_for(tenant.server, reuse_connection=True) as admin:
-                if not claim_spare(ctx, admin, tenant, password, limits_of(session, tenant)):
-                    return None
-            tenant.schema_revision = ctx.database_of(tenant).seed_admin(**_admin_user(op.params))
-            if tenant.schema_revision != tenant_migrations.head_revision():
-                session.rollback()  # head moved since the spare was made: a worker migrates it
-                return None
-            op.succeed(_activate(session, op, tenant, True))
-            tenant.release_slot(op.id)
-            revealed = take_one_time_secret(ctx, op)  # the answer is the first read of the succeeded operation
-            session.commit()
-    except TenantBusyError:
-        return None
-    except ControlPlaneError as exc:
-        log.warning("tenant %s: provisioning from a warm spare in the request failed (%s); a worker takes over",
-                    queued.tenant_id, exc.detail)
-        return None
-    reveal(op, revealed)
-    PROVISION.after(ctx, op)
-    log.info("tenant %s operation %s succeeded (warm spare, in the request)", op.tenant_id, op.id)
-    return op
+def provision_from_spare(ctx: ServiceContext, session: Session, op: Operation, tenant: Tenant) -> dict[str, Any] | None:
+    """The provisioning done within its request (`finish_within_request`) when its server has a warm spare:
+    the claim (one transaction on the server), the admin user, the activation; None without a spare."""
+    password = ctx.keyring.decrypt(tenant.role_password_encrypted, role_secret_context(tenant.id))
+    op.report("claim_spare", 10)
+    with ctx.admin_for(tenant.server, reuse_connection=True) as admin:
+        if not claim_spare(ctx, admin, tenant, password, limits_of(session, tenant)):
+            return None
+    tenant.schema_revision = ctx.database_of(tenant).seed_admin(**_admin_user(op.params))
+    if tenant.schema_revision != tenant_migrations.head_revision():
+        return None  # head moved since the spare was made: a worker's run migrates it
+    return _activate(session, op, tenant, True)
